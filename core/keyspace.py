@@ -1,0 +1,73 @@
+"""The Redis keyspace: every key streamrec reads or writes, in one place.
+
+All keys start with a namespace (``RedisSettings.namespace``, default ``sr``) so
+several deployments or tests can share one server without touching each other.
+
+| key                  | type   | bound                                   | TTL        | written by | read by |
+|----------------------|--------|-----------------------------------------|------------|------------|---------|
+| {ns}:hist:{user}     | LIST   | newest first, ``history_len`` entries    | idle TTL   | consumer   | consumer, serving |
+| {ns}:co:{item}       | ZSET   | neighbour -> co-count, top ``co_top_m``  | none       | consumer   | serving |
+| {ns}:pop             | ZSET   | item -> total events, top ``pop_max``    | none       | consumer   | serving |
+| {ns}:trend           | ZSET   | item -> forward-decayed score, top ``pop_max`` | none | consumer   | serving |
+| {ns}:meta            | HASH   | trend_ref, clock (event-time ms)         | none       | consumer   | consumer, serving |
+| {ns}:offsets         | HASH   | "{topic}:{partition}" -> last applied offset | none   | consumer   | consumer |
+| {ns}:stats           | HASH   | counters: events, pairs, dlq:{reason}    | none       | consumer   | serving, cli |
+
+History entries are JSON arrays ``[ts_ms, item_id, session_id_or_null]``.
+
+The idle TTL is wall-clock (Redis expiry) and is a memory bound, not part of the
+state semantics: sessions themselves are cut on event time (``session_gap_ms``).
+
+Trending uses forward decay (Cormode et al. 2009): an event at time t adds
+``2 ** ((t - trend_ref) / half_life)``. Scores only ever grow, so ranking needs
+no rewrite as time passes; when ``t - trend_ref`` would overflow the float range
+the consumer moves ``trend_ref`` forward and rescales the set in the same
+transaction. The decayed count "as of" the stream clock is
+``score * 2 ** ((trend_ref - clock) / half_life)``.
+
+Single-node Redis only: a batch touches many keys atomically (MULTI/EXEC), which
+Redis Cluster allows only within one hash slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    namespace: str = "sr"
+
+    def hist(self, user_id: str) -> str:
+        return f"{self.namespace}:hist:{user_id}"
+
+    def co(self, item_id: str) -> str:
+        return f"{self.namespace}:co:{item_id}"
+
+    @property
+    def pop(self) -> str:
+        return f"{self.namespace}:pop"
+
+    @property
+    def trend(self) -> str:
+        return f"{self.namespace}:trend"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.namespace}:meta"
+
+    @property
+    def offsets(self) -> str:
+        return f"{self.namespace}:offsets"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.namespace}:stats"
+
+    @staticmethod
+    def offset_field(topic: str, partition: int) -> str:
+        return f"{topic}:{partition}"
+
+    def pattern(self) -> str:
+        """Glob matching every key of this namespace (for cleanup and inspection)."""
+        return f"{self.namespace}:*"
