@@ -1,0 +1,165 @@
+"""Pure state-update logic: from events and the users' current histories to state deltas.
+
+No I/O here: the live worker, the tests and the offline evaluation all call
+:func:`fold` with histories they fetched however they like.
+
+Sessions run on event time. A user's history is a list of entries, newest
+first. A new event continues the current session while consecutive events are
+at most ``gap_ms`` apart (and carry the same ``session_id`` when both have one);
+otherwise it starts a new session. Each event is paired with the distinct items
+among the last ``pair_window`` entries of its session: those pairs are the
+co-occurrence counts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from core.events import ClickEvent
+
+# Forward-decayed trending scores are 2 ** ((ts - ref) / half_life). A float64
+# holds up to ~2**1023; moving the landmark once ts is 512 half-lives ahead
+# keeps each term below 2**512 and leaves 2**511 of headroom for the sum.
+MAX_HALF_LIVES_AHEAD = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    ts: int
+    item: str
+    session_id: str | None = None
+
+    def encode(self) -> bytes:
+        return orjson.dumps([self.ts, self.item, self.session_id])
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Entry:
+        ts, item, sid = orjson.loads(raw)
+        return cls(int(ts), str(item), sid)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRules:
+    gap_ms: int = 30 * 60 * 1000  # 30 minutes of inactivity ends a session
+    pair_window: int = 10  # pair each click with up to 10 recent items of its session
+    history_len: int = 50  # entries kept per user (serving reads the newest of these)
+
+
+def session_window(
+    history: Sequence[Entry], ts: int, session_id: str | None, rules: SessionRules
+) -> list[Entry]:
+    """The newest entries of ``history`` that share a session with an event at ``ts``.
+
+    Walks back from the newest entry while each step is within the gap. Events
+    that arrive slightly out of order still join: the gap is measured both ways.
+    """
+    out: list[Entry] = []
+    prev_ts, prev_sid = ts, session_id
+    for entry in history:
+        if len(out) >= rules.pair_window:
+            break
+        if abs(prev_ts - entry.ts) > rules.gap_ms:
+            break
+        if prev_sid is not None and entry.session_id is not None and prev_sid != entry.session_id:
+            break
+        out.append(entry)
+        prev_ts, prev_sid = entry.ts, entry.session_id
+    return out
+
+
+def partners(history: Sequence[Entry], event: ClickEvent, rules: SessionRules) -> list[str]:
+    """Distinct items the event pairs with, newest first, never the event's own item."""
+    seen: set[str] = {event.item_id}
+    out: list[str] = []
+    for entry in session_window(history, event.ts, event.session_id, rules):
+        if entry.item not in seen:
+            seen.add(entry.item)
+            out.append(entry.item)
+    return out
+
+
+def step(
+    history: Sequence[Entry], event: ClickEvent, rules: SessionRules
+) -> tuple[list[Entry], list[str]]:
+    """Apply one event to one user's history: the new history and the pairing partners."""
+    found = partners(history, event, rules)
+    new_history = [Entry(event.ts, event.item_id, event.session_id), *history]
+    return new_history[: rules.history_len], found
+
+
+@dataclass
+class StateDelta:
+    """Everything one batch of events changes, ready to be applied atomically."""
+
+    histories: dict[str, list[Entry]] = field(default_factory=dict)
+    co: Counter[tuple[str, str]] = field(default_factory=Counter)
+    pop: Counter[str] = field(default_factory=Counter)
+    # item -> list of event timestamps; decay weights are computed against the
+    # landmark at apply time (see trend_weights), so the delta stays landmark-free.
+    trend_ts: dict[str, list[int]] = field(default_factory=dict)
+    events: int = 0
+    max_ts: int | None = None
+    touched_users: set[str] = field(default_factory=set)
+
+
+def fold(
+    events: Iterable[ClickEvent],
+    histories: Mapping[str, Sequence[Entry]],
+    rules: SessionRules,
+    delta: StateDelta | None = None,
+) -> StateDelta:
+    """Fold events (in stream order) into a delta, starting from the given histories.
+
+    ``histories`` holds each user's stored history (missing = new user). The
+    returned delta's ``histories`` hold the final history of every user touched.
+    """
+    out = delta if delta is not None else StateDelta()
+    for event in events:
+        user = event.user_id
+        current = out.histories.get(user)
+        if current is None:
+            current = list(histories.get(user, ()))
+        new_history, found = step(current, event, rules)
+        out.histories[user] = new_history
+        out.touched_users.add(user)
+        for other in found:
+            out.co[(event.item_id, other)] += 1
+            out.co[(other, event.item_id)] += 1
+        out.pop[event.item_id] += 1
+        out.trend_ts.setdefault(event.item_id, []).append(event.ts)
+        out.events += 1
+        if out.max_ts is None or event.ts > out.max_ts:
+            out.max_ts = event.ts
+    return out
+
+
+def trend_landmark(ref: int | None, max_ts: int, half_life_ms: int) -> tuple[int, float | None]:
+    """The landmark to use for a batch ending at ``max_ts`` and the factor to rescale by.
+
+    Returns ``(new_ref, factor)``; ``factor`` is None when the stored scores stay as
+    they are, else every stored score must be multiplied by it first.
+    """
+    if ref is None:
+        return max_ts, None
+    if max_ts - ref <= MAX_HALF_LIVES_AHEAD * half_life_ms:
+        return ref, None
+    return max_ts, 2.0 ** ((ref - max_ts) / half_life_ms)
+
+
+def trend_weights(
+    trend_ts: Mapping[str, Sequence[int]], ref: int, half_life_ms: int
+) -> dict[str, float]:
+    """Forward-decay increments per item against landmark ``ref``."""
+    return {
+        item: sum(2.0 ** ((ts - ref) / half_life_ms) for ts in stamps)
+        for item, stamps in trend_ts.items()
+    }
+
+
+def decayed_count(score: float, ref: int, clock: int, half_life_ms: int) -> float:
+    """A stored trending score as a count of events decayed to time ``clock``."""
+    return score * 2.0 ** ((ref - clock) / half_life_ms)

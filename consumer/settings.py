@@ -1,0 +1,44 @@
+"""Consumer settings (env prefix STREAMREC_CONSUMER_)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from consumer.logic import SessionRules
+from consumer.store import StoreConfig
+from core.settings import KafkaSettings, RedisSettings
+
+
+class ConsumerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_CONSUMER_", extra="ignore")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    group_id: str = "streamrec"
+    batch_size: int = Field(default=2000, ge=1, le=100_000)  # max records per poll
+    poll_timeout_ms: int = Field(default=500, ge=10)  # also bounds how fast SIGTERM is seen
+    # Group membership: DESIGN.md measured a ~3 s join with these against Tansu
+    # (~20 s with kafka-python's defaults).
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    max_poll_interval_ms: int = 30_000
+    session_gap_ms: int = Field(default=30 * 60 * 1000, ge=1)
+    pair_window: int = Field(default=10, ge=1, le=1000)
+    history_len: int = Field(default=50, ge=1, le=10_000)
+    co_top_m: int = Field(default=200, ge=1)
+    pop_max: int = Field(default=200_000, ge=1)
+    trend_half_life_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=1000)
+    idle_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)
+    # Bounded backoff while Redis or the broker is away: 0.1 s doubling to 5 s.
+    retry_initial_s: float = 0.1
+    retry_max_s: float = 5.0
+
+    def store_config(self) -> StoreConfig:
+        return StoreConfig(
+            rules=SessionRules(self.session_gap_ms, self.pair_window, self.history_len),
+            half_life_ms=self.trend_half_life_ms,
+            co_top_m=self.co_top_m,
+            pop_max=self.pop_max,
+            idle_ttl_s=self.idle_ttl_s,
+        )

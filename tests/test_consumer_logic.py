@@ -1,0 +1,134 @@
+"""Known-answer tests of the pure session / pair / trending logic."""
+
+from __future__ import annotations
+
+import pytest
+
+from consumer.logic import (
+    Entry,
+    SessionRules,
+    decayed_count,
+    fold,
+    partners,
+    session_window,
+    step,
+    trend_landmark,
+    trend_weights,
+)
+from core.events import ClickEvent
+
+MIN = 60_000
+T0 = 1_600_000_000_000
+RULES = SessionRules(gap_ms=30 * MIN, pair_window=3, history_len=5)
+
+
+def ev(user: str, item: str, minute: float, sid: str | None = None) -> ClickEvent:
+    return ClickEvent(user, item, T0 + int(minute * MIN), session_id=sid)
+
+
+def hist(*pairs: tuple[str, float]) -> list[Entry]:
+    """History newest first from (item, minute) pairs given newest first."""
+    return [Entry(T0 + int(m * MIN), item) for item, m in pairs]
+
+
+def test_window_stops_at_the_gap() -> None:
+    h = hist(("c", 50), ("b", 40), ("a", 0))  # a is 40 min before b: another session
+    assert [e.item for e in session_window(h, T0 + 55 * MIN, None, RULES)] == ["c", "b"]
+
+
+def test_event_after_gap_starts_a_new_session() -> None:
+    h = hist(("b", 10), ("a", 5))
+    assert session_window(h, T0 + 41 * MIN, None, RULES) == []
+    assert partners(h, ev("u", "c", 41), RULES) == []
+
+
+def test_gap_is_inclusive_at_exactly_the_limit() -> None:
+    h = hist(("a", 0))
+    assert partners(h, ev("u", "b", 30), RULES) == ["a"]
+    assert partners(h, ev("u", "b", 30.001), RULES) == []
+
+
+def test_window_caps_at_pair_window_entries() -> None:
+    h = hist(("e", 5), ("d", 4), ("c", 3), ("b", 2), ("a", 1))
+    assert partners(h, ev("u", "x", 6), RULES) == ["e", "d", "c"]
+
+
+def test_partners_are_distinct_and_never_self() -> None:
+    h = hist(("a", 3), ("b", 2), ("a", 1))
+    assert partners(h, ev("u", "a", 4), RULES) == ["b"]
+    assert partners(h, ev("u", "c", 4), RULES) == ["a", "b"]
+
+
+def test_explicit_session_ids_split_sessions_within_the_gap() -> None:
+    h = [Entry(T0, "a", "s1")]
+    assert partners(h, ev("u", "b", 1, sid="s2"), RULES) == []
+    assert partners(h, ev("u", "b", 1, sid="s1"), RULES) == ["a"]
+    assert partners(h, ev("u", "b", 1), RULES) == ["a"]  # no id on one side: the gap decides
+
+
+def test_step_prepends_and_caps_history() -> None:
+    h = hist(*[(f"i{n}", n) for n in range(5, 0, -1)])
+    new, _ = step(h, ev("u", "x", 6), RULES)
+    assert [e.item for e in new] == ["x", "i5", "i4", "i3", "i2"]
+
+
+def test_fold_counts_pairs_both_ways_and_popularity() -> None:
+    events = [
+        ev("u1", "a", 0),
+        ev("u1", "b", 1),
+        ev("u1", "c", 2),
+        ev("u2", "a", 0),
+        ev("u2", "b", 100),
+    ]  # u2's b is in a new session: no pair
+    delta = fold(events, {}, RULES)
+    assert dict(delta.co) == {
+        ("b", "a"): 1,
+        ("a", "b"): 1,
+        ("c", "b"): 1,
+        ("b", "c"): 1,
+        ("c", "a"): 1,
+        ("a", "c"): 1,
+    }
+    assert dict(delta.pop) == {"a": 2, "b": 2, "c": 1}
+    assert [e.item for e in delta.histories["u1"]] == ["c", "b", "a"]
+    assert delta.events == 5
+    assert delta.max_ts == T0 + 100 * MIN
+
+
+def test_fold_continues_from_stored_history() -> None:
+    stored = {"u1": hist(("a", 0))}
+    delta = fold([ev("u1", "b", 1)], stored, RULES)
+    assert dict(delta.co) == {("b", "a"): 1, ("a", "b"): 1}
+    assert [e.item for e in delta.histories["u1"]] == ["b", "a"]
+
+
+def test_fold_in_two_halves_equals_fold_in_one() -> None:
+    events = [ev(f"u{n % 3}", f"i{n % 7}", n * 2) for n in range(60)]
+    whole = fold(events, {}, RULES)
+    first = fold(events[:25], {}, RULES)
+    second = fold(events[25:], first.histories, RULES)
+    assert whole.co == first.co + second.co
+    assert whole.pop == first.pop + second.pop
+    assert whole.histories == {**first.histories, **second.histories}
+
+
+def test_entry_round_trips() -> None:
+    e = Entry(T0, "item:with|odd chars", "s")
+    assert Entry.decode(e.encode()) == e
+
+
+def test_forward_decay_known_answers() -> None:
+    hl = 1000
+    w = trend_weights({"a": [5000, 5000], "b": [4000]}, ref=4000, half_life_ms=hl)
+    assert w == {"a": 4.0, "b": 1.0}
+    # Two events one half-life old count as one event now.
+    assert decayed_count(4.0, ref=4000, clock=6000, half_life_ms=hl) == pytest.approx(1.0)
+
+
+def test_landmark_moves_before_overflow_and_rescales() -> None:
+    hl = 1000
+    assert trend_landmark(None, 7000, hl) == (7000, None)
+    assert trend_landmark(0, 512 * hl, hl) == (0, None)
+    ref, factor = trend_landmark(0, 600 * hl, hl)
+    assert ref == 600 * hl
+    assert factor == 2.0**-600
