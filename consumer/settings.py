@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -30,6 +32,8 @@ class ConsumerSettings(BaseSettings):
     pop_max: int = Field(default=200_000, ge=1)
     trend_half_life_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=1000)
     idle_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)
+    # Touched after every poll; a container healthcheck checks that it is fresh.
+    heartbeat_file: Path | None = None
     # Bounded backoff while Redis or the broker is away: 0.1 s doubling to 5 s.
     retry_initial_s: float = 0.1
     retry_max_s: float = 5.0

