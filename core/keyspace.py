@@ -10,7 +10,7 @@ several deployments or tests can share one server without touching each other.
 | {ns}:pop             | ZSET   | item -> total events, top ``pop_max``    | none       | consumer   | serving |
 | {ns}:trend           | ZSET   | item -> forward-decayed score, top ``pop_max`` | none | consumer   | serving |
 | {ns}:meta            | HASH   | trend_ref, clock (event-time ms)         | none       | consumer   | consumer, serving |
-| {ns}:offsets         | HASH   | "{topic}:{partition}" -> last applied offset | none   | consumer   | consumer |
+| {ns}:offsets         | HASH   | "{topic}:{partition}" -> next offset to apply | none  | consumer   | consumer |
 | {ns}:stats           | HASH   | counters: events, pairs, dlq:{reason}    | none       | consumer   | serving, cli |
 
 History entries are JSON arrays ``[ts_ms, item_id, session_id_or_null]``.

@@ -1,0 +1,169 @@
+"""The blend: one pure function from fetched candidates to a ranked, explained list.
+
+No I/O here, so the live endpoint and the offline evaluation run exactly this code.
+
+For a candidate ``c`` and the user's sources ``s_0`` (newest) .. ``s_n``::
+
+    score(c) = Σ_p decay**p · ( w_co  · co(s_p, c) / max_c' co(s_p, c')
+                              + w_emb · max(cos(s_p, c), 0) )
+             + w_trend · trend(c) / max_c' trend(c')
+
+Each co-occurrence row is normalised by its own largest count so a source with
+thousands of co-clicks does not drown one with ten: every row then lies in [0, 1],
+like the cosine term. The trending prior is normalised by the top trending score;
+the forward-decay factor is the same for every item, so this needs no clock.
+
+The reason an item is shown is its single largest term: (source, signal), or
+"trending" when the prior outweighs every personalised term.
+
+Cost is linear in the number of fetched candidates (sources × candidates_per_item
+per signal, ~1,000 at the defaults); nothing here ever walks the catalogue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+ReasonKind = Literal["co_clicked", "similar", "trending"]
+CO_CLICKED: Final = "co_clicked"
+SIMILAR: Final = "similar"
+TRENDING: Final = "trending"
+
+
+@dataclass(frozen=True, slots=True)
+class BlendConfig:
+    history_items: int = 10  # distinct most-recent items used as sources
+    recency_decay: float = 0.8  # source at position p (0 = newest) weighs decay**p
+    w_co: float = 1.0  # co-occurrence weight; each source's row normalised to [0, 1]
+    w_emb: float = 0.5  # embedding cosine weight (negatives clipped to 0)
+    w_trend: float = 0.05  # trending prior (normalised by the top score); also orders filler
+    candidates_per_item: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    kind: ReasonKind
+    because_of: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    item_id: str
+    score: float
+    reason: Reason
+    # False for trending filler. A personalised item whose largest term is the
+    # trending prior keeps True, so "was any of this personal?" needs no guessing.
+    personalised: bool = True
+
+
+_TRENDING_REASON: Final = Reason(TRENDING, None)
+
+
+def recent_sources(history: Sequence[str], n: int) -> list[str]:
+    """The ``n`` most recent distinct items of a newest-first history."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for item in history:
+        if len(out) >= n:
+            break
+        if item not in seen:
+            seen.add(item)
+            out.append(item)
+    return out
+
+
+def _rank_key(s: Scored) -> tuple[float, str]:
+    return (-s.score, s.item_id)
+
+
+def blend(
+    sources: Sequence[str],
+    co: Mapping[str, Sequence[tuple[str, float]]],
+    emb: Mapping[str, Sequence[tuple[str, float]]],
+    trending: Sequence[tuple[str, float]],
+    exclude: Collection[str],
+    k: int,
+    cfg: BlendConfig = BlendConfig(),  # frozen, so one shared default is safe
+) -> list[Scored]:
+    """Rank candidates for one user; see the module docstring for the formula.
+
+    Personalised candidates come first, by score; trending items then fill up to
+    ``k``. Items in ``exclude`` or ``sources`` never appear. Ties break on item id.
+    """
+    if k <= 0:
+        return []
+    banned = set(exclude)
+    banned.update(sources)
+
+    top_trend = max((s for _, s in trending), default=0.0)
+    trend_norm: dict[str, float] = (
+        {item: max(s, 0.0) / top_trend for item, s in trending} if top_trend > 0 else {}
+    )
+
+    total: dict[str, float] = {}
+    best: dict[str, tuple[float, Reason]] = {}
+    per_item = cfg.candidates_per_item
+    for p, src in enumerate(sources):
+        recency = cfg.recency_decay**p
+        signals: tuple[tuple[ReasonKind, Sequence[tuple[str, float]], float], ...] = (
+            (CO_CLICKED, co.get(src, ()), cfg.w_co),
+            (SIMILAR, emb.get(src, ()), cfg.w_emb),
+        )
+        for kind, row, weight in signals:
+            row = row[:per_item]
+            if weight <= 0 or not row:
+                continue
+            factor = recency * weight
+            if kind == CO_CLICKED:
+                # Normalise by the row's max before exclusions, so dropping the
+                # user's own items does not inflate what is left.
+                scale = max(v for _, v in row)
+                if scale <= 0:
+                    continue
+                factor /= scale
+            reason = Reason(kind, src)
+            for item, value in row:
+                if value <= 0 or item in banned:
+                    continue
+                contrib = factor * value
+                total[item] = total.get(item, 0.0) + contrib
+                prev = best.get(item)
+                # Strictly greater: on equal terms the newer source and co_clicked
+                # (visited first) keep the reason, so it is deterministic.
+                if prev is None or contrib > prev[0]:
+                    best[item] = (contrib, reason)
+
+    ranked: list[Scored] = []
+    for item, personal in total.items():
+        prior = cfg.w_trend * trend_norm.get(item, 0.0)
+        top_term, reason = best[item]
+        ranked.append(
+            Scored(item, personal + prior, _TRENDING_REASON if prior > top_term else reason)
+        )
+    ranked.sort(key=_rank_key)
+    out = ranked[:k]
+    if len(out) >= k:
+        return out
+
+    # Filler: trending items not already shown, best first. Their score is the
+    # prior alone, so it may exceed a weak personalised score; they still rank
+    # after every personalised item because a personal signal beats none.
+    chosen = {s.item_id for s in out}
+    filler = sorted(
+        (
+            Scored(item, cfg.w_trend * trend_norm.get(item, 0.0), _TRENDING_REASON, False)
+            for item, _ in trending
+            if item not in banned and item not in chosen
+        ),
+        key=lambda s: (-trend_norm.get(s.item_id, 0.0), s.item_id),
+    )
+    for s in filler:
+        if len(out) >= k:
+            break
+        if s.item_id in chosen:  # a duplicate in the input list
+            continue
+        chosen.add(s.item_id)
+        out.append(s)
+    return out

@@ -1,0 +1,170 @@
+"""Every error leaves the API as ``{"error": {"code": ..., "message": ...}}``.
+
+Mapping (the API edge of core/errors.py's tree)::
+
+    RequestValidationError                      422 invalid_request
+    ApiError (raised by routes)                 its own status and code
+    Starlette HTTPException (404 route, 405)    its status, not_found / method_not_allowed
+    ServiceUnavailable, redis ConnectionError,  503 unavailable, Retry-After: 1
+      redis TimeoutError, TimeoutError
+    anything else                               500 internal, detail only in the log
+
+Each error is counted by code in the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.errors import ServiceUnavailable
+from serving.state import STATE_KEY, AppState
+
+log = logging.getLogger(__name__)
+
+# Seconds a client should wait before retrying a 503: Redis restarts and broker
+# reconnects settle in about that long, and it keeps retry storms spread out.
+RETRY_AFTER_S = 1
+
+
+class ApiError(Exception):
+    """An expected failure a route reports to the client (not found, index missing, ...)."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def _app_state(scope: Scope) -> AppState | None:
+    state = scope.get("state")
+    if isinstance(state, dict):
+        found = state.get(STATE_KEY)
+        if isinstance(found, AppState):
+            return found
+    return None
+
+
+def error_response(
+    scope: Scope,
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    state = _app_state(scope)
+    if state is not None:
+        state.metrics.errors[code] += 1
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(request.scope, 422, "invalid_request", _validation_message(exc))
+
+
+async def _on_api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(request.scope, exc.status, exc.code, exc.message, exc.headers)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _on_http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return error_response(
+        request.scope, exc.status_code, code, str(exc.detail), dict(exc.headers or {})
+    )
+
+
+async def _on_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # The message names the dependency, never the host or the trace: the log has those.
+    if isinstance(exc, ServiceUnavailable):
+        log.warning("service unavailable on %s: %s", request.url.path, exc)
+        message = "a backing service is unavailable; retry shortly"
+    elif isinstance(exc, RedisConnectionError | RedisTimeoutError | TimeoutError):
+        log.warning("redis unavailable on %s: %r", request.url.path, exc)
+        message = "redis is unavailable or too slow; retry shortly"
+    else:  # pragma: no cover - registered only for the types above
+        message = "unavailable"
+    return error_response(
+        request.scope, 503, "unavailable", message, {"Retry-After": str(RETRY_AFTER_S)}
+    )
+
+
+def install_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    for exc_type in (ServiceUnavailable, RedisConnectionError, RedisTimeoutError, TimeoutError):
+        app.add_exception_handler(exc_type, _on_unavailable)
+    app.add_middleware(GuardMiddleware)
+
+
+class GuardMiddleware:
+    """Counts requests by route and turns any unhandled exception into a JSON 500.
+
+    Pure ASGI rather than ``@app.middleware("http")``: it adds no extra task or
+    body streaming per request, and it sits inside Starlette's ServerErrorMiddleware,
+    so the client gets our JSON shape instead of a plain-text 500.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise  # too late for a clean response; let the server close the connection
+            response = error_response(scope, 500, "internal", "internal error")
+            await response(scope, receive, send)
+        finally:
+            state = _app_state(scope)
+            if state is not None:
+                state.metrics.requests[_route_name(scope)] += 1
+
+
+def _route_name(scope: Scope) -> str:
+    route: Any = scope.get("route")
+    path = getattr(route, "path", None)
+    # Unmatched paths share one bucket so random URLs cannot grow the counter map.
+    return f"{scope.get('method', '?')} {path}" if path else "unmatched"

@@ -1,0 +1,62 @@
+-- Everything one recommendation needs, in one round trip.
+--
+-- KEYS[1] {ns}:hist:{user}   KEYS[2] {ns}:trend   KEYS[3] {ns}:meta
+-- ARGV[1] co key prefix "{ns}:co:"   ARGV[2] history entries to read
+-- ARGV[3] distinct sources wanted    ARGV[4] co neighbours per source
+-- ARGV[5] trending items to read
+--
+-- The co keys are derived here from the history, so they are not declared in
+-- KEYS: fine on the single-node Redis the keyspace requires (core/keyspace.py),
+-- and it is what saves the second round trip.
+--
+-- Returns {history, sources, co_rows, trending, meta}. History entries come back
+-- raw (JSON text) for the caller to parse; each co row and the trending list are
+-- flat [member, score, ...] as ZREVRANGE WITHSCORES gives them; meta is
+-- [trend_ref, clock, half_life_ms] with false for a missing field.
+
+local co_prefix = ARGV[1]
+local hist_len = tonumber(ARGV[2])
+local n_sources = tonumber(ARGV[3])
+local per_item = tonumber(ARGV[4])
+local n_trend = tonumber(ARGV[5])
+
+local history = {}
+if hist_len > 0 then
+  history = redis.call('LRANGE', KEYS[1], 0, hist_len - 1)
+end
+
+-- Newest first, distinct; the same rule as serving.blend.recent_sources.
+-- An entry that is not [ts, "item", ...] is skipped, not fatal (the same
+-- rule as serving.store.parse_history).
+local sources = {}
+local seen = {}
+for _, raw in ipairs(history) do
+  if #sources >= n_sources then break end
+  local ok, entry = pcall(cjson.decode, raw)
+  if ok and type(entry) == 'table' then
+    local item = entry[2]
+    if type(entry[1]) == 'number' and type(item) == 'string' and item ~= ''
+        and not seen[item] then
+      seen[item] = true
+      sources[#sources + 1] = item
+    end
+  end
+end
+
+local co_rows = {}
+for i, item in ipairs(sources) do
+  if per_item > 0 then
+    co_rows[i] = redis.call('ZREVRANGE', co_prefix .. item, 0, per_item - 1, 'WITHSCORES')
+  else
+    co_rows[i] = {}
+  end
+end
+
+local trending = {}
+if n_trend > 0 then
+  trending = redis.call('ZREVRANGE', KEYS[2], 0, n_trend - 1, 'WITHSCORES')
+end
+
+local meta = redis.call('HMGET', KEYS[3], 'trend_ref', 'clock', 'half_life_ms')
+
+return {history, sources, co_rows, trending, meta}

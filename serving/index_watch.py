@@ -1,0 +1,103 @@
+"""Loading the embedding index and hot-swapping it when a new version is published.
+
+The swap is a single reference assignment on the event loop thread: a request
+reads ``state.index`` once and keeps that object to the end, so in-flight
+requests finish on the old index and none fails during a swap. Loading (file
+reads, FAISS deserialisation) runs in a worker thread so the loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.errors import IndexNotFound
+from offline.index import ItemIndex, current_version, load_current
+
+if TYPE_CHECKING:
+    from serving.state import AppState
+
+log = logging.getLogger(__name__)
+
+
+def _load_or_none(artifacts_dir: Path) -> ItemIndex | None:
+    try:
+        return load_current(artifacts_dir)
+    except IndexNotFound as exc:
+        log.warning("%s", exc)  # says which: nothing published, or unreadable
+        return None
+
+
+async def load_initial(state: AppState) -> None:
+    """Load the current index if there is one; otherwise say loudly that embeddings are off."""
+    artifacts = state.settings.artifacts_dir
+    try:
+        index = await asyncio.to_thread(_load_or_none, artifacts)
+    except Exception:
+        # A corrupt artifact must not keep the API down: co-occurrence and
+        # trending still work. The poller retries on the next published version.
+        log.exception("embedding index in %s failed to load", artifacts)
+        state.metrics.index_load_failures += 1
+        index = None
+    if index is None:
+        log.warning(
+            "no embedding index in %s: serving without the embedding signal "
+            "(co-occurrence and trending only) until one is published",
+            artifacts,
+        )
+        return
+    state.index = index
+    log.info("embedding index %s loaded (%d items)", index.version, len(index))
+
+
+async def poll_once(state: AppState) -> bool:
+    """Swap in the published index if its version differs from the one held. True if swapped."""
+    artifacts = state.settings.artifacts_dir
+    version = await asyncio.to_thread(current_version, artifacts)
+    held = state.index
+    if version is None or (held is not None and held.version == version):
+        return False
+    if version == state.failed_version:
+        return False  # already logged; wait for the next publish instead of retrying
+    try:
+        new = await asyncio.to_thread(load_current, artifacts)
+    except IndexNotFound:
+        if await asyncio.to_thread(current_version, artifacts) != version:
+            return False  # replaced between the two calls; the next poll sees the new one
+        # Still current yet unreadable: a broken artifact. Same handling as below.
+        state.failed_version = version
+        state.metrics.index_load_failures += 1
+        log.exception("embedding index %s is unreadable; keeping the current index", version)
+        return False
+    except Exception:
+        state.failed_version = version
+        state.metrics.index_load_failures += 1
+        log.exception("embedding index %s failed to load; keeping the current index", version)
+        return False
+    if held is not None and new.version == held.version:
+        return False
+    state.index = new
+    state.metrics.index_swaps += 1
+    log.info(
+        "embedding index swapped: %s -> %s (%d items)",
+        None if held is None else held.version,
+        new.version,
+        len(new),
+    )
+    return True
+
+
+async def watch(state: AppState) -> None:
+    """Poll forever (until cancelled); a failed load is logged and retried, never fatal."""
+    interval = state.settings.index_poll_s
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await poll_once(state)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            state.metrics.index_load_failures += 1
+            log.exception("embedding index poll failed; keeping the current index")

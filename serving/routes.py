@@ -1,0 +1,209 @@
+"""HTTP routes: fetch, call the pure blend, shape the response. No ranking logic here.
+
+No ``from __future__ import annotations`` here: the query alias ``K`` is built
+per app (its bound is ``max_k``), and FastAPI must see the real object when it
+reads the signatures, not a string naming a closure variable.
+"""
+
+import asyncio
+from typing import Annotated, Any, Literal, cast
+
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+
+from core.errors import InvalidEvent
+from core.events import ClickEvent, validate
+from offline.index import ItemIndex
+from serving.blend import Scored, blend
+from serving.errors import ApiError
+from serving.schemas import (
+    ERROR_RESPONSES,
+    EVENTS_BODY_SCHEMA,
+    AcceptedOut,
+    ErrorOut,
+    HealthOut,
+    MetricsOut,
+    ReasonOut,
+    RecommendationsOut,
+    RecommendedItem,
+    SimilarItem,
+    SimilarOut,
+)
+from serving.settings import ServingSettings
+from serving.state import STATE_KEY, AppState
+
+
+def get_state(request: Request) -> AppState:
+    return cast(AppState, getattr(request.state, STATE_KEY))
+
+
+State = Annotated[AppState, Depends(get_state)]
+UserId = Annotated[str, Path(min_length=1, max_length=128, description="the user's id")]
+ItemId = Annotated[str, Path(min_length=1, max_length=128, description="an item id")]
+EventsBody = Annotated[Any, Body(description="one click event or a list of them")]
+
+
+def _title(index: ItemIndex | None, item_id: str | None) -> str | None:
+    if index is None or item_id is None:
+        return None
+    return index.title(item_id)
+
+
+def _item(index: ItemIndex | None, s: Scored) -> RecommendedItem:
+    return RecommendedItem(
+        item_id=s.item_id,
+        title=_title(index, s.item_id),
+        score=s.score,
+        reason=ReasonOut(
+            kind=s.reason.kind,
+            because_of=s.reason.because_of,
+            because_of_title=_title(index, s.reason.because_of),
+        ),
+    )
+
+
+def make_router(settings: ServingSettings) -> APIRouter:
+    """Routes bound to ``settings``, so limits such as max_k appear in the OpenAPI schema."""
+    router = APIRouter()
+    cfg = settings.blend.to_config()
+    timeout = settings.request_timeout_s
+    max_events = settings.max_events_per_request
+    K = Annotated[
+        int | None,
+        Query(
+            ge=1, le=settings.max_k, description=f"how many items (default {settings.default_k})"
+        ),
+    ]
+
+    @router.get(
+        "/recommendations/{user_id}",
+        response_model=RecommendationsOut,
+        responses=ERROR_RESPONSES,
+        summary="What next for this user",
+    )
+    async def recommendations(user_id: UserId, state: State, k: K = None) -> RecommendationsOut:
+        size = k or settings.default_k
+        user = await asyncio.wait_for(
+            state.store.fetch(
+                user_id,
+                n_sources=cfg.history_items,
+                per_item=cfg.candidates_per_item,
+                n_trend=settings.trend_fetch(size),
+            ),
+            timeout,
+        )
+        index = state.index  # read once: a concurrent swap must not change it mid-request
+        # Cached FAISS lookups for <= history_items rows take well under a
+        # millisecond, less than a hop to a worker thread would cost.
+        emb = (
+            index.similar_many(user.sources, cfg.candidates_per_item)
+            if index is not None and user.sources
+            else {}
+        )
+        ranked = blend(user.sources, user.co, emb, user.trending, user.history_items, size, cfg)
+        fallback = not any(s.personalised for s in ranked)
+        metrics = state.metrics
+        metrics.recommendations += 1
+        metrics.fallbacks += fallback
+        metrics.items_served += len(ranked)
+        return RecommendationsOut(
+            user_id=user_id,
+            k=size,
+            items=[_item(index, s) for s in ranked],
+            fallback=fallback,
+            sources=user.sources,
+            index_version=None if index is None else index.version,
+        )
+
+    @router.get(
+        "/items/{item_id}/similar",
+        response_model=SimilarOut,
+        responses={
+            404: {"model": ErrorOut, "description": "item not in the index"},
+            **ERROR_RESPONSES,
+        },
+        summary="Items whose embeddings are closest to this one",
+    )
+    async def similar(item_id: ItemId, state: State, k: K = None) -> SimilarOut:
+        index = state.index
+        if index is None:
+            raise ApiError(503, "index_unavailable", "no embedding index is loaded")
+        if item_id not in index:
+            raise ApiError(404, "item_not_found", f"item {item_id!r} is not in the index")
+        neighbours = index.similar(item_id, k or settings.default_k)
+        return SimilarOut(
+            item_id=item_id,
+            title=index.title(item_id),
+            items=[
+                SimilarItem(item_id=other, title=index.title(other), score=score)
+                for other, score in neighbours
+            ],
+            index_version=index.version,
+        )
+
+    @router.get(
+        "/health",
+        response_model=HealthOut,
+        responses={503: {"model": HealthOut, "description": "Redis unreachable"}},
+        summary="Liveness of Redis and the embedding index",
+    )
+    async def health(state: State, response: Response) -> HealthOut:
+        try:
+            redis_ok = await asyncio.wait_for(state.store.ping(), timeout)
+        except Exception:
+            # Any failure to answer PING within the bound means "unreachable";
+            # health must report, never raise.
+            redis_ok = False
+        index = state.index
+        status: Literal["ok", "degraded", "down"]
+        if not redis_ok:
+            status = "down"
+            response.status_code = 503
+            response.headers["Retry-After"] = "1"
+        else:
+            status = "ok" if index is not None else "degraded"
+        return HealthOut(
+            status=status,
+            redis="ok" if redis_ok else "unreachable",
+            index_version=None if index is None else index.version,
+            index_items=0 if index is None else len(index),
+        )
+
+    @router.post(
+        "/events",
+        status_code=202,
+        response_model=AcceptedOut,
+        responses=ERROR_RESPONSES,
+        summary="Publish click events to the stream",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": EVENTS_BODY_SCHEMA}},
+            }
+        },
+    )
+    async def post_events(body: EventsBody, state: State) -> AcceptedOut:
+        raw = body if isinstance(body, list) else [body]
+        if not raw:
+            raise ApiError(422, "invalid_event", "the list of events is empty")
+        if len(raw) > max_events:
+            raise ApiError(
+                422,
+                "too_many_events",
+                f"{len(raw)} events in one request; the limit is {max_events}",
+            )
+        # Validate all before sending any: a batch is accepted whole or not at all.
+        events: list[ClickEvent] = []
+        for i, obj in enumerate(raw):
+            try:
+                events.append(validate(obj))
+            except InvalidEvent as exc:
+                raise ApiError(422, "invalid_event", f"event {i}: {exc}") from None
+        accepted = await state.events.send(events)
+        state.metrics.events_accepted += accepted
+        return AcceptedOut(accepted=accepted)
+
+    @router.get("/metrics", response_model=MetricsOut, summary="Counters since start")
+    async def metrics(state: State) -> MetricsOut:
+        return MetricsOut(**state.metrics.snapshot())
+
+    return router

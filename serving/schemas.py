@@ -1,0 +1,105 @@
+"""Response bodies as pydantic models, so /docs documents exactly what is returned."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["invalid_request"])
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
+
+
+class ReasonOut(BaseModel):
+    kind: Literal["co_clicked", "similar", "trending"]
+    because_of: str | None = Field(description="the history item that led here, if any")
+    because_of_title: str | None = None
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    title: str | None = None
+    score: float
+    reason: ReasonOut
+
+
+class RecommendationsOut(BaseModel):
+    user_id: str
+    k: int
+    items: list[RecommendedItem]
+    fallback: bool = Field(
+        description="true when no personalised candidate made the list (cold or unknown user)"
+    )
+    sources: list[str] = Field(description="recent history items the list was built from")
+    index_version: str | None = Field(description="embedding index used; null if none loaded")
+
+
+class SimilarItem(BaseModel):
+    item_id: str
+    title: str | None = None
+    score: float = Field(description="cosine similarity")
+
+
+class SimilarOut(BaseModel):
+    item_id: str
+    title: str | None = None
+    items: list[SimilarItem]
+    index_version: str
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "degraded", "down"] = Field(
+        description="ok; degraded = no embedding index; down = Redis unreachable (503)"
+    )
+    redis: Literal["ok", "unreachable"]
+    index_version: str | None
+    index_items: int
+
+
+class AcceptedOut(BaseModel):
+    accepted: int
+
+
+class MetricsOut(BaseModel):
+    requests: dict[str, int]
+    errors: dict[str, int]
+    recommendations: int
+    fallbacks: int
+    items_served: int
+    events_accepted: int
+    index_swaps: int
+    index_load_failures: int
+
+
+# The event body is documented here but parsed by core.events.validate, the one
+# implementation of the wire contract, so its reasons reach the client verbatim.
+CLICK_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["user_id", "item_id", "ts"],
+    "properties": {
+        "user_id": {"type": "string", "minLength": 1, "maxLength": 128},
+        "item_id": {"type": "string", "minLength": 1, "maxLength": 128},
+        "ts": {"type": "integer", "description": "epoch milliseconds, UTC"},
+        "type": {"type": "string", "default": "click"},
+        "weight": {"type": "number"},
+        "session_id": {"type": "string"},
+    },
+}
+EVENTS_BODY_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        CLICK_EVENT_SCHEMA,
+        {"type": "array", "items": CLICK_EVENT_SCHEMA, "maxItems": 1000},
+    ]
+}
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorOut, "description": "invalid request"},
+    503: {"model": ErrorOut, "description": "a backing service is unavailable; see Retry-After"},
+    500: {"model": ErrorOut, "description": "internal error"},
+}

@@ -1,0 +1,69 @@
+"""Settings of the serving API (env prefix ``STREAMREC_SERVING_``).
+
+Nested values use ``__``: ``STREAMREC_SERVING_BLEND__W_EMB=0.3``. Redis and Kafka
+also read their own shared prefixes (``STREAMREC_REDIS_URL``, ...), and the
+artifacts directory falls back to ``STREAMREC_ARTIFACTS_DIR`` (core.PathSettings)
+so one variable points every service at the same index.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.settings import KafkaSettings, PathSettings, RedisSettings
+from serving.blend import BlendConfig
+
+
+class BlendSettings(BaseModel):
+    """Validated, env-settable mirror of serving.blend.BlendConfig."""
+
+    history_items: int = Field(default=10, ge=1, le=50)
+    recency_decay: float = Field(default=0.8, gt=0.0, le=1.0)
+    w_co: float = Field(default=1.0, ge=0.0)
+    w_emb: float = Field(default=0.5, ge=0.0)
+    w_trend: float = Field(default=0.05, ge=0.0)
+    candidates_per_item: int = Field(default=50, ge=1, le=1000)
+
+    def to_config(self) -> BlendConfig:
+        return BlendConfig(**self.model_dump())
+
+
+def _artifacts_dir() -> Path:
+    return PathSettings().artifacts_dir
+
+
+class ServingSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMREC_SERVING_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    artifacts_dir: Path = Field(default_factory=_artifacts_dir)
+    default_k: int = Field(default=10, ge=1)
+    max_k: int = Field(default=100, ge=1, le=1000)
+    blend: BlendSettings = Field(default_factory=BlendSettings)
+    # History entries read per request: the consumer's cap (core/keyspace.py), so
+    # everything the user has seen recently is excluded.
+    history_len: int = Field(default=50, ge=1, le=1000)
+    # Trending items read per request, at least k + history_len so the filler
+    # still reaches k after every history item is excluded. 100 also gives the
+    # prior to personalised candidates that sit in the trending head.
+    trend_candidates: int = Field(default=100, ge=0, le=10_000)
+    index_poll_s: float = Field(default=2.0, gt=0.0)
+    request_timeout_s: float = Field(default=1.0, gt=0.0)
+    # Per POST /events body; 1000 events of ~100 bytes is ~100 KB.
+    max_events_per_request: int = Field(default=1000, ge=1)
+
+    @model_validator(mode="after")
+    def _k_bounds(self) -> ServingSettings:
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k={self.default_k} exceeds max_k={self.max_k}")
+        return self
+
+    def trend_fetch(self, k: int) -> int:
+        """Trending items to read for a request of size ``k``."""
+        return max(self.trend_candidates, k + self.history_len)

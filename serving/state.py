@@ -1,0 +1,29 @@
+"""The typed state the lifespan yields: everything a request needs, no module globals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from offline.index import ItemIndex
+from serving.ingest import EventSink
+from serving.metrics import Metrics
+from serving.settings import ServingSettings
+from serving.store import StateStore
+
+# Key under which the lifespan state reaches each request (``request.state``).
+STATE_KEY = "serving"
+
+
+@dataclass
+class AppState:
+    settings: ServingSettings
+    redis: aioredis.Redis
+    store: StateStore
+    events: EventSink
+    metrics: Metrics = field(default_factory=Metrics)
+    # Replaced wholesale by the index watcher; read it once per request.
+    index: ItemIndex | None = None
+    # A published version that failed to load, so the watcher does not retry it every poll.
+    failed_version: str | None = None

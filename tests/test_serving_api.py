@@ -1,0 +1,358 @@
+"""The HTTP API end to end: real Redis, a real published index, the lifespan running."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from core.settings import KafkaSettings, RedisSettings
+from offline.index import ItemIndex, publish
+from serving.app import create_app
+from serving.errors import install_handlers
+from serving.settings import ServingSettings
+from streamrec.stack import free_port
+
+# Two clusters on the unit circle: 1-3 near the x axis, 4-6 near the y axis.
+VECTORS = np.array(
+    [[1.0, 0.0], [1.0, 0.1], [1.0, 0.3], [0.0, 1.0], [0.1, 1.0], [0.3, 1.0]], dtype=np.float32
+)
+IDS = ["1", "2", "3", "4", "5", "6"]
+TITLES = {i: f"Movie {i}" for i in IDS}
+
+
+def cosine(a: str, b: str) -> float:
+    va, vb = VECTORS[IDS.index(a)], VECTORS[IDS.index(b)]
+    return float(va @ vb / np.linalg.norm(va) / np.linalg.norm(vb))
+
+
+def make_index(vectors: np.ndarray = VECTORS) -> ItemIndex:
+    return ItemIndex.from_vectors(IDS, vectors, titles=TITLES)
+
+
+def entry(ts: int, item: str) -> str:
+    return json.dumps([ts, item, None])
+
+
+def settings_for(
+    redis_settings: RedisSettings, artifacts: Path, kafka: KafkaSettings | None = None
+) -> ServingSettings:
+    return ServingSettings(
+        redis=redis_settings,
+        kafka=kafka or KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}"),
+        artifacts_dir=artifacts,
+        index_poll_s=0.05,
+    )
+
+
+def seed(client: redis.Redis, rs: RedisSettings) -> None:
+    keys = rs.keys
+    # u1 clicked 2 and then 1 (newest first in the list).
+    client.lpush(keys.hist("u1"), entry(1_000, "2"), entry(2_000, "1"))
+    client.zadd(keys.co("1"), {"4": 50, "5": 2})
+    client.zadd(keys.trend, {"6": 9.0, "3": 7.0, "5": 3.0, "1": 20.0})
+    client.hset(keys.meta, mapping={"trend_ref": 0, "clock": 2_000, "half_life_ms": 3_600_000})
+
+
+@pytest.fixture
+def published(tmp_path: Path) -> tuple[Path, ItemIndex]:
+    index = make_index()
+    publish(index, tmp_path)
+    return tmp_path, index
+
+
+@pytest.fixture
+def client(
+    redis_client: redis.Redis,
+    redis_settings: RedisSettings,
+    published: tuple[Path, ItemIndex],
+) -> Iterator[TestClient]:
+    seed(redis_client, redis_settings)
+    with TestClient(create_app(settings_for(redis_settings, published[0]))) as c:
+        yield c
+
+
+def assert_error(resp: Any, status: int, code: str) -> dict[str, str]:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message"}
+    assert body["error"]["code"] == code
+    return dict(body["error"])
+
+
+def test_cold_user_gets_trending_with_fallback(client: TestClient) -> None:
+    resp = client.get("/recommendations/nobody", params={"k": 3})
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["fallback"] is True
+    assert body["sources"] == []
+    assert [i["item_id"] for i in body["items"]] == ["1", "6", "3"]
+    assert all(
+        i["reason"] == {"kind": "trending", "because_of": None, "because_of_title": None}
+        for i in body["items"]
+    )
+    assert body["items"][0]["title"] == "Movie 1"
+
+
+def test_known_user_gets_co_clicked_item_first_and_no_history(
+    client: TestClient, published: tuple[Path, ItemIndex]
+) -> None:
+    body = client.get("/recommendations/u1", params={"k": 4}).json()
+    assert body["user_id"] == "u1" and body["k"] == 4
+    assert body["fallback"] is False
+    assert body["sources"] == ["1", "2"]
+    assert body["index_version"] == published[1].version
+    items = body["items"]
+    assert items[0]["item_id"] == "4"
+    assert items[0]["title"] == "Movie 4"
+    assert items[0]["reason"] == {
+        "kind": "co_clicked",
+        "because_of": "1",
+        "because_of_title": "Movie 1",
+    }
+    ids = [i["item_id"] for i in items]
+    assert "1" not in ids and "2" not in ids  # history never comes back
+    # Item 4: co 50/50 from the newest source, plus the (small) embedding terms.
+    expected_4 = 1.0 + 0.5 * (cosine("1", "4") + 0.8 * cosine("2", "4"))
+    assert items[0]["score"] == pytest.approx(expected_4, rel=1e-5)
+    # Item 3 is reached only through embeddings: its reason says so.
+    three = next(i for i in items if i["item_id"] == "3")
+    assert three["reason"]["kind"] == "similar" and three["reason"]["because_of"] == "1"
+
+
+@pytest.mark.parametrize("k", ["0", "101", "x", "-1"])
+def test_k_out_of_bounds_is_a_json_422(client: TestClient, k: str) -> None:
+    err = assert_error(client.get("/recommendations/u1", params={"k": k}), 422, "invalid_request")
+    assert "k" in err["message"]
+
+
+def test_similar_known_answer(client: TestClient, published: tuple[Path, ItemIndex]) -> None:
+    body = client.get("/items/1/similar", params={"k": 3}).json()
+    assert body["item_id"] == "1" and body["title"] == "Movie 1"
+    assert body["index_version"] == published[1].version
+    assert [i["item_id"] for i in body["items"]] == ["2", "3", "6"]
+    assert [i["score"] for i in body["items"]] == pytest.approx(
+        [cosine("1", "2"), cosine("1", "3"), cosine("1", "6")], rel=1e-5
+    )
+    assert body["items"][0]["title"] == "Movie 2"
+
+
+def test_similar_unknown_item_is_404(client: TestClient) -> None:
+    assert_error(client.get("/items/nope/similar"), 404, "item_not_found")
+    assert_error(client.get("/no/such/route"), 404, "not_found")
+
+
+def test_health_metrics_and_docs(client: TestClient, published: tuple[Path, ItemIndex]) -> None:
+    resp = client.get("/health")
+    assert resp.status_code == 200
+    assert resp.json() == {
+        "status": "ok",
+        "redis": "ok",
+        "index_version": published[1].version,
+        "index_items": 6,
+    }
+    client.get("/recommendations/nobody")
+    client.get("/recommendations/u1")
+    client.get("/recommendations/u1", params={"k": 0})
+    metrics = client.get("/metrics").json()
+    assert metrics["requests"]["GET /recommendations/{user_id}"] == 3
+    assert metrics["recommendations"] == 2
+    assert metrics["fallbacks"] == 1
+    assert metrics["errors"] == {"invalid_request": 1}
+    schema = client.get("/openapi.json").json()
+    assert "RecommendationsOut" in schema["components"]["schemas"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_without_index_health_is_degraded_and_recommendations_still_served(
+    redis_client: redis.Redis, redis_settings: RedisSettings, tmp_path: Path
+) -> None:
+    seed(redis_client, redis_settings)
+    with TestClient(create_app(settings_for(redis_settings, tmp_path / "empty"))) as c:
+        health = c.get("/health")
+        assert health.status_code == 200
+        assert health.json() == {
+            "status": "degraded",
+            "redis": "ok",
+            "index_version": None,
+            "index_items": 0,
+        }
+        body = c.get("/recommendations/u1", params={"k": 3}).json()
+        assert body["index_version"] is None and body["fallback"] is False
+        # Co-occurrence alone: 4 (50/50) then 5 (2/50); trending fills the rest.
+        assert [i["item_id"] for i in body["items"]] == ["4", "5", "6"]
+        assert [i["reason"]["kind"] for i in body["items"]] == [
+            "co_clicked",
+            "co_clicked",
+            "trending",
+        ]
+        assert body["items"][0]["title"] is None
+        assert_error(c.get("/items/1/similar"), 503, "index_unavailable")
+
+
+def test_hot_swap_under_load_never_fails_a_request(
+    redis_client: redis.Redis, redis_settings: RedisSettings, published: tuple[Path, ItemIndex]
+) -> None:
+    artifacts, old = published
+    seed(redis_client, redis_settings)
+    # The new index swaps the clusters' roles: 1 now sits next to 4.
+    new = make_index(VECTORS[[0, 3, 4, 1, 2, 5]])
+    assert new.version != old.version
+    with TestClient(create_app(settings_for(redis_settings, artifacts))) as c:
+        assert c.get("/items/1/similar", params={"k": 1}).json()["items"][0]["item_id"] == "2"
+        versions: set[str] = set()
+        for _ in range(20):
+            resp = c.get("/recommendations/u1")
+            assert resp.status_code == 200
+            versions.add(resp.json()["index_version"])
+        stop = threading.Event()
+
+        def hammer() -> list[int]:
+            # Requests from other threads keep running across the swap.
+            codes = []
+            while not stop.is_set():
+                codes.append(c.get("/recommendations/u1").status_code)
+            return codes
+
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            workers = [pool.submit(hammer) for _ in range(3)]
+            publish(new, artifacts)
+            deadline = time.monotonic() + 10.0
+            swapped = False
+            while time.monotonic() < deadline and not swapped:
+                rec = c.get("/recommendations/u1")
+                sim = c.get("/items/1/similar", params={"k": 1})
+                assert rec.status_code == 200 and sim.status_code == 200
+                versions.add(rec.json()["index_version"])
+                swapped = sim.json()["index_version"] == new.version
+            stop.set()
+            codes = [code for w in workers for code in w.result()]
+        assert swapped, "the new index was not picked up within 10 s"
+        assert codes and set(codes) == {200}
+        assert c.get("/items/1/similar", params={"k": 1}).json()["items"][0]["item_id"] == "4"
+        assert c.get("/health").json()["index_version"] == new.version
+        assert c.get("/metrics").json()["index_swaps"] == 1
+        assert versions <= {old.version, new.version}
+
+
+def test_redis_down_is_503_with_retry_after_never_500(tmp_path: Path) -> None:
+    dead = RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0", namespace="down")
+    with TestClient(create_app(settings_for(dead, tmp_path))) as c:
+        started = time.monotonic()
+        resp = c.get("/recommendations/u1")
+        assert_error(resp, 503, "unavailable")
+        assert resp.headers["Retry-After"] == "1"
+        health = c.get("/health")
+        assert health.status_code == 503
+        assert health.json()["redis"] == "unreachable"
+        assert health.json()["status"] == "down"
+        # A refused connection must fail fast, not wait out a timeout.
+        assert time.monotonic() - started < 2.0
+        assert c.get("/metrics").json()["errors"] == {"unavailable": 1}
+
+
+def wait_until_blocked(url: str, bound_s: float = 5.0) -> None:
+    """Return once a PING gets no answer within 20 ms, i.e. the server is busy."""
+    probe = redis.Redis.from_url(url, socket_timeout=0.02)
+    deadline = time.monotonic() + bound_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                probe.ping()
+            except redis.TimeoutError:
+                return
+        raise AssertionError("redis never became busy")
+    finally:
+        probe.close()
+
+
+def test_slow_redis_is_a_503_within_the_request_timeout(
+    redis_client: redis.Redis, redis_settings: RedisSettings, tmp_path: Path
+) -> None:
+    seed(redis_client, redis_settings)
+    settings = settings_for(redis_settings, tmp_path).model_copy(update={"request_timeout_s": 0.1})
+    # A script that spins for 0.6 s blocks the (single-threaded) server: every
+    # other command waits behind it, which is what a stalled Redis looks like.
+    spin = (
+        "local t0 = redis.call('TIME') repeat local t = redis.call('TIME') "
+        "until (t[1] - t0[1]) * 1e6 + (t[2] - t0[2]) > 600000 return 1"
+    )
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/recommendations/u1").status_code == 200
+        blocker = threading.Thread(target=redis_client.eval, args=(spin, 0))
+        blocker.start()
+        try:
+            wait_until_blocked(redis_settings.url)
+            started = time.monotonic()
+            resp = c.get("/recommendations/u1")
+            elapsed = time.monotonic() - started
+        finally:
+            blocker.join()
+        assert_error(resp, 503, "unavailable")
+        assert resp.headers["Retry-After"] == "1"
+        assert elapsed < 0.5
+        # Once Redis answers again, so does the API.
+        assert c.get("/recommendations/u1").status_code == 200
+
+
+def test_unexpected_exception_is_a_json_500_without_details(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = FastAPI()
+    install_handlers(app)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret detail")
+
+    with TestClient(app) as c:
+        resp = c.get("/boom")
+    err = assert_error(resp, 500, "internal")
+    assert err["message"] == "internal error"
+    assert "secret" not in resp.text
+    assert "secret detail" in caplog.text  # the detail goes to the log only
+
+
+def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("STREAMREC_ARTIFACTS_DIR", str(tmp_path / "shared"))
+    monkeypatch.setenv("STREAMREC_SERVING_BLEND__W_EMB", "0.3")
+    monkeypatch.setenv("STREAMREC_SERVING_MAX_K", "20")
+    s = ServingSettings()
+    assert s.artifacts_dir == tmp_path / "shared"
+    assert s.blend.to_config().w_emb == 0.3
+    assert s.max_k == 20
+    monkeypatch.setenv("STREAMREC_SERVING_ARTIFACTS_DIR", str(tmp_path / "own"))
+    assert ServingSettings().artifacts_dir == tmp_path / "own"
+    monkeypatch.setenv("STREAMREC_SERVING_DEFAULT_K", "50")
+    with pytest.raises(ValueError, match="exceeds max_k"):
+        ServingSettings()
+
+
+def test_broken_published_index_keeps_the_old_one(
+    redis_settings: RedisSettings, published: tuple[Path, ItemIndex]
+) -> None:
+    artifacts, old = published
+    with TestClient(create_app(settings_for(redis_settings, artifacts))) as c:
+        broken = artifacts / "index" / "broken-1"
+        broken.mkdir()
+        for name in ("index.faiss", "items.json", "manifest.json"):
+            (broken / name).write_text("garbage")
+        (artifacts / "index" / "CURRENT").write_text("broken-1\n")
+        deadline = time.monotonic() + 10.0
+        while c.get("/metrics").json()["index_load_failures"] == 0:
+            assert time.monotonic() < deadline, "the broken version was never tried"
+        # Tried once and remembered: the old index keeps serving.
+        assert c.get("/health").json()["index_version"] == old.version
+        assert c.get("/items/1/similar").status_code == 200
+        assert c.get("/metrics").json()["index_load_failures"] == 1

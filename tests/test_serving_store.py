@@ -1,0 +1,105 @@
+"""The one-round-trip fetch (serving/fetch.lua + serving/store.py) against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from core.settings import RedisSettings
+from serving.blend import recent_sources
+from serving.store import StateStore, UserState, parse_history
+
+
+def entry(ts: int, item: str, session: str | None = "s1") -> str:
+    return json.dumps([ts, item, session])
+
+
+def fetch(
+    settings: RedisSettings, user: str, *, n_sources: int = 3, per_item: int = 2, n_trend: int = 3
+) -> UserState:
+    async def run() -> UserState:
+        client = aioredis.Redis.from_url(settings.url, decode_responses=True)
+        try:
+            store = StateStore(client, settings.keys, history_len=50)
+            return await store.fetch(user, n_sources=n_sources, per_item=per_item, n_trend=n_trend)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def seed(client: redis.Redis, settings: RedisSettings) -> None:
+    keys = settings.keys
+    # LPUSH in event order leaves the list newest first, as the consumer keeps it.
+    client.lpush(
+        keys.hist("u1"),
+        entry(1_000, "old"),
+        entry(2_000, "c"),
+        "not json",  # a corrupt entry is skipped, never fatal
+        entry(3_000, "b", None),
+        entry(4_000, "a"),
+        json.dumps({"item": "x"}),  # wrong shape, skipped too
+        entry(5_000, "b"),
+    )
+    client.zadd(keys.co("b"), {"a": 5, "x": 9, "y": 1})
+    client.zadd(keys.co("a"), {"b": 5, "z": 2})
+    client.zadd(keys.co("old"), {"never": 100})  # fourth distinct item: beyond n_sources=3
+    client.zadd(keys.trend, {"t1": 8.0, "t2": 4.0, "t3": 2.0, "t4": 1.0})
+    client.hset(keys.meta, mapping={"trend_ref": 1_000, "clock": 3_000, "half_life_ms": 1_000})
+
+
+def test_fetch_returns_exactly_what_was_written(
+    redis_client: redis.Redis, redis_settings: RedisSettings
+) -> None:
+    seed(redis_client, redis_settings)
+    state = fetch(redis_settings, "u1")
+    assert state.history == [(5_000, "b"), (4_000, "a"), (3_000, "b"), (2_000, "c"), (1_000, "old")]
+    assert state.skipped == 2
+    assert state.sources == ["b", "a", "c"]
+    assert state.sources == recent_sources(state.history_items, 3)  # Lua and Python agree
+    # Top per_item=2 of each row, best first, with their counts; "c" has no row.
+    assert state.co == {"b": [("x", 9.0), ("a", 5.0)], "a": [("b", 5.0), ("z", 2.0)], "c": []}
+    assert state.trending == [("t1", 8.0), ("t2", 4.0), ("t3", 2.0)]
+    assert (state.trend_ref, state.clock, state.half_life_ms) == (1_000.0, 3_000, 1_000.0)
+    # Two half-lives between trend_ref and the clock: every score is quartered.
+    assert state.decay_to_clock() == pytest.approx(0.25)
+    assert state.trending_counts() == [("t1", 2.0), ("t2", 1.0), ("t3", 0.5)]  # exact in binary
+
+
+def test_fetch_bounds_follow_the_arguments(
+    redis_client: redis.Redis, redis_settings: RedisSettings
+) -> None:
+    seed(redis_client, redis_settings)
+    state = fetch(redis_settings, "u1", n_sources=1, per_item=1, n_trend=0)
+    assert state.sources == ["b"]
+    assert state.co == {"b": [("x", 9.0)]}
+    assert state.trending == []
+    # The whole history is still returned: the blend excludes all of it.
+    assert len(state.history) == 5
+
+
+def test_unknown_user_and_empty_namespace(redis_settings: RedisSettings) -> None:
+    state = fetch(redis_settings, "nobody")
+    assert state == UserState(history=[], sources=[], co={}, trending=[])
+    assert state.decay_to_clock() is None
+    assert state.trending_counts() == []
+
+
+def test_history_parser_matches_the_lua_rule() -> None:
+    raw = [
+        entry(1, "a"),
+        "[]",
+        "[1]",
+        '[null, "b", null]',
+        '[2, "", null]',
+        "[3, 4, null]",
+        '[true, "c"]',
+        "{",
+    ]
+    history, skipped = parse_history(raw)
+    assert history == [(1, "a")]
+    assert skipped == 7
