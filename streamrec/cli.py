@@ -15,7 +15,6 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from pydantic import ValidationError
 
@@ -53,15 +52,9 @@ def _resolve(args: argparse.Namespace) -> Path:
     )
 
 
-def local_ports(redis: RedisSettings, kafka: KafkaSettings) -> tuple[int, int]:
-    """The stack's ports come from the same settings the clients use: one source of truth."""
-    rport = urlparse(redis.url).port or 6379
-    first = kafka.bootstrap.split(",")[0]
-    return rport, int(first.rsplit(":", 1)[1])
-
-
 # -- subcommands -----------------------------------------------------------------
 def cmd_stack(args: argparse.Namespace) -> int:
+    from streamrec.harness import local_ports
     from streamrec.stack import LocalStack
 
     rport, kport = local_ports(RedisSettings(), KafkaSettings())
