@@ -5,15 +5,17 @@
 -- either moved since (another consumer took the partition, or rescaled trending
 -- to another landmark) nothing is written and the caller re-reads and recomputes.
 --
--- KEYS: 1 offsets, 2 meta, 3 stats, 4 pop, 5 trend, then nh history keys, then nco co-row keys
+-- The delta travels as one JSON document (ARGV[11]) rather than as thousands of
+-- arguments: packing arguments one by one in redis-py cost more than the whole
+-- rest of the batch. History and co-occurrence keys are built here from the
+-- namespace (single-node Redis; see core/keyspace.py).
+--
+-- KEYS: 1 offsets, 2 meta, 3 stats, 4 pop, 5 trend
 -- ARGV: 1 offset field, 2 expected next offset ('' = none), 3 new next offset,
---       4 expected landmark ('' = none), 5 new landmark, 6 rescale factor ('' = none),
---       7 batch max ts ('' = none), 8 half-life ms, 9 co top-M, 10 pop max,
---       11 history ttl s, 12 events, 13 nh, 14 nco, 15 npop, 16 ntrend, 17 nstat,
---       then per history key: count, entries (newest first);
---       per co row: count, (neighbour, increment) pairs;
---       npop (item, increment) pairs; ntrend (item, increment) pairs;
---       nstat (stats field, increment) pairs.
+--       4 expected landmark ('' = none), 5 new landmark ('' = leave), 6 rescale factor ('' = none),
+--       7 batch max ts ('' = none), 8 half-life ms, 9 namespace, 10 limits "topm popmax histlen ttl",
+--       11 delta JSON {h: [[user, [entry, ...oldest first]]], c: [[item, [nb, inc, ...]]],
+--                      p: [item, inc, ...], t: [item, weight, ...], s: [field, inc, ...]}
 local stored = redis.call('HGET', KEYS[1], ARGV[1]) or ''
 local ref = redis.call('HGET', KEYS[2], 'trend_ref') or ''
 if stored ~= ARGV[2] then
@@ -30,28 +32,27 @@ if ARGV[5] ~= '' then
   end
 end
 
-local nh, nco = tonumber(ARGV[13]), tonumber(ARGV[14])
-local npop, ntrend, nstat = tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17])
-local ttl, topm, popmax = tonumber(ARGV[11]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local a = 18
+local ns = ARGV[9]
+local topm, popmax, histlen, ttl = string.match(ARGV[10], '(%d+) (%d+) (%d+) (%d+)')
+topm, popmax, histlen, ttl = tonumber(topm), tonumber(popmax), tonumber(histlen), tonumber(ttl)
+local d = cjson.decode(ARGV[11])
 
-for h = 1, nh do
-  local key = KEYS[5 + h]
-  local n = tonumber(ARGV[a]); a = a + 1
-  redis.call('DEL', key)
-  if n > 0 then
-    redis.call('RPUSH', key, unpack(ARGV, a, a + n - 1))
-    redis.call('EXPIRE', key, ttl)
+for _, uh in ipairs(d.h) do
+  local key = ns .. ':hist:' .. uh[1]
+  local entries = uh[2]
+  -- LPUSH takes arguments oldest first and leaves the newest at the head.
+  for lo = 1, #entries, 500 do
+    redis.call('LPUSH', key, unpack(entries, lo, math.min(lo + 499, #entries)))
   end
-  a = a + n
+  redis.call('LTRIM', key, 0, histlen - 1)
+  redis.call('EXPIRE', key, ttl)
 end
 
-for c = 1, nco do
-  local key = KEYS[5 + nh + c]
-  local n = tonumber(ARGV[a]); a = a + 1
-  for _ = 1, n do
-    redis.call('ZINCRBY', key, ARGV[a + 1], ARGV[a])
-    a = a + 2
+for _, row in ipairs(d.c) do
+  local key = ns .. ':co:' .. row[1]
+  local pairs_ = row[2]
+  for j = 1, #pairs_, 2 do
+    redis.call('ZINCRBY', key, pairs_[j + 1], pairs_[j])
   end
   -- Keep the strongest top-M neighbours; the weakest go first.
   local card = redis.call('ZCARD', key)
@@ -60,16 +61,17 @@ for c = 1, nco do
   end
 end
 
-for _ = 1, npop do
-  redis.call('ZINCRBY', KEYS[4], ARGV[a + 1], ARGV[a]); a = a + 2
+local p, t, s = d.p, d.t, d.s
+for j = 1, #p, 2 do
+  redis.call('ZINCRBY', KEYS[4], p[j + 1], p[j])
 end
-for _ = 1, ntrend do
-  redis.call('ZINCRBY', KEYS[5], ARGV[a + 1], ARGV[a]); a = a + 2
+for j = 1, #t, 2 do
+  redis.call('ZINCRBY', KEYS[5], t[j + 1], t[j])
 end
-for _ = 1, nstat do
-  redis.call('HINCRBY', KEYS[3], ARGV[a], ARGV[a + 1]); a = a + 2
+for j = 1, #s, 2 do
+  redis.call('HINCRBY', KEYS[3], s[j], s[j + 1])
 end
-if npop > 0 then
+if #p > 0 then
   for _, key in ipairs({KEYS[4], KEYS[5]}) do
     local card = redis.call('ZCARD', key)
     if card > popmax then

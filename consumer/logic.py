@@ -95,7 +95,11 @@ def step(
 class StateDelta:
     """Everything one batch of events changes, ready to be applied atomically."""
 
+    # Each touched user's history after the batch, newest first: the given
+    # history with the batch's entries in front, capped at ``history_len``.
     histories: dict[str, list[Entry]] = field(default_factory=dict)
+    # How many of the front entries of ``histories[user]`` the batch added.
+    added: Counter[str] = field(default_factory=Counter)
     co: Counter[tuple[str, str]] = field(default_factory=Counter)
     pop: Counter[str] = field(default_factory=Counter)
     # item -> list of event timestamps; decay weights are computed against the
@@ -103,7 +107,10 @@ class StateDelta:
     trend_ts: dict[str, list[int]] = field(default_factory=dict)
     events: int = 0
     max_ts: int | None = None
-    touched_users: set[str] = field(default_factory=set)
+
+    @property
+    def touched_users(self) -> set[str]:
+        return set(self.histories)
 
 
 def fold(
@@ -114,26 +121,62 @@ def fold(
 ) -> StateDelta:
     """Fold events (in stream order) into a delta, starting from the given histories.
 
-    ``histories`` holds each user's stored history (missing = new user). The
-    returned delta's ``histories`` hold the final history of every user touched.
+    ``histories`` holds each user's stored history, newest first (missing = new
+    user); only its newest ``pair_window`` entries matter for pairing, so callers
+    may pass just those. Equivalent to calling :func:`step` per event (a test
+    holds it to that), written as one loop because it is the consumer's hot path:
+    histories are kept oldest-first while folding so each event is an append.
     """
     out = delta if delta is not None else StateDelta()
+    gap, window, cap = rules.gap_ms, rules.pair_window, rules.history_len
+    work: dict[str, list[Entry]] = {}
+    co, pop, trend_ts, added = out.co, out.pop, out.trend_ts, out.added
+    n = 0
+    max_ts = out.max_ts
     for event in events:
-        user = event.user_id
-        current = out.histories.get(user)
-        if current is None:
-            current = list(histories.get(user, ()))
-        new_history, found = step(current, event, rules)
-        out.histories[user] = new_history
-        out.touched_users.add(user)
-        for other in found:
-            out.co[(event.item_id, other)] += 1
-            out.co[(other, event.item_id)] += 1
-        out.pop[event.item_id] += 1
-        out.trend_ts.setdefault(event.item_id, []).append(event.ts)
-        out.events += 1
-        if out.max_ts is None or event.ts > out.max_ts:
-            out.max_ts = event.ts
+        user, item, ts, sid = event.user_id, event.item_id, event.ts, event.session_id
+        h = work.get(user)
+        if h is None:
+            start: Sequence[Entry] | None = out.histories.get(user)
+            if start is None:
+                start = histories.get(user, ())
+            h = work[user] = list(reversed(start))
+        # Walk back through the session window (see session_window) pairing distinct items.
+        seen = {item}
+        prev_ts, prev_sid = ts, sid
+        i = len(h) - 1
+        stop = max(-1, i - window)
+        while i > stop:
+            e = h[i]
+            if abs(prev_ts - e.ts) > gap:
+                break
+            if prev_sid is not None and e.session_id is not None and prev_sid != e.session_id:
+                break
+            if e.item not in seen:
+                seen.add(e.item)
+                co[(item, e.item)] += 1
+                co[(e.item, item)] += 1
+            prev_ts, prev_sid = e.ts, e.session_id
+            i -= 1
+        h.append(Entry(ts, item, sid))
+        if len(h) > 2 * cap:  # trim in bulk: amortised O(1) per event
+            del h[:-cap]
+        added[user] += 1
+        pop[item] += 1
+        stamps = trend_ts.get(item)
+        if stamps is None:
+            trend_ts[item] = [ts]
+        else:
+            stamps.append(ts)
+        n += 1
+        if max_ts is None or ts > max_ts:
+            max_ts = ts
+    for user, h in work.items():
+        out.histories[user] = h[: -cap - 1 : -1]
+        if added[user] > cap:
+            added[user] = cap
+    out.events += n
+    out.max_ts = max_ts
     return out
 
 

@@ -9,12 +9,13 @@ to the stored offset on assignment never applies an event twice.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+import orjson
 import redis
 
 from consumer.logic import (
@@ -105,8 +106,11 @@ class StateStore:
         pipe = self.client.pipeline(transaction=False)
         pipe.hmget(self.keys.offsets, [Keyspace.offset_field(topic, p) for p in partitions])
         pipe.hget(self.keys.meta, "trend_ref")
+        # Pairing only looks at the newest pair_window entries; new entries are
+        # pushed in front, so nothing older needs to travel.
+        window = self.config.rules.pair_window
         for user in users:
-            pipe.lrange(self.keys.hist(user), 0, -1)
+            pipe.lrange(self.keys.hist(user), 0, window - 1)
         offsets_raw, ref_raw, *hists = pipe.execute()
         return Snapshot(
             histories={
@@ -214,21 +218,31 @@ class StateStore:
     ) -> None:
         cfg = self.config
         delta: StateDelta = fold((e for _, e in batch.events), snap.histories, cfg.rules)
-        rows: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        rows: dict[str, list[str | int]] = defaultdict(list)
         for (a, b), n in delta.co.items():
-            rows[a].append((b, n))
-        users = sorted(delta.histories)
-        keys = [self.keys.offsets, self.keys.meta, self.keys.stats, self.keys.pop, self.keys.trend]
-        keys += [self.keys.hist(u) for u in users]
-        keys += [self.keys.co(item) for item in rows]
-        stats: dict[str, int] = {}
+            rows[a] += (b, n)
+        stats: list[str | int] = []
         if delta.events:
-            stats["events"] = delta.events
-            stats["pairs"] = sum(delta.co.values()) // 2
-        for _, exc in batch.rejected:
-            stats[f"dlq:{exc.reason}"] = stats.get(f"dlq:{exc.reason}", 0) + 1
+            stats += ("events", delta.events, "pairs", sum(delta.co.values()) // 2)
+        for reason, n in Counter(exc.reason for _, exc in batch.rejected).items():
+            stats += (f"dlq:{reason}", n)
         weights = trend_weights(delta.trend_ts, new_ref, cfg.half_life_ms) if new_ref else {}
-        args: list[str | int | float | bytes] = [
+        payload = orjson.dumps(
+            {
+                # New entries only, oldest first (LPUSH order); the CAS on the
+                # offset makes the append happen exactly once.
+                "h": [
+                    [u, [e.encode().decode() for e in reversed(h[: delta.added[u]])]]
+                    for u, h in delta.histories.items()
+                ],
+                "c": list(rows.items()),
+                "p": [x for item, n in delta.pop.items() for x in (item, n)],
+                "t": [x for item, w in weights.items() for x in (item, w)],
+                "s": stats,
+            }
+        )
+        keys = [self.keys.offsets, self.keys.meta, self.keys.stats, self.keys.pop, self.keys.trend]
+        args: list[str | int | bytes] = [
             Keyspace.offset_field(topic, batch.partition),
             "" if expected is None else expected,
             batch.next_offset,
@@ -237,30 +251,10 @@ class StateStore:
             "" if factor is None else repr(factor),
             "" if delta.max_ts is None else delta.max_ts,
             cfg.half_life_ms,
-            cfg.co_top_m,
-            cfg.pop_max,
-            cfg.idle_ttl_s,
-            delta.events,
-            len(users),
-            len(rows),
-            len(delta.pop),
-            len(weights),
-            len(stats),
+            self.keys.namespace,
+            f"{cfg.co_top_m} {cfg.pop_max} {cfg.rules.history_len} {cfg.idle_ttl_s}",
+            payload,
         ]
-        for u in users:
-            entries = delta.histories[u]
-            args.append(len(entries))
-            args.extend(e.encode() for e in entries)
-        for neighbours in rows.values():
-            args.append(len(neighbours))
-            for b, n in neighbours:
-                args.extend((b, n))
-        for item, n in delta.pop.items():
-            args.extend((item, n))
-        for item, w in weights.items():
-            args.extend((item, repr(w)))
-        for name, n in stats.items():
-            args.extend((name, n))
         self._apply(keys=keys, args=args, client=pipe)
 
 

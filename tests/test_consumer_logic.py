@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
+import numpy as np
 import pytest
 
 from consumer.logic import (
@@ -132,3 +135,41 @@ def test_landmark_moves_before_overflow_and_rescales() -> None:
     ref, factor = trend_landmark(0, 600 * hl, hl)
     assert ref == 600 * hl
     assert factor == 2.0**-600
+
+
+def test_fold_equals_stepping_event_by_event(rng: np.random.Generator) -> None:
+    """The hot-path loop in fold must say exactly what step says, event by event."""
+    rules = SessionRules(gap_ms=20 * MIN, pair_window=4, history_len=6)
+    minutes = np.cumsum(rng.integers(0, 40, size=400))
+    events = [
+        ClickEvent(
+            f"u{rng.integers(0, 7)}",
+            f"i{rng.integers(0, 15)}",
+            T0 + int(m) * MIN,
+            session_id=None if rng.random() < 0.7 else f"s{rng.integers(0, 2)}",
+        )
+        for m in minutes
+    ]
+    histories: dict[str, list[Entry]] = {}
+    co: Counter[tuple[str, str]] = Counter()
+    for e in events:
+        new, found = step(histories.get(e.user_id, []), e, rules)
+        histories[e.user_id] = new
+        for other in found:
+            co[(e.item_id, other)] += 1
+            co[(other, e.item_id)] += 1
+    delta = fold(events, {}, rules)
+    assert delta.histories == histories
+    assert delta.co == co
+    # Folding in chunks from window-sized stored histories says the same.
+    stored: dict[str, list[Entry]] = {}
+    chunked: Counter[tuple[str, str]] = Counter()
+    for lo in range(0, len(events), 37):
+        part = fold(
+            events[lo : lo + 37], {u: h[: rules.pair_window] for u, h in stored.items()}, rules
+        )
+        chunked += part.co
+        for u, h in part.histories.items():
+            stored[u] = (h[: part.added[u]] + stored.get(u, []))[: rules.history_len]
+    assert chunked == co
+    assert stored == histories

@@ -21,6 +21,12 @@ ROWS = "1,10,4.0,964982703\n2,20,3.5,964982800\n"
 RATINGS = HEADER + ROWS
 
 
+@pytest.fixture(autouse=True)
+def _no_data_dir_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests decide where data is; run.sh and CI export STREAMREC_DATA_DIR."""
+    monkeypatch.delenv("STREAMREC_DATA_DIR", raising=False)
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass  # keep test output clean; the status codes are asserted instead
