@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -21,9 +22,10 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
 
 from consumer.settings import ConsumerSettings
-from consumer.store import PartitionBatch, StateStore
+from consumer.store import ApplyResult, PartitionBatch, StateStore
 from core.errors import InvalidEvent, ServiceUnavailable
 from core.events import decode
 
@@ -74,8 +76,8 @@ class _Rebalance(ConsumerRebalanceListener):
         self.worker = worker
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        # Every polled batch is applied before the next poll, so nothing is in
-        # flight here; Redis already holds the offsets.
+        # Finish the batch in flight so the next owner finds its offsets in Redis.
+        self.worker.drain()
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
@@ -95,6 +97,12 @@ class Worker:
         self._consumer: KafkaConsumer | None = None
         self._dlq: KafkaProducer | None = None
         self._last_beat = 0.0
+        # Pipelining, depth one: this thread applies batch N to Redis (snapshot,
+        # fold, script) while the main thread polls and decodes batch N+1. One
+        # thread keeps batches in order; each partition's CAS keeps them exact.
+        self._applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-apply")
+        self._inflight: Future[tuple[ApplyResult, dict[TopicPartition, int]]] | None = None
+        self._applied_next: dict[TopicPartition, int] = {}
 
     # -- lifecycle -------------------------------------------------------------
     def run(
@@ -132,7 +140,8 @@ class Worker:
                 if polled:
                     last_data = now
                     self.handle(polled)
-                    self._commit()
+                elif self._inflight is not None:
+                    self.drain()  # nothing new: finish the batch in flight, commit it
                 elif idle_exit_s is not None and now - last_data > idle_exit_s:
                     log.info("idle for %.1fs; stopping", idle_exit_s)
                     break
@@ -141,6 +150,7 @@ class Worker:
                 if now - last_report > 10:
                     last_report = now
                     log.info("progress %s", self.stats.as_dict())
+            self.drain()
         finally:
             self.close()
         log.info("stopped: %s", self.stats.as_dict())
@@ -153,6 +163,12 @@ class Worker:
             path.touch()
 
     def close(self) -> None:
+        if self._inflight is not None:
+            try:
+                self.drain()
+            except Exception:  # e.g. stopped while Redis was away: redelivered next time
+                log.exception("the batch in flight was not applied")
+        self._applier.shutdown(wait=True)
         if self._consumer is not None:
             try:
                 self._consumer.close(autocommit=False)
@@ -169,15 +185,32 @@ class Worker:
 
     # -- the batch path --------------------------------------------------------
     def handle(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        """Decode and dead-letter on this thread, then hand the batch to the applier."""
         batches = [self._decode(tp, records) for tp, records in polled.items() if records]
         self.stats.records += sum(len(r) for r in polled.values())
         if any(b.rejected for b in batches):
             self._retry(lambda: self._dead_letter(batches, polled), "the dead-letter topic")
-        result = self._retry(lambda: self.store.apply(self.topic, batches), "Redis")
+        self.drain()
+        nexts = {TopicPartition(self.topic, b.partition): b.next_offset for b in batches}
+        self._inflight = self._applier.submit(self._apply, batches, nexts)
+
+    def _apply(
+        self, batches: list[PartitionBatch], nexts: dict[TopicPartition, int]
+    ) -> tuple[ApplyResult, dict[TopicPartition, int]]:
+        return self._retry(lambda: self.store.apply(self.topic, batches), "Redis"), nexts
+
+    def drain(self) -> None:
+        """Wait for the batch in flight, count it, and commit its offsets to Kafka."""
+        if self._inflight is None:
+            return
+        future, self._inflight = self._inflight, None
+        result, nexts = future.result()
         self.stats.applied += result.applied_events
         self.stats.skipped += result.skipped_events
         self.stats.dead_lettered += result.rejected
         self.stats.conflicts += result.conflicts
+        self._applied_next.update(nexts)
+        self._commit()
 
     def _decode(self, tp: TopicPartition, records: list[Any]) -> PartitionBatch:
         batch = PartitionBatch(tp.partition, records[0].offset, records[-1].offset + 1)
@@ -205,9 +238,12 @@ class Worker:
         self._dlq.flush(timeout=10)
 
     def _commit(self) -> None:
-        assert self._consumer is not None
+        if self._consumer is None or not self._applied_next:
+            return
+        offsets = {tp: OffsetAndMetadata(n, "", -1) for tp, n in self._applied_next.items()}
+        self._applied_next = {}
         try:
-            self._consumer.commit()
+            self._consumer.commit(offsets)
         except KafkaError as exc:
             # Redis holds the truth; a failed Kafka commit only delays lag reporting.
             log.warning("Kafka offset commit failed (%s); Redis offsets are authoritative", exc)
