@@ -77,7 +77,9 @@ class _Rebalance(ConsumerRebalanceListener):
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         # Finish the batch in flight so the next owner finds its offsets in Redis.
-        self.worker.drain()
+        # No Kafka commit here: kafka-python runs listeners on its IO thread,
+        # where a blocking consumer call raises; Redis holds the offsets anyway.
+        self.worker.drain(commit=False)
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
@@ -133,7 +135,7 @@ class Worker:
         last_report = time.monotonic()
         try:
             while not self.stop.is_set():
-                polled = self._consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
+                polled = self._retry(self._poll, "the broker")
                 self.stats.polls += 1
                 now = time.monotonic()
                 self._beat(now)
@@ -155,6 +157,13 @@ class Worker:
             self.close()
         log.info("stopped: %s", self.stats.as_dict())
         return self.stats
+
+    def _poll(self) -> dict[TopicPartition, list[Any]]:
+        assert self._consumer is not None
+        polled: dict[TopicPartition, list[Any]] = self._consumer.poll(
+            timeout_ms=self.settings.poll_timeout_ms
+        )
+        return polled
 
     def _beat(self, now: float) -> None:
         path = self.settings.heartbeat_file
@@ -199,8 +208,8 @@ class Worker:
     ) -> tuple[ApplyResult, dict[TopicPartition, int]]:
         return self._retry(lambda: self.store.apply(self.topic, batches), "Redis"), nexts
 
-    def drain(self) -> None:
-        """Wait for the batch in flight, count it, and commit its offsets to Kafka."""
+    def drain(self, *, commit: bool = True) -> None:
+        """Wait for the batch in flight, count it, and (by default) commit its offsets to Kafka."""
         if self._inflight is None:
             return
         future, self._inflight = self._inflight, None
@@ -210,7 +219,8 @@ class Worker:
         self.stats.dead_lettered += result.rejected
         self.stats.conflicts += result.conflicts
         self._applied_next.update(nexts)
-        self._commit()
+        if commit:
+            self._commit()
 
     def _decode(self, tp: TopicPartition, records: list[Any]) -> PartitionBatch:
         batch = PartitionBatch(tp.partition, records[0].offset, records[-1].offset + 1)

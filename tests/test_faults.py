@@ -1,0 +1,262 @@
+"""Faults with real processes: kill -9 mid-stream, Redis restart, broker restart, a consumer lost.
+
+Each test streams a deterministic click stream through the real broker into
+`streamrec consume` child processes, injects a fault, and compares the final
+Redis state with one clean in-process pass of the same stream through the same
+store code. Co-occurrence pruning is switched off (a huge top-M) because which
+weak neighbour is pruned depends on batch boundaries; every other part of the
+state must match exactly (trending up to float rounding of sums).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from consumer.logic import decayed_count
+from consumer.store import PartitionBatch, StateStore, StoreConfig
+from core.events import ClickEvent
+from core.settings import KafkaSettings, RedisSettings
+from producer.client import ClickProducer, ensure_topics
+from streamrec.harness import Children
+from streamrec.stack import LocalStack, broker_service, free_port, redis_service
+
+T0 = 1_600_000_000_000
+NO_PRUNING = 10**9
+
+
+def click_stream(n: int, seed: int = 7, users: int = 60, items: int = 250) -> list[ClickEvent]:
+    """Deterministic clicks: popular items skewed, sessions broken by occasional long gaps."""
+    rng = np.random.default_rng(seed)
+    gaps = np.where(rng.random(n) < 0.05, 3_600_000, rng.integers(1_000, 90_000, n))
+    ts = T0 + np.cumsum(gaps)
+    item_ids = np.minimum(rng.zipf(1.3, n), items)
+    return [ClickEvent(f"u{rng.integers(users)}", f"i{item_ids[k]}", int(ts[k])) for k in range(n)]
+
+
+def clean_state(events: list[ClickEvent], url: str) -> dict[str, Any]:
+    settings = RedisSettings(url=url, namespace=f"clean-{uuid.uuid4().hex[:8]}")
+    client = redis.Redis.from_url(url)
+    store = StateStore(client, settings.keys, StoreConfig(co_top_m=NO_PRUNING))
+    for lo in range(0, len(events), 1000):
+        chunk = list(enumerate(events[lo : lo + 1000], start=lo))
+        store.apply("clean", [PartitionBatch(0, lo, lo + len(chunk), chunk)])
+    state = store.dump()
+    keys = list(client.scan_iter(match=settings.keys.pattern()))
+    client.delete(*keys)
+    client.close()
+    return state
+
+
+def assert_same_state(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert got["hist"] == want["hist"]
+    assert got["co"] == want["co"]
+    assert got["pop"] == want["pop"]
+    # Raw trending scores are relative to a landmark that depends on where the
+    # first batch ended; the decayed counts as of the stream clock are the state.
+    assert got["meta"]["clock"] == want["meta"]["clock"]
+    assert got["trend"].keys() == want["trend"].keys()
+    for item, score in want["trend"].items():
+        assert decayed(got, got["trend"][item]) == pytest.approx(decayed(want, score), rel=1e-9)
+    assert got["stats"]["events"] == want["stats"]["events"]
+    assert got["stats"]["pairs"] == want["stats"]["pairs"]
+
+
+def decayed(state: dict[str, Any], score: float) -> float:
+    meta = state["meta"]
+    return decayed_count(
+        score, int(meta["trend_ref"]), int(meta["clock"]), int(meta["half_life_ms"])
+    )
+
+
+class Rig:
+    """A topic, a namespace and consumer processes pointed at them."""
+
+    def __init__(self, kafka: KafkaSettings, redis_settings: RedisSettings, log_dir: Path) -> None:
+        self.kafka, self.redis = kafka, redis_settings
+        self.group = f"g-{uuid.uuid4().hex[:8]}"
+        self.children = Children(log_dir)
+        self.client = redis.Redis.from_url(
+            redis_settings.url, decode_responses=True, socket_timeout=2
+        )
+        self.store = StateStore(
+            redis.Redis.from_url(redis_settings.url),
+            redis_settings.keys,
+            StoreConfig(co_top_m=NO_PRUNING),
+        )
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "STREAMREC_REDIS_URL": self.redis.url,
+            "STREAMREC_REDIS_NAMESPACE": self.redis.namespace,
+            "STREAMREC_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
+            "STREAMREC_KAFKA_TOPIC": self.kafka.topic,
+            "STREAMREC_KAFKA_DLQ_TOPIC": self.kafka.dlq_topic,
+            "STREAMREC_CONSUMER_CO_TOP_M": str(NO_PRUNING),
+            "STREAMREC_CONSUMER_BATCH_SIZE": "200",  # many batches: more places to die in
+            "STREAMREC_CONSUMER_RETRY_MAX_S": "0.5",
+        }
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "streamrec.cli", "consume", "--group", self.group]
+        return self.children.start(name, argv, self.env())
+
+    def applied(self) -> int:
+        try:
+            return int(self.client.hget(self.redis.keys.stats, "events") or 0)
+        except redis.ConnectionError:
+            return -1
+
+    def wait_applied(self, n: int, timeout: float = 90) -> None:
+        wait_for(lambda: self.applied() >= n, timeout, f"{n} events applied")
+
+    def produce(self, events: list[ClickEvent]) -> None:
+        with ClickProducer(self.kafka) as producer:
+            for e in events:
+                producer.send(e)
+            producer.flush()
+
+    def log(self, name: str) -> str:
+        return (self.children.log_dir / f"{name}.log").read_text(errors="replace")
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def rig(
+    kafka_settings: KafkaSettings, redis_settings: RedisSettings, tmp_path: Path
+) -> Iterator[Rig]:
+    ensure_topics(kafka_settings)
+    r = Rig(kafka_settings, redis_settings, tmp_path / "logs")
+    yield r
+    r.children.stop()
+    r.client.close()
+
+
+def kill_nine_rounds(rig: Rig, events: list[ClickEvent], kills: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    rig.produce(events)
+    points = sorted(rng.integers(len(events) // 10, len(events) * 9 // 10, size=kills))
+    for k, point in enumerate(points):
+        proc = rig.start(f"consumer-{k}")
+        wait_for(lambda p=point: rig.applied() >= p, 90, f"{point} applied before kill {k}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    rig.start("consumer-final")
+    rig.wait_applied(len(events))
+    time.sleep(0.5)  # anything still in flight would show up as extra counts now
+
+
+def test_kill_nine_mid_stream_equals_a_clean_pass(rig: Rig) -> None:
+    events = click_stream(3000)
+    kill_nine_rounds(rig, events, kills=2, seed=1)
+    assert_same_state(rig.store.dump(), clean_state(events, rig.redis.url))
+
+
+@pytest.mark.slow
+def test_kill_nine_many_times_over_twenty_thousand_events(rig: Rig) -> None:
+    events = click_stream(20_000, seed=3)
+    kill_nine_rounds(rig, events, kills=6, seed=2)
+    assert_same_state(rig.store.dump(), clean_state(events, rig.redis.url))
+
+
+def test_sigterm_finishes_the_batch_and_exits_cleanly(rig: Rig) -> None:
+    events = click_stream(1500)
+    rig.produce(events)
+    proc = rig.start("consumer")
+    wait_for(lambda: rig.applied() > 0, 60, "first events")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    assert "stopped:" in rig.log("consumer")
+    rig.start("consumer-2")
+    rig.wait_applied(len(events))
+    assert_same_state(rig.store.dump(), clean_state(events, rig.redis.url))
+
+
+def test_a_stopped_group_member_hands_its_partitions_over(rig: Rig) -> None:
+    events = click_stream(4000, seed=5)
+    first = rig.start("consumer-a")
+    rig.start("consumer-b")
+    rig.produce(events[:2000])
+    rig.wait_applied(1000)
+    first.send_signal(signal.SIGKILL)  # the harshest way to leave a group
+    first.wait()
+    rig.produce(events[2000:])
+    rig.wait_applied(len(events), timeout=120)
+    time.sleep(0.5)
+    assert_same_state(rig.store.dump(), clean_state(events, rig.redis.url))
+
+
+def test_redis_restart_mid_stream(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
+    """redis-server with AOF persistence goes away and comes back; the consumer waits it out."""
+    ensure_topics(kafka_settings)
+    port = free_port()
+    server = redis_service(tmp_path / "redis", port, persist=True)
+    server.start()
+    settings = RedisSettings(url=f"redis://127.0.0.1:{port}/0", namespace="restart")
+    rig = Rig(kafka_settings, settings, tmp_path / "logs")
+    try:
+        events = click_stream(4000, seed=11)
+        rig.produce(events[:2000])
+        rig.start("consumer")
+        rig.wait_applied(1000)
+        server.stop()
+        rig.produce(events[2000:])
+        wait_for(lambda: "waiting for Redis" in rig.log("consumer"), 30, "the retry log line")
+        server.start()
+        rig.wait_applied(len(events))
+        time.sleep(0.5)
+        assert_same_state(rig.store.dump(), clean_state(events, settings.url))
+    finally:
+        rig.children.stop()
+        server.stop()
+
+
+def test_broker_restart_and_full_replay_applies_nothing_twice(tmp_path: Path) -> None:
+    """The broker is memory-only: after a restart the producer replays the whole stream.
+
+    Replayed records get the same partitions and offsets, so the consumer's
+    Redis offsets skip everything already applied and apply only the rest.
+    """
+    stack = LocalStack(tmp_path / "stack", free_port(), free_port())
+    stack.up()
+    broker = broker_service(tmp_path / "stack", stack.kafka_port)
+    kafka = KafkaSettings(bootstrap=stack.bootstrap, topic="clicks-r", dlq_topic="clicks-r.dlq")
+    settings = RedisSettings(url=stack.redis_url, namespace="replay")
+    rig = Rig(kafka, settings, tmp_path / "logs")
+    try:
+        ensure_topics(kafka)
+        events = click_stream(4000, seed=13)
+        rig.produce(events[:2500])
+        rig.start("consumer")
+        rig.wait_applied(2500)
+        broker.stop()
+        broker.start()
+        ensure_topics(kafka)
+        rig.produce(events)  # everything again, from the first event
+        rig.wait_applied(len(events), timeout=120)
+        time.sleep(1.0)
+        assert rig.applied() == len(events)
+        assert_same_state(rig.store.dump(), clean_state(events, settings.url))
+    finally:
+        rig.children.stop()
+        stack.down()
