@@ -36,6 +36,24 @@ def local_ports(redis_settings: RedisSettings, kafka: KafkaSettings) -> tuple[in
     return rport, int(first.rsplit(":", 1)[1])
 
 
+def process_env(
+    kafka: KafkaSettings, redis_settings: RedisSettings, artifacts: Path | None = None
+) -> dict[str, str]:
+    """This process's environment, with the settings a child streamrec process must share."""
+    env = {
+        **os.environ,
+        "STREAMREC_REDIS_URL": redis_settings.url,
+        "STREAMREC_REDIS_NAMESPACE": redis_settings.namespace,
+        "STREAMREC_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "STREAMREC_KAFKA_TOPIC": kafka.topic,
+        "STREAMREC_KAFKA_DLQ_TOPIC": kafka.dlq_topic,
+        "STREAMREC_KAFKA_PARTITIONS": str(kafka.partitions),
+    }
+    if artifacts is not None:
+        env["STREAMREC_ARTIFACTS_DIR"] = str(artifacts.resolve())
+    return env
+
+
 class Children:
     """Child processes; each is stopped with SIGTERM, then SIGKILL after a bound."""
 
@@ -128,16 +146,7 @@ class LiveRun:
     @property
     def env(self) -> dict[str, str]:
         """The environment that points a streamrec process at this run."""
-        return {
-            **os.environ,
-            "STREAMREC_REDIS_URL": self.redis.url,
-            "STREAMREC_REDIS_NAMESPACE": self.redis.namespace,
-            "STREAMREC_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
-            "STREAMREC_KAFKA_TOPIC": self.kafka.topic,
-            "STREAMREC_KAFKA_DLQ_TOPIC": self.kafka.dlq_topic,
-            "STREAMREC_KAFKA_PARTITIONS": str(self.kafka.partitions),
-            "STREAMREC_ARTIFACTS_DIR": str(self.artifacts.resolve()),
-        }
+        return process_env(self.kafka, self.redis, self.artifacts)
 
     # -- processes -----------------------------------------------------------------
     def start_consumer(

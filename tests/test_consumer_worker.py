@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,6 +19,7 @@ from consumer.worker import Worker
 from core.events import ClickEvent
 from core.settings import KafkaSettings, RedisSettings
 from producer.client import ClickProducer, ensure_topics
+from streamrec.stack import wait_until
 
 T0 = 1_600_000_000_000
 MIN = 60_000
@@ -32,15 +33,6 @@ def settings_for(kafka: KafkaSettings, redis_settings: RedisSettings) -> Consume
         batch_size=50,
         poll_timeout_ms=100,
     )
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @contextmanager
@@ -77,7 +69,7 @@ def test_stream_through_broker_matches_pure_logic(
         producer.flush()
     settings = settings_for(kafka_settings, redis_settings)
     with running(settings) as worker:
-        wait_for(lambda: worker.stats.applied >= len(events), 30, "all events applied")
+        wait_until(lambda: worker.stats.applied >= len(events), 30, "all events applied")
         state = worker.store.dump()
     want = fold(events, {}, settings.store_config().rules)
     assert state["hist"] == want.histories
@@ -120,7 +112,7 @@ def test_malformed_events_go_to_the_dead_letter_topic(
         producer.flush()
     settings = settings_for(kafka_settings, redis_settings)
     with running(settings) as worker:
-        wait_for(lambda: worker.stats.applied >= 2, 30, "the good events")
+        wait_until(lambda: worker.stats.applied >= 2, 30, "the good events")
         state = worker.store.dump()
     # The stream went on past the bad messages: both good events paired up.
     assert state["co"] == {"a": {"b": 1.0}, "b": {"a": 1.0}}
@@ -160,7 +152,7 @@ def test_restart_resumes_from_redis_offsets_without_double_counting(
             producer.send(e)
         producer.flush()
         with running(settings) as worker:
-            wait_for(lambda: worker.stats.applied >= half, 30, "first half")
+            wait_until(lambda: worker.stats.applied >= half, 30, "first half")
         for e in events[half:]:
             producer.send(e)
         producer.flush()
@@ -168,7 +160,7 @@ def test_restart_resumes_from_redis_offsets_without_double_counting(
     # stored offsets stop it from re-reading (and re-counting) the first half.
     fresh = settings.model_copy(update={"group_id": f"g-{uuid.uuid4().hex[:8]}"})
     with running(fresh) as worker:
-        wait_for(lambda: worker.stats.applied >= len(events) - half, 30, "second half")
+        wait_until(lambda: worker.stats.applied >= len(events) - half, 30, "second half")
         state = worker.store.dump()
         assert worker.stats.skipped == 0
     assert state["stats"]["events"] == len(events)

@@ -10,13 +10,12 @@ state must match exactly (trending up to float rounding of sums).
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,8 @@ from consumer.store import PartitionBatch, StateStore, StoreConfig
 from core.events import ClickEvent
 from core.settings import KafkaSettings, RedisSettings
 from producer.client import ClickProducer, ensure_topics
-from streamrec.harness import Children
-from streamrec.stack import LocalStack, broker_service, free_port, redis_service
+from streamrec.harness import Children, process_env
+from streamrec.stack import LocalStack, broker_service, free_port, redis_service, wait_until
 
 T0 = 1_600_000_000_000
 NO_PRUNING = 10**9
@@ -98,12 +97,7 @@ class Rig:
 
     def env(self) -> dict[str, str]:
         return {
-            **os.environ,
-            "STREAMREC_REDIS_URL": self.redis.url,
-            "STREAMREC_REDIS_NAMESPACE": self.redis.namespace,
-            "STREAMREC_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
-            "STREAMREC_KAFKA_TOPIC": self.kafka.topic,
-            "STREAMREC_KAFKA_DLQ_TOPIC": self.kafka.dlq_topic,
+            **process_env(self.kafka, self.redis),
             "STREAMREC_CONSUMER_CO_TOP_M": str(NO_PRUNING),
             "STREAMREC_CONSUMER_BATCH_SIZE": "200",  # many batches: more places to die in
             "STREAMREC_CONSUMER_RETRY_MAX_S": "0.5",
@@ -120,7 +114,7 @@ class Rig:
             return -1
 
     def wait_applied(self, n: int, timeout: float = 90) -> None:
-        wait_for(lambda: self.applied() >= n, timeout, f"{n} events applied")
+        wait_until(lambda: self.applied() >= n, timeout, f"{n} events applied")
 
     def produce(self, events: list[ClickEvent]) -> None:
         with ClickProducer(self.kafka) as producer:
@@ -130,15 +124,6 @@ class Rig:
 
     def log(self, name: str) -> str:
         return (self.children.log_dir / f"{name}.log").read_text(errors="replace")
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture
@@ -158,7 +143,7 @@ def kill_nine_rounds(rig: Rig, events: list[ClickEvent], kills: int, seed: int) 
     points = sorted(rng.integers(len(events) // 10, len(events) * 9 // 10, size=kills))
     for k, point in enumerate(points):
         proc = rig.start(f"consumer-{k}")
-        wait_for(lambda p=point: rig.applied() >= p, 90, f"{point} applied before kill {k}")
+        wait_until(lambda p=point: rig.applied() >= p, 90, f"{point} applied before kill {k}")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     rig.start("consumer-final")
@@ -183,7 +168,7 @@ def test_sigterm_finishes_the_batch_and_exits_cleanly(rig: Rig) -> None:
     events = click_stream(1500)
     rig.produce(events)
     proc = rig.start("consumer")
-    wait_for(lambda: rig.applied() > 0, 60, "first events")
+    wait_until(lambda: rig.applied() > 0, 60, "first events")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
     assert "stopped:" in rig.log("consumer")
@@ -221,7 +206,7 @@ def test_redis_restart_mid_stream(kafka_settings: KafkaSettings, tmp_path: Path)
         rig.wait_applied(1000)
         server.stop()
         rig.produce(events[2000:])
-        wait_for(lambda: "waiting for Redis" in rig.log("consumer"), 30, "the retry log line")
+        wait_until(lambda: "waiting for Redis" in rig.log("consumer"), 30, "the retry log line")
         server.start()
         rig.wait_applied(len(events))
         time.sleep(0.5)
