@@ -47,6 +47,10 @@ class SessionRules:
     gap_ms: int = 30 * 60 * 1000  # 30 minutes of inactivity ends a session
     pair_window: int = 10  # pair each click with up to 10 recent items of its session
     history_len: int = 50  # entries kept per user (serving reads the newest of these)
+    # False: every pair counts 1. True: a partner p steps back (0 = the newest)
+    # counts pair_window - p, so adjacent clicks weigh most (sequential-rules
+    # style, Ludewig & Jannach 2018). Integer weights keep ZINCRBY counts exact.
+    linear_pair_weights: bool = False
 
 
 def session_window(
@@ -106,6 +110,7 @@ class StateDelta:
     # landmark at apply time (see trend_weights), so the delta stays landmark-free.
     trend_ts: dict[str, list[int]] = field(default_factory=dict)
     events: int = 0
+    pairs: int = 0  # distinct (event, partner) pairings, whatever their weights
     max_ts: int | None = None
 
     @property
@@ -129,9 +134,10 @@ def fold(
     """
     out = delta if delta is not None else StateDelta()
     gap, window, cap = rules.gap_ms, rules.pair_window, rules.history_len
+    linear = rules.linear_pair_weights
     work: dict[str, list[Entry]] = {}
     co, pop, trend_ts, added = out.co, out.pop, out.trend_ts, out.added
-    n = 0
+    n = pairs = 0
     max_ts = out.max_ts
     for event in events:
         user, item, ts, sid = event.user_id, event.item_id, event.ts, event.session_id
@@ -153,9 +159,12 @@ def fold(
             if prev_sid is not None and e.session_id is not None and prev_sid != e.session_id:
                 break
             if e.item not in seen:
+                # The p-th distinct partner (p = len(seen) - 1, 0 = newest).
+                w = window - len(seen) + 1 if linear else 1
                 seen.add(e.item)
-                co[(item, e.item)] += 1
-                co[(e.item, item)] += 1
+                pairs += 1
+                co[(item, e.item)] += w
+                co[(e.item, item)] += w
             prev_ts, prev_sid = e.ts, e.session_id
             i -= 1
         h.append(Entry(ts, item, sid))
@@ -176,6 +185,7 @@ def fold(
         if added[user] > cap:
             added[user] = cap
     out.events += n
+    out.pairs += pairs
     out.max_ts = max_ts
     return out
 

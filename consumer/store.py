@@ -223,7 +223,7 @@ class StateStore:
             rows[a] += (b, n)
         stats: list[str | int] = []
         if delta.events:
-            stats += ("events", delta.events, "pairs", sum(delta.co.values()) // 2)
+            stats += ("events", delta.events, "pairs", delta.pairs)
         for reason, n in Counter(exc.reason for _, exc in batch.rejected).items():
             stats += (f"dlq:{reason}", n)
         weights = trend_weights(delta.trend_ts, new_ref, cfg.half_life_ms) if new_ref else {}

@@ -22,6 +22,7 @@ per signal, ~1,000 at the defaults); nothing here ever walks the catalogue.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -72,10 +73,6 @@ def recent_sources(history: Sequence[str], n: int) -> list[str]:
             seen.add(item)
             out.append(item)
     return out
-
-
-def _rank_key(s: Scored) -> tuple[float, str]:
-    return (-s.score, s.item_id)
 
 
 def blend(
@@ -135,15 +132,20 @@ def blend(
                 if prev is None or contrib > prev[0]:
                     best[item] = (contrib, reason)
 
-    ranked: list[Scored] = []
-    for item, personal in total.items():
-        prior = cfg.w_trend * trend_norm.get(item, 0.0)
+    # Select the top k on plain (-score, item) tuples and build Scored objects
+    # only for those: ~1,000 candidates for k = 10 costs a heap pass, not a
+    # sort of objects (the offline evaluation calls this ~10^5 times per run).
+    w_trend = cfg.w_trend
+    keyed = [
+        (-(personal + w_trend * trend_norm.get(item, 0.0)), item)
+        for item, personal in total.items()
+    ]
+    top = heapq.nsmallest(k, keyed) if len(keyed) > k else sorted(keyed)
+    out: list[Scored] = []
+    for neg_score, item in top:
+        prior = w_trend * trend_norm.get(item, 0.0)
         top_term, reason = best[item]
-        ranked.append(
-            Scored(item, personal + prior, _TRENDING_REASON if prior > top_term else reason)
-        )
-    ranked.sort(key=_rank_key)
-    out = ranked[:k]
+        out.append(Scored(item, -neg_score, _TRENDING_REASON if prior > top_term else reason))
     if len(out) >= k:
         return out
 

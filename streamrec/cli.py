@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from core.errors import ConfigError, StreamrecError
 from core.settings import KafkaSettings, PathSettings, RedisSettings
+from streamrec import evaluate_cmd
 
 log = logging.getLogger("streamrec")
 
@@ -246,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave the stack, consumer and API running at the end",
     )
     p.set_defaults(func=cmd_demo)
+    evaluate_cmd.register(sub)
     return parser
 
 

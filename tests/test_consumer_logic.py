@@ -173,3 +173,16 @@ def test_fold_equals_stepping_event_by_event(rng: np.random.Generator) -> None:
             stored[u] = (h[: part.added[u]] + stored.get(u, []))[: rules.history_len]
     assert chunked == co
     assert stored == histories
+
+
+def test_pairs_are_counted_once_whatever_their_weights() -> None:
+    events = [ev("u", "a", 0), ev("u", "b", 1), ev("u", "c", 2)]
+    flat = fold(events, {}, RULES)
+    weighted = fold(
+        events,
+        {},
+        SessionRules(RULES.gap_ms, RULES.pair_window, RULES.history_len, linear_pair_weights=True),
+    )
+    assert flat.pairs == weighted.pairs == 3  # b-a, c-b, c-a
+    # Window 3: the newest partner weighs 3, the next 2.
+    assert weighted.co[("c", "b")] == 3 and weighted.co[("c", "a")] == 2

@@ -1,0 +1,220 @@
+"""The prequential evaluation: its state twin, its metrics, and a run on a real slice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from consumer.logic import SessionRules, fold
+from consumer.store import PartitionBatch, StateStore, StoreConfig
+from core.events import ClickEvent
+from core.settings import RedisSettings
+from offline.evalstate import MemoryState
+from offline.evaluate import (
+    ReadSpec,
+    Tally,
+    catalog_size,
+    default_methods,
+    index_builder_for,
+    prequential,
+    split_points,
+)
+from producer.movielens import load_ratings, to_events
+from serving.blend import BlendConfig
+from serving.settings import BlendSettings
+from serving.store import parse_state
+
+T0 = 1_600_000_000_000
+MIN = 60_000
+
+
+def stream(n: int, users: int = 6, items: int = 40) -> list[ClickEvent]:
+    # Deterministic and uneven: a few items are frequent, sessions break hourly.
+    return [
+        ClickEvent(
+            f"u{k % users}",
+            f"i{(k * k + 3 * k) % items if k % 3 else k % 5}",
+            T0 + k * MIN + (k // 9) * 60 * MIN,
+        )
+        for k in range(n)
+    ]
+
+
+# -- the in-memory state is the Redis state -------------------------------------------
+def test_memory_state_equals_redis_state_with_pruning(redis_settings: RedisSettings) -> None:
+    # co_top_m=4 forces pruning on most rows, the part most likely to drift.
+    config = StoreConfig(rules=SessionRules(pair_window=4, history_len=7), co_top_m=4)
+    client = redis.Redis.from_url(redis_settings.url)
+    store = StateStore(client, redis_settings.keys, config)
+    memory = MemoryState(config)
+    events = stream(300)
+    for lo in range(0, len(events), 25):
+        chunk = events[lo : lo + 25]
+        store.apply("t", [PartitionBatch(0, lo, lo + len(chunk), list(enumerate(chunk, lo)))])
+        users = sorted({e.user_id for e in chunk})
+        memory.apply(fold(chunk, memory.histories(users), config.rules))
+    dump = store.dump()
+    assert dump["hist"] == memory.hist
+    assert dump["co"] == memory.co
+    assert dump["pop"] == dict(memory.pop.top(10_000))
+    # Trending is a float sum in a different order; equal up to rounding.
+    trend = dict(memory.trend.top(10_000))
+    assert dump["trend"].keys() == trend.keys()
+    for item, score in trend.items():
+        assert dump["trend"][item] == pytest.approx(score, rel=1e-9)
+
+
+def test_memory_reads_match_fetch_lua(redis_settings: RedisSettings) -> None:
+    """Sources, co rows (ties by member, descending) and the trending head, as served."""
+    config = StoreConfig(rules=SessionRules(pair_window=5), co_top_m=50)
+    client = redis.Redis.from_url(redis_settings.url)
+    store = StateStore(client, redis_settings.keys, config)
+    memory = MemoryState(config)
+    events = stream(200)
+    store.apply("t", [PartitionBatch(0, 0, len(events), list(enumerate(events)))])
+    memory.apply(fold(events, {}, config.rules))
+    script = client.register_script(
+        (Path(__file__).parent.parent / "serving" / "fetch.lua").read_text()
+    )
+    keys = redis_settings.keys
+    for user in ("u0", "u3", "nobody"):
+        reply = script(
+            keys=[keys.hist(user), keys.trend, keys.meta], args=[keys.co(""), 50, 4, 6, 8]
+        )
+        served = parse_state(reply)
+        mine = memory.user_state(user, history_len=50, n_sources=4, per_item=6, n_trend=8)
+        assert mine.history == served.history
+        assert mine.sources == served.sources
+        assert mine.co == served.co
+        assert [i for i, _ in mine.trending] == [i for i, _ in served.trending]
+
+
+# -- metrics -------------------------------------------------------------------------
+def test_tally_known_answers() -> None:
+    t = Tally()
+    t.add(["a", "b", "c"], "a", fallback=False)  # rank 1
+    t.add(["x"] * 5 + ["t"], "t", fallback=False)  # rank 6: a hit at 10 and 20 only
+    t.add(["a"], "zz", fallback=True)  # miss
+    s = t.summary()
+    assert s["n"] == 3
+    assert s["hr@5"] == pytest.approx(1 / 3)
+    assert s["hr@10"] == pytest.approx(2 / 3)
+    assert s["mrr@10"] == pytest.approx((1 + 1 / 6) / 3)
+    # NDCG with one relevant item: 1 / log2(rank + 1); rank 6 -> 1 / log2(7).
+    assert s["ndcg@10"] == pytest.approx((1 + 1 / 2.807354922057604) / 3)
+    assert s["fallback"] == pytest.approx(1 / 3)
+
+
+def test_split_points_put_validation_before_test() -> None:
+    assert split_points(1000, 0.1, 0.2) == (700, 800)
+    with pytest.raises(ValueError):
+        split_points(1000, 0.5, 0.5)
+
+
+def test_references_are_configurations_of_the_blend() -> None:
+    methods = {m.name: m for m in default_methods(BlendConfig())}
+    assert methods["popularity"].prior == "pop"
+    for name in ("popularity", "trending"):
+        cfg = methods[name].cfg
+        assert (cfg.w_co, cfg.w_emb, cfg.w_trend) == (0.0, 0.0, 0.0)
+    assert (methods["co-occurrence"].cfg.w_co, methods["co-occurrence"].cfg.w_emb) == (1.0, 0.0)
+    assert (methods["embedding"].cfg.w_co, methods["embedding"].cfg.w_emb) == (0.0, 1.0)
+    assert methods["blend"].cfg == BlendConfig()
+
+
+# -- a real slice (CI) ----------------------------------------------------------------
+def _slice_run(movielens_dir: Path, limit: int) -> dict[str, Any]:
+    df = load_ratings(movielens_dir, limit=limit)
+    events = list(to_events(df))
+    _, test_start = split_points(len(events), 0.1, 0.2)
+    run = prequential(
+        events,
+        test_start,
+        len(events),
+        default_methods(BlendSettings().to_config()),
+        rules=SessionRules(),
+        store=StoreConfig(),
+        read=ReadSpec(),
+        index_builder=index_builder_for(df, dim=32),
+        catalog=catalog_size(df),
+    )
+    return run.methods
+
+
+@pytest.mark.realdata
+def test_blend_beats_popularity_on_a_slice(movielens_dir: Path) -> None:
+    methods = _slice_run(movielens_dir, 15_000)
+    pop, mixed = methods["popularity"], methods["blend"]
+    assert pop["n"] == mixed["n"] == 3000
+    for k in (10, 20):
+        assert mixed[f"hr@{k}"] > pop[f"hr@{k}"]
+        assert mixed[f"ndcg@{k}"] > pop[f"ndcg@{k}"]
+    assert mixed["fallback"] < pop["fallback"] == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_full_run_clears_the_bar(movielens_dir: Path) -> None:
+    """The issue's bar on ml-latest-small, default split, shipped settings."""
+    from consumer.settings import ConsumerSettings
+
+    df = load_ratings(movielens_dir)
+    events = list(to_events(df))
+    _, test_start = split_points(len(events), 0.1, 0.2)
+    store = ConsumerSettings().store_config()
+    run = prequential(
+        events,
+        test_start,
+        len(events),
+        default_methods(BlendSettings().to_config()),
+        rules=store.rules,
+        store=store,
+        read=ReadSpec(),
+        index_builder=index_builder_for(df),
+        catalog=catalog_size(df),
+    )
+    m = run.methods
+    assert m["blend"]["hr@10"] >= 0.105
+    for k in (10, 20):
+        for single in ("popularity", "trending", "co-occurrence", "embedding"):
+            assert m["blend"][f"hr@{k}"] > m[single][f"hr@{k}"]
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_live_stack_agrees_with_in_process(movielens_dir: Path) -> None:
+    from consumer.settings import ConsumerSettings
+    from offline.eval_live import live_compare
+
+    df = load_ratings(movielens_dir, limit=6000)
+    events = list(to_events(df))
+    start = 5000
+    store = ConsumerSettings().store_config()
+    out = live_compare(
+        df,
+        events,
+        start,
+        len(events),
+        methods=default_methods(BlendSettings().to_config()),
+        rules=store.rules,
+        store=store,
+        read=ReadSpec(),
+        dim=32,
+        catalog=catalog_size(df),
+    )
+    assert out["live"]["predictions"] == 1000
+    assert out["agreement"]["relative_difference"]["hr@10"] <= 0.02
+
+
+def test_linear_pair_weights_favour_adjacent_clicks() -> None:
+    rules = SessionRules(pair_window=3, linear_pair_weights=True)
+    events = [ClickEvent("u", x, T0 + i * MIN) for i, x in enumerate("abcd")]
+    co = fold(events, {}, rules).co
+    # d pairs with c (newest, weight 3), b (2), a (1); a and d never meet at flat 1.
+    assert co[("d", "c")] == 3 and co[("d", "b")] == 2 and co[("d", "a")] == 1
+    assert co[("c", "d")] == 3 and co[("b", "a")] == 3
+    flat = fold(events, {}, SessionRules(pair_window=3)).co
+    assert set(flat.values()) == {1}
