@@ -24,6 +24,7 @@ import pytest
 import redis
 
 from consumer.logic import decayed_count
+from consumer.settings import ConsumerSettings
 from consumer.store import PartitionBatch, StateStore, StoreConfig
 from core.events import ClickEvent
 from core.settings import KafkaSettings, RedisSettings
@@ -44,10 +45,15 @@ def click_stream(n: int, seed: int = 7, users: int = 60, items: int = 250) -> li
     return [ClickEvent(f"u{rng.integers(users)}", f"i{item_ids[k]}", int(ts[k])) for k in range(n)]
 
 
+def consumer_config() -> StoreConfig:
+    """What the `streamrec consume` children run with: their settings, pruning off."""
+    return ConsumerSettings(co_top_m=NO_PRUNING).store_config()
+
+
 def clean_state(events: list[ClickEvent], url: str) -> dict[str, Any]:
     settings = RedisSettings(url=url, namespace=f"clean-{uuid.uuid4().hex[:8]}")
     client = redis.Redis.from_url(url)
-    store = StateStore(client, settings.keys, StoreConfig(co_top_m=NO_PRUNING))
+    store = StateStore(client, settings.keys, consumer_config())
     for lo in range(0, len(events), 1000):
         chunk = list(enumerate(events[lo : lo + 1000], start=lo))
         store.apply("clean", [PartitionBatch(0, lo, lo + len(chunk), chunk)])
@@ -92,7 +98,7 @@ class Rig:
         self.store = StateStore(
             redis.Redis.from_url(redis_settings.url),
             redis_settings.keys,
-            StoreConfig(co_top_m=NO_PRUNING),
+            consumer_config(),
         )
 
     def env(self) -> dict[str, str]:
