@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from serving import index_watch
 from serving.errors import install_handlers
 from serving.ingest import EventSink
+from serving.limits import ConcurrencyLimitMiddleware
+from serving.neighbours import NeighbourCache
 from serving.routes import make_router
 from serving.settings import ServingSettings
 from serving.state import STATE_KEY, AppState
@@ -46,6 +49,19 @@ def _redis_client(settings: ServingSettings) -> aioredis.Redis:
     )
 
 
+def settle_heap() -> None:
+    """Move everything alive now out of the cyclic GC's reach (``gc.freeze``).
+
+    Measured: a full collection walked ~140k long-lived objects (modules,
+    FastAPI's routing, pydantic validators, the index) and took 15-100 ms,
+    stalling every request in flight; after the freeze it takes ~0 ms.
+    Reference counting still frees frozen objects, so a swapped-out index is
+    released as usual unless it sits in a reference cycle.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(settings: ServingSettings | None = None) -> FastAPI:
     cfg = settings if settings is not None else ServingSettings()
 
@@ -57,10 +73,12 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             redis=client,
             store=StateStore(client, cfg.redis.keys, history_len=cfg.history_len),
             events=EventSink(cfg.kafka),
+            neighbours=NeighbourCache(cfg.blend.candidates_per_item),
         )
         # Start even when Redis is down: /health reports it and requests get
         # 503s until it is back, which beats a crash loop under an orchestrator.
         await index_watch.load_initial(state)
+        settle_heap()
         watcher = asyncio.create_task(index_watch.watch(state), name="index-watch")
         try:
             yield {STATE_KEY: state}
@@ -81,5 +99,12 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_handlers(app)
+    # Added last, so outermost: a shed request costs no routing or validation.
+    app.add_middleware(
+        ConcurrencyLimitMiddleware,
+        max_in_flight=cfg.max_in_flight,
+        max_waiting=cfg.max_waiting,
+        queue_wait_s=cfg.queue_wait_s,
+    )
     app.include_router(make_router(cfg))
     return app

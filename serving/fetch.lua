@@ -9,10 +9,17 @@
 -- KEYS: fine on the single-node Redis the keyspace requires (core/keyspace.py),
 -- and it is what saves the second round trip.
 --
--- Returns {history, sources, co_rows, trending, meta}. History entries come back
--- raw (JSON text) for the caller to parse; each co row and the trending list are
--- flat [member, score, ...] as ZREVRANGE WITHSCORES gives them; meta is
--- [trend_ref, clock, half_life_ms] with false for a missing field.
+-- Returns ONE JSON text: [history, sources, co_rows, trending, meta]. History
+-- entries stay raw (JSON text) for the caller to parse; each co row and the
+-- trending list are flat [member, score, ...] as ZREVRANGE WITHSCORES gives them
+-- (scores as strings); meta is [trend_ref, clock, half_life_ms] with false for a
+-- missing field. cjson writes an empty table as {}, so the reader treats {} as [].
+--
+-- Why one JSON string rather than nested RESP arrays: the reply holds ~1,300
+-- elements (10 co rows x 50 x 2 + 100 x 2 trending + 50 history), and
+-- redis-py's pure-Python RESP parser (no hiredis) spent ~6-13 ms per request
+-- walking them, against ~0.1 ms here for cjson.encode and ~0.1 ms for orjson
+-- to decode the one bulk string on the client (measured, docs/loadtest.md).
 
 local co_prefix = ARGV[1]
 local hist_len = tonumber(ARGV[2])
@@ -59,4 +66,4 @@ end
 
 local meta = redis.call('HMGET', KEYS[3], 'trend_ref', 'clock', 'half_life_ms')
 
-return {history, sources, co_rows, trending, meta}
+return cjson.encode({history, sources, co_rows, trending, meta})

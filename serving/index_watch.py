@@ -9,6 +9,7 @@ reads, FAISS deserialisation) runs in a worker thread so the loop keeps serving.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,19 +23,51 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _load_or_none(artifacts_dir: Path) -> ItemIndex | None:
+def _load_or_none(artifacts_dir: Path, hot: list[str], k: int) -> ItemIndex | None:
     try:
-        return load_current(artifacts_dir)
+        index = load_current(artifacts_dir)
     except IndexNotFound as exc:
         log.warning("%s", exc)  # says which: nothing published, or unreadable
         return None
+    _warm(index, hot, k)
+    return index
+
+
+def _load_warm(artifacts_dir: Path, hot: list[str], k: int) -> ItemIndex:
+    index = load_current(artifacts_dir)
+    _warm(index, hot, k)
+    return index
+
+
+def _warm(index: ItemIndex, hot: list[str], k: int) -> None:
+    """Fill the index's neighbour cache for the hot items, before any request sees it.
+
+    Runs in the loader thread: one batched FAISS search here instead of a cold
+    search inside the first requests after every swap.
+    """
+    if hot:
+        index.similar_many(hot, k)
+
+
+async def _hot_items(state: AppState) -> list[str]:
+    try:
+        return await asyncio.wait_for(
+            state.store.hot_items(state.settings.warm_items), state.settings.request_timeout_s
+        )
+    except Exception:
+        # Warming is an optimisation: without Redis the index still loads, cold.
+        log.warning("could not read the trending items to warm the index cache", exc_info=True)
+        return []
 
 
 async def load_initial(state: AppState) -> None:
     """Load the current index if there is one; otherwise say loudly that embeddings are off."""
     artifacts = state.settings.artifacts_dir
+    hot = await _hot_items(state)
     try:
-        index = await asyncio.to_thread(_load_or_none, artifacts)
+        index = await asyncio.to_thread(
+            _load_or_none, artifacts, hot, state.settings.blend.candidates_per_item
+        )
     except Exception:
         # A corrupt artifact must not keep the API down: co-occurrence and
         # trending still work. The poller retries on the next published version.
@@ -61,8 +94,11 @@ async def poll_once(state: AppState) -> bool:
         return False
     if version == state.failed_version:
         return False  # already logged; wait for the next publish instead of retrying
+    hot = await _hot_items(state)
     try:
-        new = await asyncio.to_thread(load_current, artifacts)
+        new = await asyncio.to_thread(
+            _load_warm, artifacts, hot, state.settings.blend.candidates_per_item
+        )
     except IndexNotFound:
         if await asyncio.to_thread(current_version, artifacts) != version:
             return False  # replaced between the two calls; the next poll sees the new one
@@ -80,6 +116,9 @@ async def poll_once(state: AppState) -> bool:
         return False
     state.index = new
     state.metrics.index_swaps += 1
+    # The new index's objects are long-lived: keep them out of full collections
+    # too (serving.app.settle_heap; freeze alone, as a collect would stall the loop).
+    gc.freeze()
     log.info(
         "embedding index swapped: %s -> %s (%d items)",
         None if held is None else held.version,

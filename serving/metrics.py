@@ -7,6 +7,7 @@ run on the event loop thread only, so no locking is needed.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,8 @@ class Metrics:
 
     def snapshot(self) -> dict[str, Any]:
         return {
+            # Each uvicorn worker process keeps its own counters; the pid says whose.
+            "pid": os.getpid(),
             "requests": dict(self.requests),
             "errors": dict(self.errors),
             "recommendations": self.recommendations,

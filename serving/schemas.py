@@ -67,6 +67,7 @@ class AcceptedOut(BaseModel):
 
 
 class MetricsOut(BaseModel):
+    pid: int = Field(description="the worker process that answered; each counts on its own")
     requests: dict[str, int]
     errors: dict[str, int]
     recommendations: int

@@ -57,6 +57,21 @@ class ServingSettings(BaseSettings):
     request_timeout_s: float = Field(default=1.0, gt=0.0)
     # Per POST /events body; 1000 events of ~100 bytes is ~100 KB.
     max_events_per_request: int = Field(default=1000, ge=1)
+    # Neighbour lists of this many trending items are computed when an index is
+    # loaded (in the loader thread), so requests find them cached: a cold FAISS
+    # search costs ~0.15-0.2 ms per item on a 10k x 64 flat index (measured).
+    # 2,000 rows x 10k items x 64 dims is ~1.3 GFLOP: ~0.36 s, once per load.
+    warm_items: int = Field(default=2000, ge=0)
+    # Overload protection (serving.limits): requests beyond max_in_flight wait up
+    # to queue_wait_s for a slot, at most max_waiting of them; the rest get 503 +
+    # Retry-After at once. At ~1.5 ms of CPU per recommendation on one worker, 32
+    # in flight is ~50 ms of queued work: the latency bound when saturated.
+    max_in_flight: int = Field(default=32, ge=1)
+    max_waiting: int = Field(default=64, ge=0)
+    queue_wait_s: float = Field(default=0.05, ge=0.0)
+    # GET /bench/fetch/{user_id}: the same Redis round trip as /recommendations
+    # without scoring, the baseline of benchmarks/serving_bench.py. Off in production.
+    bench_routes: bool = False
 
     @model_validator(mode="after")
     def _k_bounds(self) -> ServingSettings:

@@ -3,7 +3,8 @@
 The Lua script (``fetch.lua``) reads the history, derives the newest distinct
 items from it and reads their co-occurrence rows, the trending head and the
 meta hash, all server-side: one EVALSHA per request instead of 1 + n_sources
-dependent calls. The keyspace is core/keyspace.py's; this module only reads.
+dependent calls. It answers with one JSON text (see fetch.lua for why), which
+orjson decodes in C. The keyspace is core/keyspace.py's; this module only reads.
 """
 
 from __future__ import annotations
@@ -64,9 +65,18 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _pairs(flat: list[Any]) -> list[tuple[str, float]]:
+def _list(value: Any) -> list[Any]:
+    """A JSON array from the script; cjson writes an empty Lua table as ``{}``."""
+    return value if isinstance(value, list) else []
+
+
+def _pairs(flat: Any) -> list[tuple[str, float]]:
     """[member, score, member, score, ...] -> [(member, score)]."""
-    return [(_text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
+    flat = _list(flat)
+    # Members arrive as str from orjson. zip/map/float run in C: ~3x faster than a
+    # list comprehension over the ~600 pairs of a request (py-spy showed that
+    # comprehension as the API's single hottest line).
+    return list(zip(flat[::2], map(float, flat[1::2]), strict=False))
 
 
 def _opt_float(value: Any) -> float | None:
@@ -107,18 +117,18 @@ def parse_history(raw: list[Any]) -> tuple[list[tuple[int, str]], int]:
     return out, skipped
 
 
-def parse_state(reply: list[Any]) -> UserState:
-    """Turn the script's reply into a UserState (pure: no I/O)."""
-    raw_hist, raw_sources, raw_co, raw_trend, raw_meta = reply
-    history, skipped = parse_history(list(raw_hist))
-    sources = [_text(s) for s in raw_sources]
-    co = {src: _pairs(list(row)) for src, row in zip(sources, raw_co, strict=True)}
+def parse_state(reply: str | bytes) -> UserState:
+    """Turn the script's JSON reply into a UserState (pure: no I/O)."""
+    raw_hist, raw_sources, raw_co, raw_trend, raw_meta = orjson.loads(reply)
+    history, skipped = parse_history(_list(raw_hist))
+    sources = [_text(s) for s in _list(raw_sources)]
+    co = {src: _pairs(row) for src, row in zip(sources, _list(raw_co), strict=True)}
     trend_ref, clock, half_life = (_opt_float(v) for v in raw_meta)
     return UserState(
         history=history,
         sources=sources,
         co=co,
-        trending=_pairs(list(raw_trend)),
+        trending=_pairs(raw_trend),
         trend_ref=trend_ref,
         clock=None if clock is None else int(clock),
         half_life_ms=half_life,
@@ -147,6 +157,12 @@ class StateStore:
         if state.skipped:
             log.warning("user %r: %d history entries did not parse", user_id, state.skipped)
         return state
+
+    async def hot_items(self, n: int) -> list[str]:
+        """The ``n`` items at the head of the trending set (what most requests will touch)."""
+        if n <= 0:
+            return []
+        return [_text(m) for m in await self._client.zrevrange(self._keys.trend, 0, n - 1)]
 
     async def ping(self) -> bool:
         return bool(await self._client.ping())

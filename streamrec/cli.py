@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from core.errors import ConfigError, StreamrecError
 from core.settings import KafkaSettings, PathSettings, RedisSettings
-from streamrec import evaluate_cmd
+from streamrec import evaluate_cmd, loadtest_cmd
 
 log = logging.getLogger("streamrec")
 
@@ -248,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_demo)
     evaluate_cmd.register(sub)
+    loadtest_cmd.register(sub)
     return parser
 
 

@@ -1,0 +1,125 @@
+"""The load test's arithmetic, with no I/O: schedules, percentiles, who is active, HR@k.
+
+Everything here works on plain arrays and lists, so it is tested with known
+answers and shared by the load test and the benchmark.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+def open_loop_schedule(rate: float, duration_s: float, max_requests: int) -> np.ndarray:
+    """Send times (seconds from start) of an open-loop load: one every 1/rate s.
+
+    Open loop means the times are fixed in advance and never wait for answers,
+    so a slow server cannot slow the load down and hide its own latency
+    (coordinated omission). Bounded by both the duration and the count.
+    """
+    if rate <= 0 or duration_s <= 0 or max_requests <= 0:
+        return np.zeros(0)
+    n = min(int(rate * duration_s), max_requests)
+    return np.arange(n, dtype=np.float64) / rate
+
+
+def latency_summary(latencies_ms: Sequence[float] | np.ndarray) -> dict[str, float | None]:
+    """p50/p95/p99/max/mean in ms; None for each when there are no samples."""
+    arr = np.asarray(latencies_ms, dtype=np.float64)
+    if arr.size == 0:
+        return {"p50": None, "p95": None, "p99": None, "max": None, "mean": None}
+    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
+    return {
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+        "max": float(arr.max()),
+        "mean": float(arr.mean()),
+    }
+
+
+@dataclass(frozen=True)
+class EventTimeline:
+    """The replayed events as due times (s from the replay start) with their users and items.
+
+    ``due`` must be non-decreasing: it is the replay's schedule
+    (producer.replay.Pacing.due_time), so the load generator knows who is
+    active at any moment without talking to the replay process.
+    """
+
+    due: np.ndarray
+    users: Sequence[str]
+    items: Sequence[str]
+
+    def __post_init__(self) -> None:
+        if not (len(self.due) == len(self.users) == len(self.items)):
+            raise ValueError("due, users and items must have the same length")
+
+    def sent_by(self, t: float) -> int:
+        """How many events are due at or before ``t``."""
+        return int(np.searchsorted(self.due, t, side="right"))
+
+    def recent_users(self, t: float, window: int) -> Sequence[str]:
+        """Users of the last ``window`` events due by ``t`` (busy users repeat, so weigh more)."""
+        end = self.sent_by(t)
+        return self.users[max(0, end - window) : end]
+
+
+class NextClicks:
+    """For (user, time): the user's next item due strictly after that time, if any."""
+
+    def __init__(self, timeline: EventTimeline) -> None:
+        self._times: dict[str, list[float]] = {}
+        self._items: dict[str, list[str]] = {}
+        rows = zip(timeline.due.tolist(), timeline.users, timeline.items, strict=True)
+        for t, user, item in rows:
+            self._times.setdefault(user, []).append(t)
+            self._items.setdefault(user, []).append(item)
+
+    def after(self, user: str, t: float) -> str | None:
+        times = self._times.get(user)
+        if not times:
+            return None
+        i = bisect.bisect_right(times, t)
+        return self._items[user][i] if i < len(times) else None
+
+
+def online_hit_rate(
+    lookups: Sequence[tuple[str, float, Sequence[str]]], next_clicks: NextClicks, k: int = 10
+) -> dict[str, Any]:
+    """HR@k of live lookups: was the user's next click among the top k returned?
+
+    ``lookups`` are (user, time the answer arrived, returned item ids). A lookup
+    counts only when the user clicks again later in the replay; the next click is
+    the first one due after the answer, so the answer could not have seen it.
+    """
+    hits = evaluated = 0
+    for user, t, items in lookups:
+        nxt = next_clicks.after(user, t)
+        if nxt is None:
+            continue
+        evaluated += 1
+        hits += nxt in items[:k]
+    return {
+        "k": k,
+        "lookups": len(lookups),
+        "evaluated": evaluated,
+        "hits": hits,
+        "hr": hits / evaluated if evaluated else None,
+    }
+
+
+def per_second(times_s: np.ndarray, values: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ``q``-th percentile of ``values`` in each whole second of ``times_s``."""
+    if times_s.size == 0:
+        return np.zeros(0), np.zeros(0)
+    secs = np.floor(times_s).astype(np.int64)
+    out_t, out_v = [], []
+    for s in np.unique(secs):
+        out_t.append(float(s))
+        out_v.append(float(np.percentile(values[secs == s], q)))
+    return np.asarray(out_t), np.asarray(out_v)

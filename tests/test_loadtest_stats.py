@@ -1,0 +1,87 @@
+"""The load test's pure arithmetic, with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from producer.replay import Pacing
+from streamrec.loadtest import due_times, split
+from streamrec.loadtest_stats import (
+    EventTimeline,
+    NextClicks,
+    latency_summary,
+    online_hit_rate,
+    open_loop_schedule,
+    per_second,
+)
+
+
+def test_open_loop_schedule_is_fixed_rate_and_bounded_twice() -> None:
+    sched = open_loop_schedule(4.0, 2.0, 1000)
+    assert sched.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    assert len(open_loop_schedule(1000.0, 10.0, 123)) == 123  # the count bound wins
+    assert len(open_loop_schedule(0.0, 10.0, 10)) == 0
+
+
+def test_latency_summary_known_answer_and_empty() -> None:
+    s = latency_summary(list(range(1, 101)))
+    assert s["p50"] == pytest.approx(50.5)
+    assert s["p99"] == pytest.approx(99.01)
+    assert s["max"] == 100.0 and s["mean"] == pytest.approx(50.5)
+    assert latency_summary([]) == dict.fromkeys(("p50", "p95", "p99", "max", "mean"))
+
+
+def timeline() -> EventTimeline:
+    # a clicks x at 0 s and y at 2 s; b clicks z at 1 s.
+    return EventTimeline(np.array([0.0, 1.0, 2.0]), ["a", "b", "a"], ["x", "z", "y"])
+
+
+def test_timeline_knows_who_is_active_when() -> None:
+    tl = timeline()
+    assert tl.sent_by(-0.1) == 0 and tl.sent_by(1.0) == 2 and tl.sent_by(9) == 3
+    assert list(tl.recent_users(1.5, 1)) == ["b"]
+    assert list(tl.recent_users(2.0, 2)) == ["b", "a"]
+    with pytest.raises(ValueError):
+        EventTimeline(np.array([0.0]), ["a", "b"], ["x"])
+
+
+def test_next_click_is_strictly_after_the_answer() -> None:
+    nxt = NextClicks(timeline())
+    assert nxt.after("a", 0.0) == "y"  # x at 0.0 is not "after" 0.0
+    assert nxt.after("a", 2.0) is None
+    assert nxt.after("nobody", 0.0) is None
+
+
+def test_online_hit_rate_counts_only_lookups_with_a_later_click() -> None:
+    lookups = [
+        ("a", 0.5, ["q", "y"]),  # next is y: hit
+        ("b", 0.5, ["y"]),  # next is z: miss
+        ("a", 2.5, ["y"]),  # no later click: not evaluated
+        ("a", 0.5, ["q"] * 10 + ["y"]),  # y at rank 11: a miss at k=10
+    ]
+    hr = online_hit_rate(lookups, NextClicks(timeline()), k=10)
+    assert hr == {"k": 10, "lookups": 4, "evaluated": 3, "hits": 1, "hr": pytest.approx(1 / 3)}
+    assert online_hit_rate([], NextClicks(timeline()))["hr"] is None
+
+
+def test_per_second_percentiles() -> None:
+    t, v = per_second(np.array([0.1, 0.9, 1.5]), np.array([1.0, 3.0, 7.0]), 50)
+    assert t.tolist() == [0.0, 1.0] and v.tolist() == [2.0, 7.0]
+
+
+def test_due_times_match_the_replay_pacing() -> None:
+    ts = np.array([1_000, 3_000, 3_000, 11_000])
+    for pacing in (Pacing(speed=2.0), Pacing(rate=4.0)):
+        expected = [pacing.due_time(int(x), 1_000, i) for i, x in enumerate(ts)]
+        assert due_times(ts, pacing).tolist() == pytest.approx(expected)
+
+
+def test_split_keeps_time_order() -> None:
+    import pandas as pd
+
+    df = pd.DataFrame({"ts": range(10)})
+    warm, rest = split(df, 0.3)
+    assert warm["ts"].tolist() == [0, 1, 2] and rest["ts"].tolist()[0] == 3
+    with pytest.raises(ValueError):
+        split(df, 1.0)
