@@ -128,7 +128,11 @@ class Worker:
             fetch_max_bytes=32 * 1024 * 1024,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
-        self._dlq = KafkaProducer(bootstrap_servers=k.bootstrap, linger_ms=5, acks=1)
+        # acks=1 without idempotence, said explicitly (kafka-python would switch
+        # it off with a warning): a duplicate dead letter is harmless.
+        self._dlq = KafkaProducer(
+            bootstrap_servers=k.bootstrap, linger_ms=5, acks=1, enable_idempotence=False
+        )
         self._consumer.subscribe([self.topic], listener=_Rebalance(self))
         log.info("consuming %s as group %s", self.topic, self.settings.group_id)
         last_data = time.monotonic()

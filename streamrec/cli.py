@@ -252,11 +252,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Libraries that narrate every connection or request at INFO; they speak at
+# WARNING unless DEBUG is asked for.
+CHATTY_LOGGERS = ("kafka", "httpx", "httpcore", "faiss", "uvicorn.access")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "DEBUG":
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level)
     try:
         try:
             return int(args.func(args))
