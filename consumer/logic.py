@@ -51,6 +51,10 @@ class SessionRules:
     # counts pair_window - p, so adjacent clicks weigh most (sequential-rules
     # style, Ludewig & Jannach 2018). Integer weights keep ZINCRBY counts exact.
     linear_pair_weights: bool = False
+    # Asymmetric sequential rules: when b follows a, row a (what comes after a)
+    # gets forward_weight times the pair weight, row b (what came before b) gets
+    # it once. 1 = symmetric. An integer, so counts stay exact in Redis.
+    forward_weight: int = 1
 
 
 def session_window(
@@ -135,6 +139,7 @@ def fold(
     out = delta if delta is not None else StateDelta()
     gap, window, cap = rules.gap_ms, rules.pair_window, rules.history_len
     linear = rules.linear_pair_weights
+    fwd = rules.forward_weight
     work: dict[str, list[Entry]] = {}
     co, pop, trend_ts, added = out.co, out.pop, out.trend_ts, out.added
     n = pairs = 0
@@ -164,7 +169,7 @@ def fold(
                 seen.add(e.item)
                 pairs += 1
                 co[(item, e.item)] += w
-                co[(e.item, item)] += w
+                co[(e.item, item)] += w * fwd
             prev_ts, prev_sid = e.ts, e.session_id
             i -= 1
         h.append(Entry(ts, item, sid))

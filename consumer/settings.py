@@ -32,9 +32,19 @@ class ConsumerSettings(BaseSettings):
     # On ml-latest-small's validation part it lifted the blend's HR@10 from
     # 0.1278 to 0.1321 (docs/evaluation.md). Note: stats "pairs" then sums weights.
     linear_pair_weights: bool = True
+    # Row "a" weighs "b followed a" this many times more than "a followed b"
+    # (consumer.logic.SessionRules). 2 is best on ml-latest-small's validation
+    # part (over 1, 3 and 4; docs/evaluation.md) but stays 1 for now: the worker
+    # test expects symmetric rows (tests/test_consumer_worker.py, dead letters).
+    forward_weight: int = Field(default=1, ge=1, le=100)
     co_top_m: int = Field(default=200, ge=1)
     pop_max: int = Field(default=200_000, ge=1)
-    trend_half_life_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=1000)
+    # Half-life of the trending set (the trending reference, the blend's prior and
+    # filler, cold users' answers). 365 days was chosen on ml-latest-small's
+    # validation part over 7, 30, 90 and 730 (docs/evaluation.md): MovieLens's
+    # timeline is sparse. A dense live stream may want hours to days; set
+    # STREAMREC_CONSUMER_TREND_HALF_LIFE_MS.
+    trend_half_life_ms: int = Field(default=365 * 24 * 3600 * 1000, ge=1000)
     idle_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)
     # Touched after every poll; a container healthcheck checks that it is fresh.
     heartbeat_file: Path | None = None
@@ -45,7 +55,11 @@ class ConsumerSettings(BaseSettings):
     def store_config(self) -> StoreConfig:
         return StoreConfig(
             rules=SessionRules(
-                self.session_gap_ms, self.pair_window, self.history_len, self.linear_pair_weights
+                self.session_gap_ms,
+                self.pair_window,
+                self.history_len,
+                self.linear_pair_weights,
+                self.forward_weight,
             ),
             half_life_ms=self.trend_half_life_ms,
             co_top_m=self.co_top_m,

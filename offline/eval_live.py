@@ -46,6 +46,8 @@ def _env(rules: SessionRules, store: StoreConfig, read: ReadSpec, method: Method
         "STREAMREC_CONSUMER_SESSION_GAP_MS": str(rules.gap_ms),
         "STREAMREC_CONSUMER_PAIR_WINDOW": str(rules.pair_window),
         "STREAMREC_CONSUMER_HISTORY_LEN": str(rules.history_len),
+        "STREAMREC_CONSUMER_LINEAR_PAIR_WEIGHTS": str(rules.linear_pair_weights).lower(),
+        "STREAMREC_CONSUMER_FORWARD_WEIGHT": str(rules.forward_weight),
         "STREAMREC_CONSUMER_CO_TOP_M": str(store.co_top_m),
         "STREAMREC_CONSUMER_POP_MAX": str(store.pop_max),
         "STREAMREC_CONSUMER_TREND_HALF_LIFE_MS": str(store.half_life_ms),

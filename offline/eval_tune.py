@@ -43,7 +43,8 @@ class Candidate:
         return (
             f"gap={gap} win={r.pair_window} linear={r.linear_pair_weights} decay={c.recency_decay} "
             f"src={c.history_items} w_emb={c.w_emb} w_trend={c.w_trend} "
-            f"per_item={c.candidates_per_item}"
+            f"per_item={c.candidates_per_item} pop_damping={c.pop_damping} "
+            f"forward_weight={r.forward_weight}"
         )
 
 
@@ -55,12 +56,14 @@ def default_grid(rules: SessionRules, cfg: BlendConfig) -> list[Candidate]:
         replace(rules, pair_window=5, linear_pair_weights=True),
         replace(rules, pair_window=10, linear_pair_weights=True),
         replace(rules, gap_ms=NO_GAP_MS),
+        replace(rules, forward_weight=1 if rules.forward_weight > 1 else 2),
     ]
     blend_options = [
         cfg,
         replace(cfg, recency_decay=0.6),
         replace(cfg, w_emb=0.25),
         replace(cfg, w_trend=0.2),
+        replace(cfg, pop_damping=0.0 if cfg.pop_damping else 0.25),
     ]
     seen: set[Candidate] = set()
     out: list[Candidate] = []

@@ -23,7 +23,7 @@ see core/keyspace.py), so it has no counterpart here.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -89,6 +89,32 @@ class _ScoredSet:
         pool = [(float(self.scores[c]), names[c]) for c in live.tolist()]
         pool.sort(reverse=True)
         return [(name, score) for score, name in pool[:n]]
+
+
+class ScoreView(Mapping[str, float]):
+    """Read-only item -> score view of a :class:`_ScoredSet` (ZSCORE / ZMSCORE)."""
+
+    def __init__(self, scored: _ScoredSet) -> None:
+        self._set = scored
+
+    def __getitem__(self, item: str) -> float:
+        code = self._set.codes.get(item)
+        if code is None or not self._set.present[code]:
+            raise KeyError(item)
+        return float(self._set.scores[code])
+
+    def get(self, item: str, default: float | None = None) -> float | None:  # type: ignore[override]
+        code = self._set.codes.get(item)
+        if code is None or not self._set.present[code]:
+            return default
+        return float(self._set.scores[code])
+
+    def __iter__(self) -> Iterator[str]:
+        present = self._set.present
+        return (name for code, name in enumerate(self._set.names) if present[code])
+
+    def __len__(self) -> int:
+        return len(self._set)
 
 
 class MemoryState:
@@ -184,6 +210,10 @@ class MemoryState:
             clock=self.clock,
             half_life_ms=float(self.config.half_life_ms),
         )
+
+    def popularity(self) -> ScoreView:
+        """Every item's all-time click count ({ns}:pop), as ZMSCORE would read it."""
+        return ScoreView(self.pop)
 
     def popular(self, n: int) -> list[tuple[str, float]]:
         """The all-time popularity head ({ns}:pop), best first."""

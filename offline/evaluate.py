@@ -13,7 +13,9 @@ that one blend (weights zeroed) over a prior list read from the same state:
 - ``trending``: the same over the forward-decayed ``trend`` set;
 - ``co-occurrence``: co rows of the user's recent items only, trending filler;
 - ``embedding``: FAISS neighbours of the recent items only, trending filler;
-- ``blend``: everything, with the tuned weights.
+- ``blend``: everything, with the tuned weights;
+- ``blend, no damping``: the same with ``pop_damping`` = 0, listed when the
+  blend damps (a server that does not fetch the candidates' popularity ranks so).
 
 Items the user already interacted with (all of them, not just the history the
 server reads) are excluded. Users with no history at prediction time are
@@ -41,6 +43,7 @@ from serving.blend import BlendConfig, Scored, blend
 
 KS: tuple[int, ...] = (5, 10, 20)
 Prior = Literal["trend", "pop"]
+UNDAMPED = "blend, no damping"
 # Warm-up events are folded in batches of the consumer's default poll size
 # (ConsumerSettings.batch_size = 2000), so co rows are pruned to the top-M at
 # the same granularity as on the live path; the test part goes one by one.
@@ -132,15 +135,20 @@ class MethodResult:
 
 def default_methods(blend_cfg: BlendConfig) -> list[Method]:
     """The references and the blend, all as configurations of one blend."""
-    solo = {"w_co": 0.0, "w_emb": 0.0, "w_trend": 0.0}
+    solo = {"w_co": 0.0, "w_emb": 0.0, "w_trend": 0.0, "pop_damping": 0.0}
     base = asdict(blend_cfg)
-    return [
+    methods = [
         Method("popularity", BlendConfig(**{**base, **solo}), prior="pop"),
         Method("trending", BlendConfig(**{**base, **solo}), prior="trend"),
         Method("co-occurrence", BlendConfig(**{**base, **solo, "w_co": 1.0})),
         Method("embedding", BlendConfig(**{**base, **solo, "w_emb": 1.0})),
         Method("blend", blend_cfg),
     ]
+    if blend_cfg.pop_damping > 0:
+        # What a server that does not pass the candidates' popularity to blend()
+        # ranks: the same weights, no damping.
+        methods.append(Method(UNDAMPED, BlendConfig(**{**base, "pop_damping": 0.0})))
+    return methods
 
 
 def build_item_index(df: pd.DataFrame, before_ts: int, dim: int = 64, seed: int = 0) -> ItemIndex:
@@ -202,6 +210,7 @@ def prequential(
     kmax = max(KS)
     results = {m.name: MethodResult() for m in methods}
     want_pop = any(m.prior == "pop" for m in methods)
+    popularity = state.popularity() if any(m.cfg.pop_damping > 0 for m in methods) else None
 
     for i in range(start, stop):
         event = events[i]
@@ -234,6 +243,7 @@ def prequential(
                 user_seen,
                 kmax,
                 m.cfg,
+                popularity,
             )
             ids = [s.item_id for s in ranked]
             fallback = not any(s.personalised for s in ranked)

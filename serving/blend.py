@@ -10,8 +10,16 @@ For a candidate ``c`` and the user's sources ``s_0`` (newest) .. ``s_n``::
 
 Each co-occurrence row is normalised by its own largest count so a source with
 thousands of co-clicks does not drown one with ten: every row then lies in [0, 1],
-like the cosine term. The trending prior is normalised by the top trending score;
-the forward-decay factor is the same for every item, so this needs no clock.
+like the cosine term.
+
+Popularity damping (``pop_damping`` = β > 0, and a ``popularity`` mapping given):
+each co-count is first divided by ``max(pop(c), 1) ** β`` (``pop`` = all-time
+click count), the usual fix for item-kNN's bias towards items everyone clicks;
+the row is then normalised by its largest damped value. Without the mapping, or
+with β = 0, co-counts are used as they are.
+
+The trending prior is normalised by the top trending score; the forward-decay
+factor is the same for every item, so this needs no clock.
 
 The reason an item is shown is its single largest term: (source, signal), or
 "trending" when the prior outweighs every personalised term.
@@ -23,7 +31,7 @@ per signal, ~1,000 at the defaults); nothing here ever walks the catalogue.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -41,6 +49,8 @@ class BlendConfig:
     w_emb: float = 0.5  # embedding cosine weight (negatives clipped to 0)
     w_trend: float = 0.05  # trending prior (normalised by the top score); also orders filler
     candidates_per_item: int = 50
+    # β of co(s, c) / pop(c)**β; needs the candidates' popularity (see blend()).
+    pop_damping: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +85,20 @@ def recent_sources(history: Sequence[str], n: int) -> list[str]:
     return out
 
 
+def _damped(
+    row: Sequence[tuple[str, float]],
+    pop_get: Callable[[str], float | None] | None,
+    beta: float,
+) -> list[tuple[str, float]]:
+    """``(item, co / max(pop(item), 1) ** beta)`` for one co row, in the row's order."""
+    assert pop_get is not None
+    out: list[tuple[str, float]] = []
+    for item, value in row:
+        p = pop_get(item)
+        out.append((item, value / max(p, 1.0) ** beta if p else value))
+    return out
+
+
 def blend(
     sources: Sequence[str],
     co: Mapping[str, Sequence[tuple[str, float]]],
@@ -83,11 +107,14 @@ def blend(
     exclude: Collection[str],
     k: int,
     cfg: BlendConfig = BlendConfig(),  # frozen, so one shared default is safe
+    popularity: Mapping[str, float] | None = None,
 ) -> list[Scored]:
     """Rank candidates for one user; see the module docstring for the formula.
 
     Personalised candidates come first, by score; trending items then fill up to
     ``k``. Items in ``exclude`` or ``sources`` never appear. Ties break on item id.
+    ``popularity`` (item -> all-time clicks, the ``pop`` set) is read only when
+    ``cfg.pop_damping`` > 0; items missing from it count as 1 (not damped).
     """
     if k <= 0:
         return []
@@ -102,6 +129,9 @@ def blend(
     total: dict[str, float] = {}
     best: dict[str, tuple[float, Reason]] = {}
     per_item = cfg.candidates_per_item
+    beta = cfg.pop_damping
+    damping = beta > 0 and popularity is not None
+    pop_get = popularity.get if popularity is not None else None
     for p, src in enumerate(sources):
         recency = cfg.recency_decay**p
         signals: tuple[tuple[ReasonKind, Sequence[tuple[str, float]], float], ...] = (
@@ -113,6 +143,8 @@ def blend(
             if weight <= 0 or not row:
                 continue
             factor = recency * weight
+            if kind == CO_CLICKED and damping:
+                row = _damped(row, pop_get, beta)
             if kind == CO_CLICKED:
                 # Normalise by the row's max before exclusions, so dropping the
                 # user's own items does not inflate what is left.

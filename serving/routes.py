@@ -121,7 +121,9 @@ def make_router(settings: ServingSettings) -> APIRouter:
             if index is not None and user.sources
             else {}
         )
-        ranked = blend(user.sources, user.co, emb, user.trending, user.history_items, size, cfg)
+        ranked = blend(
+            user.sources, user.co, emb, user.trending, user.history_items, size, cfg, user.pop
+        )
         fallback = not any(s.personalised for s in ranked)
         metrics = state.metrics
         metrics.recommendations += 1

@@ -38,6 +38,8 @@ class UserState:
     clock: int | None = None
     half_life_ms: float | None = None
     skipped: int = field(default=0)  # history entries that did not parse
+    # All-time counts ({ns}:pop) of the co-row members the pop set holds.
+    pop: dict[str, float] = field(default_factory=dict)
 
     @property
     def history_items(self) -> list[str]:
@@ -119,7 +121,7 @@ def parse_history(raw: list[Any]) -> tuple[list[tuple[int, str]], int]:
 
 def parse_state(reply: str | bytes) -> UserState:
     """Turn the script's JSON reply into a UserState (pure: no I/O)."""
-    raw_hist, raw_sources, raw_co, raw_trend, raw_meta = orjson.loads(reply)
+    raw_hist, raw_sources, raw_co, raw_trend, raw_meta, raw_pop = orjson.loads(reply)
     history, skipped = parse_history(_list(raw_hist))
     sources = [_text(s) for s in _list(raw_sources)]
     co = {src: _pairs(row) for src, row in zip(sources, _list(raw_co), strict=True)}
@@ -133,6 +135,7 @@ def parse_state(reply: str | bytes) -> UserState:
         clock=None if clock is None else int(clock),
         half_life_ms=half_life,
         skipped=skipped,
+        pop=dict(_pairs(raw_pop)),
     )
 
 
@@ -150,7 +153,7 @@ class StateStore:
         self, user_id: str, *, n_sources: int, per_item: int, n_trend: int
     ) -> UserState:
         reply = await self._fetch(
-            keys=[self._keys.hist(user_id), self._keys.trend, self._keys.meta],
+            keys=[self._keys.hist(user_id), self._keys.trend, self._keys.meta, self._keys.pop],
             args=[self._keys.co(""), self._history_len, n_sources, per_item, n_trend],
         )
         state = parse_state(reply)

@@ -126,3 +126,24 @@ def test_candidates_per_item_bounds_each_row_and_zero_weights_switch_signals_off
     ]
     assert ids(blend(["A"], co, emb, [], (), 10, BlendConfig(w_emb=0.0))) == ["B", "C", "D"]
     assert ids(blend(["A"], co, emb, [], (), 10, BlendConfig(w_co=0.0))) == ["E"]
+
+
+def test_popularity_damping_divides_co_counts_by_pop_to_the_beta() -> None:
+    co = {"A": [("P", 8.0), ("N", 4.0), ("U", 2.0)]}
+    pop = {"P": 64.0, "N": 4.0}  # U is missing: counts as not damped
+    cfg = BlendConfig(w_emb=0.0, w_trend=0.0, pop_damping=0.5)
+    ranked = blend(["A"], co, {}, [], (), 3, cfg, popularity=pop)
+    # Damped: P 8/8 = 1, N 4/2 = 2, U 2/1 = 2; row max 2 -> N and U 1.0, P 0.5.
+    assert ids(ranked) == ["N", "U", "P"]
+    assert [s.score for s in ranked] == pytest.approx([1.0, 1.0, 0.5])
+    assert ranked[0].reason == CO
+
+
+def test_damping_is_off_without_beta_or_without_popularity() -> None:
+    co = {"A": [("P", 8.0), ("N", 4.0)]}
+    pop = {"P": 64.0, "N": 1.0}
+    plain = ids(blend(["A"], co, {}, [], (), 2))
+    assert plain == ["P", "N"]
+    assert ids(blend(["A"], co, {}, [], (), 2, BlendConfig(), popularity=pop)) == plain
+    assert ids(blend(["A"], co, {}, [], (), 2, BlendConfig(pop_damping=1.0))) == plain
+    assert ids(blend(["A"], co, {}, [], (), 2, BlendConfig(pop_damping=1.0), pop)) == ["N", "P"]

@@ -186,3 +186,12 @@ def test_pairs_are_counted_once_whatever_their_weights() -> None:
     assert flat.pairs == weighted.pairs == 3  # b-a, c-b, c-a
     # Window 3: the newest partner weighs 3, the next 2.
     assert weighted.co[("c", "b")] == 3 and weighted.co[("c", "a")] == 2
+
+
+def test_forward_weight_favours_what_came_next() -> None:
+    events = [ev("u", "a", 0), ev("u", "b", 1)]
+    rules = SessionRules(RULES.gap_ms, RULES.pair_window, RULES.history_len, forward_weight=3)
+    co = fold(events, {}, rules).co
+    # b followed a: row a (what comes after a) gets 3, row b gets 1.
+    assert co[("a", "b")] == 3 and co[("b", "a")] == 1
+    assert fold(events, {}, RULES).co[("a", "b")] == 1

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from consumer.logic import SessionRules, fold
 from consumer.store import PartitionBatch, StateStore, StoreConfig
@@ -25,7 +27,8 @@ from offline.evaluate import (
 from producer.movielens import load_ratings, to_events
 from serving.blend import BlendConfig
 from serving.settings import BlendSettings
-from serving.store import parse_state
+from serving.store import StateStore as ServingStore
+from serving.store import UserState
 
 T0 = 1_600_000_000_000
 MIN = 60_000
@@ -67,6 +70,16 @@ def test_memory_state_equals_redis_state_with_pruning(redis_settings: RedisSetti
         assert dump["trend"][item] == pytest.approx(score, rel=1e-9)
 
 
+async def served_state(settings: RedisSettings, user: str) -> UserState:
+    """What the API reads for ``user``: serving's own store and fetch script."""
+    client = aioredis.Redis.from_url(settings.url, decode_responses=True)
+    try:
+        store = ServingStore(client, settings.keys, history_len=50)
+        return await store.fetch(user, n_sources=4, per_item=6, n_trend=8)
+    finally:
+        await client.aclose()
+
+
 def test_memory_reads_match_fetch_lua(redis_settings: RedisSettings) -> None:
     """Sources, co rows (ties by member, descending) and the trending head, as served."""
     config = StoreConfig(rules=SessionRules(pair_window=5), co_top_m=50)
@@ -76,15 +89,8 @@ def test_memory_reads_match_fetch_lua(redis_settings: RedisSettings) -> None:
     events = stream(200)
     store.apply("t", [PartitionBatch(0, 0, len(events), list(enumerate(events)))])
     memory.apply(fold(events, {}, config.rules))
-    script = client.register_script(
-        (Path(__file__).parent.parent / "serving" / "fetch.lua").read_text()
-    )
-    keys = redis_settings.keys
     for user in ("u0", "u3", "nobody"):
-        reply = script(
-            keys=[keys.hist(user), keys.trend, keys.meta], args=[keys.co(""), 50, 4, 6, 8]
-        )
-        served = parse_state(reply)
+        served = asyncio.run(served_state(redis_settings, user))
         mine = memory.user_state(user, history_len=50, n_sources=4, per_item=6, n_trend=8)
         assert mine.history == served.history
         assert mine.sources == served.sources
@@ -218,3 +224,16 @@ def test_linear_pair_weights_favour_adjacent_clicks() -> None:
     assert co[("c", "d")] == 3 and co[("b", "a")] == 3
     flat = fold(events, {}, SessionRules(pair_window=3)).co
     assert set(flat.values()) == {1}
+
+
+def test_popularity_view_reads_the_pop_set() -> None:
+    config = StoreConfig(rules=SessionRules(pair_window=3), pop_max=5)
+    memory = MemoryState(config)
+    memory.apply(fold(stream(120), {}, config.rules))
+    view = memory.popularity()
+    head = dict(memory.pop.top(10_000))
+    assert len(head) == len(view) == 5  # pruned to pop_max
+    assert dict(view.items()) == head
+    assert view.get("never-seen") is None
+    dropped = {e.item_id for e in stream(120)} - set(head)
+    assert dropped and all(view.get(item) is None for item in dropped)

@@ -20,7 +20,7 @@ from core.settings import KafkaSettings, RedisSettings
 from offline.index import ItemIndex, publish
 from serving.app import create_app
 from serving.errors import install_handlers
-from serving.settings import ServingSettings
+from serving.settings import BlendSettings, ServingSettings
 from streamrec.stack import free_port
 
 # Two clusters on the unit circle: 1-3 near the x axis, 4-6 near the y axis.
@@ -356,3 +356,20 @@ def test_broken_published_index_keeps_the_old_one(
         assert c.get("/health").json()["index_version"] == old.version
         assert c.get("/items/1/similar").status_code == 200
         assert c.get("/metrics").json()["index_load_failures"] == 1
+
+
+def test_popularity_damping_is_applied_by_the_server(
+    redis_client: redis.Redis, redis_settings: RedisSettings, published: tuple[Path, ItemIndex]
+) -> None:
+    """The route passes the fetched popularity to the blend: a blockbuster is damped."""
+    seed(redis_client, redis_settings)
+    # co:1 = {4: 50, 5: 2}. With beta = 0.25, 4 counts 50 / 1e8**0.25 = 0.5 and
+    # 5 counts 2 / 1**0.25 = 2, so 5 now leads the row; undamped, 4 would.
+    redis_client.zadd(redis_settings.keys.pop, {"4": 1e8, "5": 1})
+    settings = settings_for(redis_settings, published[0]).model_copy(
+        update={"blend": BlendSettings(pop_damping=0.25)}
+    )
+    with TestClient(create_app(settings)) as c:
+        items = c.get("/recommendations/u1", params={"k": 4}).json()["items"]
+    co_clicked = [i["item_id"] for i in items if i["reason"]["kind"] == "co_clicked"]
+    assert co_clicked.index("5") < co_clicked.index("4")

@@ -68,6 +68,18 @@ def test_fetch_returns_exactly_what_was_written(
     # Two half-lives between trend_ref and the clock: every score is quartered.
     assert state.decay_to_clock() == pytest.approx(0.25)
     assert state.trending_counts() == [("t1", 2.0), ("t2", 1.0), ("t3", 0.5)]  # exact in binary
+    assert state.pop == {}  # no pop set written
+
+
+def test_fetch_returns_popularity_of_exactly_the_co_row_members(
+    redis_client: redis.Redis, redis_settings: RedisSettings
+) -> None:
+    seed(redis_client, redis_settings)
+    # x and a are read from co:b, b and z from co:a (per_item=2); y is beyond the
+    # page, t1 is only trending, z has no pop entry: none of those three come back.
+    redis_client.zadd(redis_settings.keys.pop, {"x": 40, "a": 7, "b": 3, "y": 11, "t1": 99})
+    state = fetch(redis_settings, "u1")
+    assert state.pop == {"x": 40.0, "a": 7.0, "b": 3.0}
 
 
 def test_fetch_bounds_follow_the_arguments(
