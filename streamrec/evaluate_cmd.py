@@ -63,6 +63,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from offline.eval_tune import default_grid, tune
     from offline.evaluate import (
         ReadSpec,
+        RunResult,
         catalog_size,
         default_methods,
         index_builder_for,
@@ -121,11 +122,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         log.info("validation chose %s", best.label())
 
     methods = default_methods(cfg)
-    if valid_start < test_start:
-        valid = prequential(
+
+    def run_part(lo: int, hi: int) -> RunResult:
+        return prequential(
             events,
-            valid_start,
-            test_start,
+            lo,
+            hi,
             methods,
             rules=rules,
             store=store,
@@ -134,24 +136,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             reindex_every=args.reindex_every,
             catalog=catalog,
         )
+
+    if valid_start < test_start:
+        valid = run_part(valid_start, test_start)
         result["validation"] = {
             "range": [valid_start, test_start],
             "predictions": valid.predictions,
             "seconds": round(valid.seconds, 1),
             "methods": valid.methods,
         }
-    test = prequential(
-        events,
-        test_start,
-        len(events),
-        methods,
-        rules=rules,
-        store=store,
-        read=read,
-        index_builder=builder,
-        reindex_every=args.reindex_every,
-        catalog=catalog,
-    )
+    test = run_part(test_start, len(events))
     result["test"] = {
         "range": [test_start, len(events)],
         "predictions": test.predictions,
