@@ -26,7 +26,7 @@ log = logging.getLogger("streamrec")
 
 
 # -- shared option groups ------------------------------------------------------
-def _dataset_args(p: argparse.ArgumentParser) -> None:
+def add_dataset_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("dataset")
     g.add_argument(
         "--dataset", default="ml-latest-small", help="MovieLens release name (default: %(default)s)"
@@ -45,7 +45,7 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit", type=int, help="use only the first N events in time order")
 
 
-def _resolve(args: argparse.Namespace) -> Path:
+def resolve_dataset_arg(args: argparse.Namespace) -> Path:
     from producer.dataset import resolve_dataset
 
     return resolve_dataset(
@@ -76,7 +76,7 @@ def cmd_build_index(args: argparse.Namespace) -> int:
     from producer.movielens import load_ratings, load_titles
 
     settings = OfflineSettings()
-    data = _resolve(args)
+    data = resolve_dataset_arg(args)
     df = load_ratings(args.path or data, limit=args.limit)
     index = build_index(
         df,
@@ -129,7 +129,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from producer.replay import Pacing, replay
 
     kafka = KafkaSettings()
-    df = load_ratings(args.path or _resolve(args), limit=args.limit)
+    df = load_ratings(args.path or resolve_dataset_arg(args), limit=args.limit)
     ensure_topics(kafka)
     stop = threading.Event()
     _stop_on_signals(stop.set)
@@ -150,7 +150,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
-    print(_resolve(args))
+    print(resolve_dataset_arg(args))
     return 0
 
 
@@ -159,7 +159,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(
         DemoOptions(
-            dataset=_resolve(args),
+            dataset=resolve_dataset_arg(args),
             limit=args.limit,
             rate=args.rate,
             speed=args.speed,
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stack)
 
     p = sub.add_parser("build-index", help="build item embeddings and a FAISS index offline")
-    _dataset_args(p)
+    add_dataset_args(p)
     p.add_argument(
         "--artifacts-dir", type=Path, help="default: $STREAMREC_ARTIFACTS_DIR or ./artifacts"
     )
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("replay", help="replay MovieLens ratings to Kafka in timestamp order")
-    _dataset_args(p)
+    add_dataset_args(p)
     pace = p.add_mutually_exclusive_group()
     pace.add_argument("--speed", type=float, help="multiple of real time (e.g. 1e6)")
     pace.add_argument("--rate", type=float, help="events per second")
@@ -230,11 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("dataset", help="find (or download and verify) a dataset; print its path")
-    _dataset_args(p)
+    add_dataset_args(p)
     p.set_defaults(func=cmd_dataset)
 
     p = sub.add_parser("demo", help="the whole pipeline end to end on the local stack")
-    _dataset_args(p)
+    add_dataset_args(p)
     pace = p.add_mutually_exclusive_group()
     pace.add_argument(
         "--rate", type=float, default=None, help="replay events per second (default: 25000)"

@@ -15,13 +15,13 @@ log = logging.getLogger("streamrec.evaluate")
 
 def register(sub: Any) -> None:
     """Add the `evaluate` subcommand to the CLI's subparsers."""
-    from streamrec.cli import _dataset_args
+    from streamrec.cli import add_dataset_args
 
     p = sub.add_parser(
         "evaluate",
         help="prequential next-click evaluation of the references and the blend",
     )
-    _dataset_args(p)
+    add_dataset_args(p)
     p.add_argument("--test-frac", type=float, default=0.2, help="default: %(default)s")
     p.add_argument(
         "--valid-frac",
@@ -72,9 +72,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     from producer.movielens import load_ratings, to_events
     from serving.settings import ServingSettings
-    from streamrec.cli import _resolve
+    from streamrec.cli import resolve_dataset_arg
 
-    data = args.path or _resolve(args)
+    data = args.path or resolve_dataset_arg(args)
     df = load_ratings(data, limit=args.limit)
     events = list(to_events(df))
     try:

@@ -20,12 +20,12 @@ def _env_pairs(values: list[str] | None) -> dict[str, str]:
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
-    from streamrec.cli import _resolve
+    from streamrec.cli import resolve_dataset_arg
     from streamrec.loadtest import LoadTestOptions, run_loadtest
 
     summary = run_loadtest(
         LoadTestOptions(
-            dataset=args.path or _resolve(args),
+            dataset=args.path or resolve_dataset_arg(args),
             out_dir=args.out,
             limit=args.limit,
             warmup=args.warmup,
@@ -49,7 +49,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add the ``loadtest`` subcommand to streamrec.cli's subparsers."""
-    from streamrec.cli import _dataset_args
+    from streamrec.cli import add_dataset_args
 
     p = sub.add_parser(
         "loadtest",
@@ -57,7 +57,7 @@ def register(sub: Any) -> None:
         description="Bounded in time and requests; loopback only. Writes results.json, "
         "summary.md and PNG plots to --out.",
     )
-    _dataset_args(p)
+    add_dataset_args(p)
     pace = p.add_mutually_exclusive_group()
     pace.add_argument(
         "--rate", type=float, default=2000.0, help="ingest events/s (default %(default)s)"
