@@ -52,10 +52,16 @@ _STALE_TMP_S = 3600.0
 # Neighbour lists are cached at this length at least, so calls with different k
 # (10 for the API, 50 for candidate generation) share one cache entry.
 MIN_CACHED_NEIGHBOURS = 50
-# An entry is two arrays of ~50 int32 + float32 (~400 B + ~250 B of object
-# overhead), so 50k entries cost ~30 MB: enough to hold every item of a
-# MovieLens-sized catalogue, bounded for anything larger.
-CACHE_MAX_ENTRIES = 50_000
+# An entry is the ready-made answer: ~50 (item, cosine) tuples, ~5 KB with
+# object overhead (the item strings are shared with the id list), so 20k
+# entries cost ~100 MB at most: a MovieLens-sized catalogue fits whole, anything
+# larger keeps its hot items. Ready-made because converting arrays to tuples on
+# every call was ~11% of the API's CPU (py-spy). Tuples holding only atomic
+# values are untracked by CPython's cyclic GC, so a full cache adds nothing to
+# a full collection's work.
+CACHE_MAX_ENTRIES = 20_000
+
+Neighbours = tuple[tuple[str, float], ...]
 
 
 class ItemIndex:
@@ -84,7 +90,8 @@ class ItemIndex:
         self._titles = titles
         self._nonzero = np.linalg.norm(vectors, axis=1) > 0
         self._search_params = self._exclude_rows(np.flatnonzero(~self._nonzero))
-        self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray, bool]] = OrderedDict()
+        # row -> (neighbours best first, whether that is every neighbour there is)
+        self._cache: OrderedDict[int, tuple[Neighbours, bool]] = OrderedDict()
         self._lock = threading.Lock()
 
     def _exclude_rows(self, rows: np.ndarray) -> faiss.SearchParameters | None:
@@ -177,7 +184,7 @@ class ItemIndex:
         if k <= 0:
             return out
         want = max(k, MIN_CACHED_NEIGHBOURS)
-        hits: dict[int, tuple[np.ndarray, np.ndarray, bool]] = {}
+        hits: dict[int, tuple[Neighbours, bool]] = {}
         misses: list[int] = []
         with self._lock:
             for item_id in out:
@@ -186,7 +193,7 @@ class ItemIndex:
                     continue
                 entry = self._cache.get(row)
                 # An entry answers k if it is long enough or already holds every neighbour.
-                if entry is not None and (len(entry[0]) >= k or entry[2]):
+                if entry is not None and (len(entry[0]) >= k or entry[1]):
                     self._cache.move_to_end(row)
                     hits[row] = entry
                 else:
@@ -196,18 +203,15 @@ class ItemIndex:
         for item_id in out:
             row = self._rows.get(item_id)
             if row is not None and row in hits:
-                neighbours, scores, _ = hits[row]
-                ids = self._ids
-                out[item_id] = [
-                    (ids[n], float(s)) for n, s in zip(neighbours[:k], scores[:k], strict=True)
-                ]
+                out[item_id] = list(hits[row][0][:k])
         return out
 
-    def _search(self, rows: list[int], want: int) -> dict[int, tuple[np.ndarray, np.ndarray, bool]]:
+    def _search(self, rows: list[int], want: int) -> dict[int, tuple[Neighbours, bool]]:
         # One more than wanted, because the query item finds itself.
         n_search = min(want + 1, len(self._ids))
         _, labels = self._index.search(self._vectors[rows], n_search, params=self._search_params)
-        found: dict[int, tuple[np.ndarray, np.ndarray, bool]] = {}
+        found: dict[int, tuple[Neighbours, bool]] = {}
+        ids = self._ids
         for row, row_labels in zip(rows, labels, strict=True):
             # -1 pads a result shorter than asked (excluded zero rows).
             keep = (row_labels >= 0) & (row_labels != row)
@@ -222,7 +226,8 @@ class ItemIndex:
             # Float rounding can put a unit-vector product a hair above 1.
             sims = np.clip(sims[order], -1.0, 1.0)
             exhaustive = len(neighbours) < want
-            found[row] = (neighbours, sims, exhaustive)
+            pairs = zip(neighbours.tolist(), sims.tolist(), strict=True)
+            found[row] = (tuple((ids[n], s) for n, s in pairs), exhaustive)
         with self._lock:
             for row, entry in found.items():
                 self._cache[row] = entry

@@ -24,7 +24,6 @@ from serving import index_watch
 from serving.errors import install_handlers
 from serving.ingest import EventSink
 from serving.limits import ConcurrencyLimitMiddleware
-from serving.neighbours import NeighbourCache
 from serving.routes import make_router
 from serving.settings import ServingSettings
 from serving.state import STATE_KEY, AppState
@@ -73,7 +72,6 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             redis=client,
             store=StateStore(client, cfg.redis.keys, history_len=cfg.history_len),
             events=EventSink(cfg.kafka),
-            neighbours=NeighbourCache(cfg.blend.candidates_per_item),
         )
         # Start even when Redis is down: /health reports it and requests get
         # 503s until it is back, which beats a crash loop under an orchestrator.

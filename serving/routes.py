@@ -114,10 +114,10 @@ def make_router(settings: ServingSettings) -> APIRouter:
         size = k or settings.default_k
         user = await fetch_user(state, user_id, size)
         index = state.index  # read once: a concurrent swap must not change it mid-request
-        # Cached neighbour lists (serving.neighbours): a dict lookup per source;
-        # a miss is one batched FAISS search, well under a thread hop's cost.
+        # Ready-made lists from the index's cache (warmed with the trending
+        # head when the index loads); a miss is one batched FAISS search.
         emb = (
-            state.neighbours.get_many(index, user.sources)
+            index.similar_many(user.sources, cfg.candidates_per_item)
             if index is not None and user.sources
             else {}
         )

@@ -9,7 +9,6 @@ import redis.asyncio as aioredis
 from offline.index import ItemIndex
 from serving.ingest import EventSink
 from serving.metrics import Metrics
-from serving.neighbours import NeighbourCache
 from serving.settings import ServingSettings
 from serving.store import StateStore
 
@@ -23,8 +22,6 @@ class AppState:
     redis: aioredis.Redis
     store: StateStore
     events: EventSink
-    # Embedding neighbour lists of the current index (serving.neighbours).
-    neighbours: NeighbourCache
     metrics: Metrics = field(default_factory=Metrics)
     # Replaced wholesale by the index watcher; read it once per request.
     index: ItemIndex | None = None
