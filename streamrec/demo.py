@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
 from consumer.logic import Entry
 from streamrec.harness import LiveRun
+from streamrec.loadtest_stats import latency_summary
 
 DEFAULT_RATE = 25_000.0  # events/s: ml-latest-small's 100,836 ratings in ~4 s
 
@@ -34,16 +34,6 @@ class DemoOptions:
     speed: float | None = None
     requests: int = 2000
     keep_running: bool = False
-
-
-def percentiles(samples_ms: list[float]) -> dict[str, float]:
-    arr = np.asarray(samples_ms)
-    return {
-        "p50": float(np.percentile(arr, 50)),
-        "p95": float(np.percentile(arr, 95)),
-        "p99": float(np.percentile(arr, 99)),
-        "max": float(arr.max()),
-    }
 
 
 @contextlib.contextmanager
@@ -107,7 +97,7 @@ def run_demo(opts: DemoOptions) -> int:
             "end_to_end_rate": sent.sent / total_s,
         }
         history = [Entry.decode(x).item for x in raw_history]
-        _print_summary(summary, user, history, titles, recs, cold, percentiles(lat), errors)
+        _print_summary(summary, user, history, titles, recs, cold, latency_summary(lat), errors)
         if opts.keep_running:
             print(
                 f"\nleft running: API {api}, Redis namespace {run.redis.namespace}, "
@@ -118,6 +108,10 @@ def run_demo(opts: DemoOptions) -> int:
         run.__exit__(None, None, None)
 
 
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} ms"
+
+
 def _print_summary(
     s: dict[str, Any],
     user: str,
@@ -125,7 +119,7 @@ def _print_summary(
     titles: dict[str, str],
     recs: dict[str, Any],
     cold: dict[str, Any],
-    lat: dict[str, float],
+    lat: dict[str, float | None],
     errors: int,
 ) -> None:
     print()
@@ -138,8 +132,8 @@ def _print_summary(
         f"replay until all applied {s['end_to_end_rate']:,.0f}/s)"
     )
     print(
-        f"API latency      p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms, "
-        f"p99 {lat['p99']:.2f} ms, max {lat['max']:.2f} ms ({errors} errors)"
+        f"API latency      p50 {_ms(lat['p50'])}, p95 {_ms(lat['p95'])}, "
+        f"p99 {_ms(lat['p99'])}, max {_ms(lat['max'])} ({errors} errors)"
     )
     print(f"\nuser {user} recently rated:")
     for item in history:
