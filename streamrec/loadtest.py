@@ -125,7 +125,9 @@ def run_loadtest(opts: LoadTestOptions) -> dict[str, Any]:
     due = due_times(rest["ts"].to_numpy(), pacing)
     keep = int(np.searchsorted(due, opts.duration_s, side="right"))
     rest, due = rest.iloc[:keep], due[:keep]
-    timeline = EventTimeline(due, rest["user_id"].tolist(), rest["item_id"].tolist())
+    timeline = EventTimeline(
+        due, rest["user_id"].tolist(), rest["item_id"].tolist(), rest["ts"].tolist()
+    )
     opts.out_dir.mkdir(parents=True, exist_ok=True)
 
     with LiveRun() as run:
@@ -183,6 +185,7 @@ def run_loadtest(opts: LoadTestOptions) -> dict[str, Any]:
         duration_s=opts.duration_s,
         k=opts.k,
         config=config,
+        session_gap_ms=_session_gap_ms(opts.consumer_env),
         extra={
             "events_sent": sent.value,
             "events_rate": sent.value / opts.duration_s,
@@ -199,6 +202,14 @@ def run_loadtest(opts: LoadTestOptions) -> dict[str, Any]:
         print("\n".join(summary_lines(summary)))
         print(f"results in {opts.out_dir}/ (results.json, summary.md, *.png)")
     return summary
+
+
+def _session_gap_ms(consumer_env: dict[str, str]) -> int:
+    """The session gap the consumer under test runs with (its env overrides included)."""
+    from consumer.settings import ConsumerSettings
+
+    raw = consumer_env.get("STREAMREC_CONSUMER_SESSION_GAP_MS")
+    return int(raw) if raw is not None else ConsumerSettings().session_gap_ms
 
 
 def _measure(

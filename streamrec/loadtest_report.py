@@ -29,6 +29,7 @@ def summarise(
     k: int,
     config: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    session_gap_ms: int | None = None,
 ) -> dict[str, Any]:
     """Everything the report shows, as plain JSON values."""
     n = len(records)
@@ -73,7 +74,7 @@ def summarise(
             "final": lags[-1] if lags else None,
             "series": [[round(s.at, 3), s.produced, s.applied] for s in lag],
         },
-        "online_hr": online_hit_rate(lookups, next_clicks, k),
+        "online_hr": online_hit_rate(lookups, next_clicks, k, session_gap_ms),
         **(extra or {}),
     }
 
@@ -112,7 +113,17 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
         f"{_f(s.get('events_rate'), 0)} events/s",
         f"online HR@{hr['k']}     {_f(hr['hr'], 4)} "
         f"({hr['hits']} hits / {hr['evaluated']} lookups with a later click)",
+        *(
+            f"  {label:<14} {_f(part['hr'], 4)} ({part['hits']} / {part['evaluated']})"
+            for label, part in _hr_parts(hr)
+        ),
     ]
+
+
+def _hr_parts(hr: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The session split of the online hit rate, when it was computed."""
+    parts = ("within_session", "new_session")
+    return [(key.replace("_", " "), hr[key]) for key in parts if key in hr]
 
 
 def write_markdown(path: Path, s: dict[str, Any], command: str) -> None:
@@ -137,6 +148,11 @@ def write_markdown(path: Path, s: dict[str, Any], command: str) -> None:
         f"| throughput (req/s) | {_f(s['requests']['throughput_rps'], 1)} |",
         f"| max consumer lag (events) | {_f(s['consumer_lag_events']['max'])} |",
         f"| online HR@{s['online_hr']['k']} | {_f(s['online_hr']['hr'], 4)} |",
+        *(
+            f"| online HR@{s['online_hr']['k']}, {label} | {_f(part['hr'], 4)} "
+            f"({part['hits']} / {part['evaluated']}) |"
+            for label, part in _hr_parts(s["online_hr"])
+        ),
         "",
         *(f"![{name}]({name})" for name in PLOTS),
         "",

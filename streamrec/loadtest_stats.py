@@ -48,16 +48,21 @@ class EventTimeline:
 
     ``due`` must be non-decreasing: it is the replay's schedule
     (producer.replay.Pacing.due_time), so the load generator knows who is
-    active at any moment without talking to the replay process.
+    active at any moment without talking to the replay process. ``ts`` (event
+    time, ms), when given, lets the hit rate tell a click that continues a
+    session from one that starts a new session.
     """
 
     due: np.ndarray
     users: Sequence[str]
     items: Sequence[str]
+    ts: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         if not (len(self.due) == len(self.users) == len(self.items)):
             raise ValueError("due, users and items must have the same length")
+        if self.ts is not None and len(self.ts) != len(self.users):
+            raise ValueError("ts must have one entry per event")
 
     def sent_by(self, t: float) -> int:
         """How many events are due at or before ``t``."""
@@ -69,48 +74,90 @@ class EventTimeline:
         return self.users[max(0, end - window) : end]
 
 
+@dataclass(frozen=True)
+class NextClick:
+    item: str
+    # Event time from the user's last click due at or before the lookup to this
+    # one; None without event times or when the timeline holds no earlier click.
+    gap_ms: int | None
+
+
 class NextClicks:
     """For (user, time): the user's next item due strictly after that time, if any."""
 
     def __init__(self, timeline: EventTimeline) -> None:
         self._times: dict[str, list[float]] = {}
-        self._items: dict[str, list[str]] = {}
-        rows = zip(timeline.due.tolist(), timeline.users, timeline.items, strict=True)
-        for t, user, item in rows:
+        self._events: dict[str, list[tuple[str, int | None]]] = {}
+        ts: Sequence[int | None] = (
+            timeline.ts if timeline.ts is not None else [None] * len(timeline.users)
+        )
+        rows = zip(timeline.due.tolist(), timeline.users, timeline.items, ts, strict=True)
+        for t, user, item, when in rows:
             self._times.setdefault(user, []).append(t)
-            self._items.setdefault(user, []).append(item)
+            self._events.setdefault(user, []).append((item, when))
 
     def after(self, user: str, t: float) -> str | None:
+        nxt = self.next_click(user, t)
+        return None if nxt is None else nxt.item
+
+    def next_click(self, user: str, t: float) -> NextClick | None:
         times = self._times.get(user)
         if not times:
             return None
         i = bisect.bisect_right(times, t)
-        return self._items[user][i] if i < len(times) else None
+        if i >= len(times):
+            return None
+        events = self._events[user]
+        item, when = events[i]
+        before = events[i - 1][1] if i > 0 else None
+        gap = when - before if when is not None and before is not None else None
+        return NextClick(item, gap)
 
 
 def online_hit_rate(
-    lookups: Sequence[tuple[str, float, Sequence[str]]], next_clicks: NextClicks, k: int = 10
+    lookups: Sequence[tuple[str, float, Sequence[str]]],
+    next_clicks: NextClicks,
+    k: int = 10,
+    session_gap_ms: int | None = None,
 ) -> dict[str, Any]:
     """HR@k of live lookups: was the user's next click among the top k returned?
 
     ``lookups`` are (user, time the answer arrived, returned item ids). A lookup
     counts only when the user clicks again later in the replay; the next click is
     the first one due after the answer, so the answer could not have seen it.
+
+    With ``session_gap_ms``, the hits are also split by what the next click is:
+    ``within_session`` when it follows the user's previous click by at most the
+    gap (the case the offline evaluation mostly scores: every click predicts the
+    one after it), ``new_session`` when it starts a new session (the user came
+    back later: a much harder guess). A replay compresses a MovieLens burst into
+    milliseconds, so a lookup at a random moment usually falls between sessions.
     """
-    hits = evaluated = 0
+    tally: dict[str, list[int]] = {"all": [0, 0], "within_session": [0, 0], "new_session": [0, 0]}
     for user, t, items in lookups:
-        nxt = next_clicks.after(user, t)
+        nxt = next_clicks.next_click(user, t)
         if nxt is None:
             continue
-        evaluated += 1
-        hits += nxt in items[:k]
-    return {
+        hit = int(nxt.item in items[:k])
+        parts = ["all"]
+        if session_gap_ms is not None and nxt.gap_ms is not None:
+            parts.append("within_session" if nxt.gap_ms <= session_gap_ms else "new_session")
+        for part in parts:
+            tally[part][0] += 1
+            tally[part][1] += hit
+    evaluated, hits = tally["all"]
+    out: dict[str, Any] = {
         "k": k,
         "lookups": len(lookups),
         "evaluated": evaluated,
         "hits": hits,
         "hr": hits / evaluated if evaluated else None,
     }
+    if session_gap_ms is not None:
+        for part in ("within_session", "new_session"):
+            n, h = tally[part]
+            out[part] = {"evaluated": n, "hits": h, "hr": h / n if n else None}
+    return out
 
 
 def per_second(times_s: np.ndarray, values: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ from producer.replay import Pacing
 from streamrec.loadtest import due_times, split
 from streamrec.loadtest_stats import (
     EventTimeline,
+    NextClick,
     NextClicks,
     latency_summary,
     online_hit_rate,
@@ -63,6 +64,33 @@ def test_online_hit_rate_counts_only_lookups_with_a_later_click() -> None:
     hr = online_hit_rate(lookups, NextClicks(timeline()), k=10)
     assert hr == {"k": 10, "lookups": 4, "evaluated": 3, "hits": 1, "hr": pytest.approx(1 / 3)}
     assert online_hit_rate([], NextClicks(timeline()))["hr"] is None
+
+
+def test_online_hit_rate_splits_session_continuations_from_returns() -> None:
+    # a: x at ts 0, y 1 min later (same session), w 2 days later (a new session).
+    tl = EventTimeline(
+        np.array([0.0, 1.0, 2.0, 3.0]),
+        ["a", "b", "a", "a"],
+        ["x", "z", "y", "w"],
+        [0, 5_000, 60_000, 2 * 86_400_000],
+    )
+    nxt = NextClicks(tl)
+    assert nxt.next_click("a", 0.5) == NextClick("y", 60_000)
+    assert nxt.next_click("a", 2.5) == NextClick("w", 2 * 86_400_000 - 60_000)
+    assert nxt.next_click("b", -1.0) == NextClick("z", None)  # nothing earlier to measure from
+    lookups = [
+        ("a", 0.5, ["y"]),  # continues the session: hit
+        ("a", 2.5, ["y"]),  # starts a new session: miss
+        ("a", 2.6, ["w"]),  # starts a new session: hit
+        ("b", -1.0, ["z"]),  # no earlier click: counted overall only
+    ]
+    hr = online_hit_rate(lookups, nxt, k=10, session_gap_ms=30 * 60_000)
+    assert (hr["evaluated"], hr["hits"]) == (4, 3)
+    assert hr["within_session"] == {"evaluated": 1, "hits": 1, "hr": 1.0}
+    assert hr["new_session"] == {"evaluated": 2, "hits": 1, "hr": 0.5}
+    assert "within_session" not in online_hit_rate(lookups, nxt, k=10)
+    with pytest.raises(ValueError):
+        EventTimeline(np.array([0.0]), ["a"], ["x"], [1, 2])
 
 
 def test_per_second_percentiles() -> None:
