@@ -86,16 +86,15 @@ def make_router(settings: ServingSettings) -> APIRouter:
 
     async def fetch_user(state: AppState, user_id: str, size: int) -> UserState:
         # The one Redis round trip of a recommendation, shared with the benchmark
-        # baseline so both make exactly the same call.
-        return await asyncio.wait_for(
-            state.store.fetch(
+        # baseline so both make exactly the same call. asyncio.timeout bounds it
+        # in the request's own task (wait_for would start a second task per call).
+        async with asyncio.timeout(timeout):
+            return await state.store.fetch(
                 user_id,
                 n_sources=cfg.history_items,
                 per_item=cfg.candidates_per_item,
                 n_trend=settings.trend_fetch(size),
-            ),
-            timeout,
-        )
+            )
 
     K = Annotated[
         int | None,
