@@ -97,13 +97,28 @@ class _Pool:
 
     async def get(self, path: str, timeout_s: float) -> tuple[int, bytes, str | None]:
         async with self.slots:
-            conn = self.idle.pop() if self.idle else None
+            conn = self._reusable()
+            if conn is not None:
+                try:
+                    reply = await asyncio.wait_for(conn.get(path), timeout_s)
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    # The server closed an idle keep-alive connection as this
+                    # request went out (uvicorn drops them after 5 s idle).
+                    # Retried once on a new connection, as HTTP clients do for
+                    # idempotent requests; a timeout is never retried.
+                    conn.close()
+                except BaseException:
+                    conn.close()
+                    raise
+                else:
+                    self.idle.append(conn)
+                    return reply
+            conn = None
             try:
-                if conn is None:
-                    r, w = await asyncio.wait_for(
-                        asyncio.open_connection(LOOPBACK, self.port), timeout_s
-                    )
-                    conn = _Conn(r, w)
+                r, w = await asyncio.wait_for(
+                    asyncio.open_connection(LOOPBACK, self.port), timeout_s
+                )
+                conn = _Conn(r, w)
                 reply = await asyncio.wait_for(conn.get(path), timeout_s)
             except BaseException:
                 if conn is not None:
@@ -111,6 +126,15 @@ class _Pool:
                 raise
             self.idle.append(conn)
             return reply
+
+    def _reusable(self) -> _Conn | None:
+        """The most recently used idle connection the server has not closed yet."""
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.reader.at_eof():
+                return conn
+            conn.close()
+        return None
 
     def close(self) -> None:
         for conn in self.idle:
