@@ -66,16 +66,24 @@ class ServingSettings(BaseSettings):
     max_events_per_request: int = Field(default=1000, ge=1)
     # Neighbour lists of this many trending items are computed when an index is
     # loaded (in the loader thread), so requests find them cached: a cold FAISS
-    # search costs ~0.15-0.2 ms per item on a 10k x 64 flat index (measured).
-    # 2,000 rows x 10k items x 64 dims is ~1.3 GFLOP: ~0.36 s, once per load.
-    warm_items: int = Field(default=2000, ge=0)
+    # search costs ~0.15-0.2 ms per item on a 10k x 64 flat index (measured),
+    # and cache misses were ~17 % of the API's CPU in the first seconds after a
+    # start (py-spy). The default covers the whole cache (offline.index
+    # CACHE_MAX_ENTRIES), so a MovieLens-sized catalogue is warmed whole: ~2 s
+    # of loader-thread CPU per index load; a larger one keeps its hot head.
+    warm_items: int = Field(default=20_000, ge=0)
     # Overload protection (serving.limits): requests beyond max_in_flight wait up
     # to queue_wait_s for a slot, at most max_waiting of them; the rest get 503 +
-    # Retry-After at once. At ~1.5 ms of CPU per recommendation on one worker, 32
-    # in flight is ~50 ms of queued work: the latency bound when saturated.
-    max_in_flight: int = Field(default=32, ge=1)
-    max_waiting: int = Field(default=64, ge=0)
-    queue_wait_s: float = Field(default=0.05, ge=0.0)
+    # Retry-After at once. One worker is one event loop: more requests in flight
+    # than it takes to overlap Redis with Python only queue CPU work (~3.5 ms a
+    # recommendation here), so the bound is small. Measured with the load test at
+    # 500 req/s offered (2,000 events/s, 1 worker; docs/loadtest.md): 32 in
+    # flight let the queue grow to the client's 2 s timeout and only 42 req/s got
+    # answers; 4 in flight + 16 waiting for <= 20 ms answered 165 req/s with 200,
+    # the rest with 503, p99 95 ms.
+    max_in_flight: int = Field(default=4, ge=1)
+    max_waiting: int = Field(default=16, ge=0)
+    queue_wait_s: float = Field(default=0.02, ge=0.0)
     # GET /bench/fetch/{user_id}: the same Redis round trip as /recommendations
     # without scoring, the baseline of benchmarks/serving_bench.py. Off in production.
     bench_routes: bool = False
