@@ -127,6 +127,7 @@ class Worker:
             max_poll_interval_ms=self.settings.max_poll_interval_ms,
             fetch_max_bytes=32 * 1024 * 1024,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
         )
         # acks=1 without idempotence, said explicitly (kafka-python would switch
         # it off with a warning): a duplicate dead letter is harmless.
