@@ -88,8 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         run.wait_applied(sent.sent)
         # Started on live state, as after a deploy: it warms its neighbour cache
         # with the trending head while loading the index (ServingSettings.warm_items).
+        # Shedding off: the benchmark measures how fast each endpoint answers
+        # with all its connections in flight, not how the limiter sheds them.
         api = run.start_api(
-            workers=args.workers, extra_env={"STREAMREC_SERVING_BENCH_ROUTES": "true"}
+            workers=args.workers,
+            extra_env={
+                "STREAMREC_SERVING_BENCH_ROUTES": "true",
+                "STREAMREC_SERVING_MAX_IN_FLIGHT": str(args.connections),
+                "STREAMREC_SERVING_MAX_WAITING": str(args.connections),
+            },
         )
         port = int(api.rsplit(":", 1)[1])
         for r in range(args.rounds):
