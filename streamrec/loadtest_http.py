@@ -37,6 +37,8 @@ class Record:
     items: list[str] = field(default_factory=list)
     retry_after: str | None = None  # the Retry-After header of a 503, if any
     late_ms: float = 0.0  # how far behind its schedule the generator issued it
+    # The newest of the answer's ``sources``: the user's last click the state held.
+    newest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,11 +143,15 @@ class _Pool:
             conn.close()
 
 
-def _items(body: bytes) -> list[str]:
+def _answer(body: bytes) -> tuple[list[str], str | None]:
+    """The item ids of a recommendation body and its newest source (None if it has none)."""
     try:
-        return [str(i["item_id"]) for i in orjson.loads(body).get("items", [])]
+        doc = orjson.loads(body)
+        items = [str(i["item_id"]) for i in doc.get("items", [])]
+        sources = doc.get("sources") or []
+        return items, str(sources[0]) if sources else None
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
-        return []
+        return [], None
 
 
 async def _one(
@@ -163,8 +169,8 @@ async def _one(
     except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
         status, body, retry_after = 0, b"", None
     latency = (time.perf_counter() - t0 - at) * 1000.0
-    items = _items(body) if plan.keep_items and status == 200 else []
-    out.append(Record(at, latency, status, user, items, retry_after, late))
+    items, newest = _answer(body) if plan.keep_items and status == 200 else ([], None)
+    out.append(Record(at, latency, status, user, items, retry_after, late, newest))
 
 
 def _picker(plan: LoadPlan) -> Callable[[float], str]:
@@ -232,7 +238,10 @@ def _child(plan: LoadPlan, start_at: float, conn: Any) -> None:
         time.sleep(delay)
     records = asyncio.run(run_plan(plan))
     conn.send(
-        [(r.at, r.latency_ms, r.status, r.user, r.items, r.retry_after, r.late_ms) for r in records]
+        [
+            (r.at, r.latency_ms, r.status, r.user, r.items, r.retry_after, r.late_ms, r.newest)
+            for r in records
+        ]
     )
     conn.close()
 

@@ -14,7 +14,13 @@ import orjson
 
 from streamrec.loadtest_http import Record
 from streamrec.loadtest_probes import FreshnessSample, LagSample
-from streamrec.loadtest_stats import NextClicks, latency_summary, online_hit_rate, per_second
+from streamrec.loadtest_stats import (
+    NextClicks,
+    latency_summary,
+    online_hit_rate,
+    per_second,
+    state_aligned_hit_rate,
+)
 
 PLOTS = ("latency_over_time.png", "latency_histogram.png", "lag_over_time.png")
 
@@ -75,6 +81,9 @@ def summarise(
             "series": [[round(s.at, 3), s.produced, s.applied] for s in lag],
         },
         "online_hr": online_hit_rate(lookups, next_clicks, k, session_gap_ms),
+        "state_aligned_hr": state_aligned_hit_rate(
+            [(r.user, r.newest, r.items) for r in ok], next_clicks, k
+        ),
         **(extra or {}),
     }
 
@@ -117,6 +126,14 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
             f"  {label:<14} {_f(part['hr'], 4)} ({part['hits']} / {part['evaluated']})"
             for label, part in _hr_parts(hr)
         ),
+        *(
+            [
+                f"state-aligned HR@{sa['k']} {_f(sa['hr'], 4)} ({sa['hits']} / {sa['evaluated']}: "
+                "next click after the newest one the answer's state held)"
+            ]
+            if (sa := s.get("state_aligned_hr"))
+            else []
+        ),
     ]
 
 
@@ -148,6 +165,14 @@ def write_markdown(path: Path, s: dict[str, Any], command: str) -> None:
         f"| throughput (req/s) | {_f(s['requests']['throughput_rps'], 1)} |",
         f"| max consumer lag (events) | {_f(s['consumer_lag_events']['max'])} |",
         f"| online HR@{s['online_hr']['k']} | {_f(s['online_hr']['hr'], 4)} |",
+        *(
+            [
+                f"| state-aligned HR@{sa['k']} | {_f(sa['hr'], 4)} "
+                f"({sa['hits']} / {sa['evaluated']}) |"
+            ]
+            if (sa := s.get("state_aligned_hr"))
+            else []
+        ),
         *(
             f"| online HR@{s['online_hr']['k']}, {label} | {_f(part['hr'], 4)} "
             f"({part['hits']} / {part['evaluated']}) |"

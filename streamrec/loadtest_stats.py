@@ -92,9 +92,13 @@ class NextClicks:
             timeline.ts if timeline.ts is not None else [None] * len(timeline.users)
         )
         rows = zip(timeline.due.tolist(), timeline.users, timeline.items, ts, strict=True)
+        # user -> item -> position of the user's last click on it
+        self._position: dict[str, dict[str, int]] = {}
         for t, user, item, when in rows:
             self._times.setdefault(user, []).append(t)
-            self._events.setdefault(user, []).append((item, when))
+            events = self._events.setdefault(user, [])
+            self._position.setdefault(user, {})[item] = len(events)
+            events.append((item, when))
 
     def after(self, user: str, t: float) -> str | None:
         nxt = self.next_click(user, t)
@@ -112,6 +116,46 @@ class NextClicks:
         before = events[i - 1][1] if i > 0 else None
         gap = when - before if when is not None and before is not None else None
         return NextClick(item, gap)
+
+    def after_item(self, user: str, item: str | None) -> str | None:
+        """The user's click right after their (last) click on ``item`` in the timeline.
+
+        None when ``item`` is not one of the user's replayed clicks (warm-up,
+        a probe, no history) or was their last.
+        """
+        if item is None:
+            return None
+        i = self._position.get(user, {}).get(item)
+        if i is None or i + 1 >= len(self._events[user]):
+            return None
+        return self._events[user][i + 1][0]
+
+
+def state_aligned_hit_rate(
+    lookups: Sequence[tuple[str, str | None, Sequence[str]]], next_clicks: NextClicks, k: int = 10
+) -> dict[str, Any]:
+    """HR@k against the click that followed the newest one the answer's state held.
+
+    ``lookups`` are (user, newest source of the answer, returned item ids). The
+    answer's ``sources[0]`` says how far the served state had got through the
+    user's clicks, whatever the consumer lag was; the target is the user's next
+    click after that one: the offline protocol's question ("given everything
+    before this click, is it in the top k?") asked of live answers. Lookups whose
+    newest source is not a replayed click of the user are not evaluated.
+    """
+    hits = evaluated = 0
+    for user, newest, items in lookups:
+        nxt = next_clicks.after_item(user, newest)
+        if nxt is None:
+            continue
+        evaluated += 1
+        hits += nxt in items[:k]
+    return {
+        "k": k,
+        "evaluated": evaluated,
+        "hits": hits,
+        "hr": hits / evaluated if evaluated else None,
+    }
 
 
 def online_hit_rate(

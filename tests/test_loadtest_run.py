@@ -55,12 +55,16 @@ def test_short_loadtest_writes_results_and_measures_everything(
     assert summary["consumer_lag_events"]["samples"] > 0
     hr = summary["online_hr"]
     assert hr["evaluated"] > 0 and 0.0 <= hr["hr"] <= 1.0
+    assert hr["within_session"]["evaluated"] + hr["new_session"]["evaluated"] > 0
+    aligned = summary["state_aligned_hr"]
+    assert aligned["evaluated"] > 0 and 0.0 <= aligned["hr"] <= 1.0
 
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["requests"] == req
-    for key in ("latency_ms", "freshness_ms", "consumer_lag_events", "online_hr", "config"):
+    keys = ("latency_ms", "freshness_ms", "consumer_lag_events", "online_hr", "state_aligned_hr")
+    for key in (*keys, "config"):
         assert key in on_disk
     md = (out / "summary.md").read_text()
-    assert "latency p99" in md and "online HR@10" in md
+    assert "latency p99" in md and "online HR@10" in md and "state-aligned HR@10" in md
     for name in PLOTS:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

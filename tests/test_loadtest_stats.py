@@ -15,6 +15,7 @@ from streamrec.loadtest_stats import (
     online_hit_rate,
     open_loop_schedule,
     per_second,
+    state_aligned_hit_rate,
 )
 
 
@@ -91,6 +92,24 @@ def test_online_hit_rate_splits_session_continuations_from_returns() -> None:
     assert "within_session" not in online_hit_rate(lookups, nxt, k=10)
     with pytest.raises(ValueError):
         EventTimeline(np.array([0.0]), ["a"], ["x"], [1, 2])
+
+
+def test_state_aligned_hit_rate_targets_the_click_after_what_the_state_held() -> None:
+    # a clicks x, y, then w; b clicks z once.
+    tl = EventTimeline(np.array([0.0, 1.0, 2.0, 3.0]), ["a", "b", "a", "a"], ["x", "z", "y", "w"])
+    nxt = NextClicks(tl)
+    assert nxt.after_item("a", "x") == "y" and nxt.after_item("a", "y") == "w"
+    assert nxt.after_item("a", "w") is None  # the user's last click
+    assert nxt.after_item("a", "z") is None and nxt.after_item("a", None) is None
+    lookups = [
+        ("a", "x", ["y"]),  # the state held x: the target is y, a hit
+        ("a", "y", ["y", "q"]),  # held y: the target is w, a miss
+        ("a", "fresh-probe", ["w"]),  # not a replayed click: not evaluated
+        ("b", None, ["z"]),  # no sources: not evaluated
+    ]
+    hr = state_aligned_hit_rate(lookups, nxt, k=10)
+    assert hr == {"k": 10, "evaluated": 2, "hits": 1, "hr": 0.5}
+    assert state_aligned_hit_rate([], nxt)["hr"] is None
 
 
 def test_per_second_percentiles() -> None:
