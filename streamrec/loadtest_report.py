@@ -82,7 +82,7 @@ def summarise(
         },
         "online_hr": online_hit_rate(lookups, next_clicks, k, session_gap_ms),
         "state_aligned_hr": state_aligned_hit_rate(
-            [(r.user, r.newest, r.items) for r in ok], next_clicks, k
+            [(r.user, r.newest, r.items) for r in ok], next_clicks, k, session_gap_ms
         ),
         **(extra or {}),
     }
@@ -129,7 +129,11 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
         *(
             [
                 f"state-aligned HR@{sa['k']} {_f(sa['hr'], 4)} ({sa['hits']} / {sa['evaluated']}: "
-                "next click after the newest one the answer's state held)"
+                "next click after the newest one the answer's state held)",
+                *(
+                    f"  {label:<14} {_f(part['hr'], 4)} ({part['hits']} / {part['evaluated']})"
+                    for label, part in _hr_parts(sa)
+                ),
             ]
             if (sa := s.get("state_aligned_hr"))
             else []

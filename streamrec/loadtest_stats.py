@@ -7,7 +7,7 @@ answers and shared by the load test and the benchmark.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,22 +117,65 @@ class NextClicks:
         gap = when - before if when is not None and before is not None else None
         return NextClick(item, gap)
 
-    def after_item(self, user: str, item: str | None) -> str | None:
+    def after_item(self, user: str, item: str | None) -> NextClick | None:
         """The user's click right after their (last) click on ``item`` in the timeline.
 
         None when ``item`` is not one of the user's replayed clicks (warm-up,
-        a probe, no history) or was their last.
+        a probe, no history) or was their last. The gap is measured from the
+        click on ``item``.
         """
         if item is None:
             return None
         i = self._position.get(user, {}).get(item)
-        if i is None or i + 1 >= len(self._events[user]):
+        events = self._events.get(user, [])
+        if i is None or i + 1 >= len(events):
             return None
-        return self._events[user][i + 1][0]
+        nxt, when = events[i + 1]
+        before = events[i][1]
+        return NextClick(nxt, when - before if when is not None and before is not None else None)
+
+
+def _hit_rate(
+    pairs: Iterable[tuple[NextClick | None, Sequence[str]]],
+    k: int,
+    session_gap_ms: int | None,
+) -> dict[str, Any]:
+    """HR@k of (target, returned items) pairs; a None target is not evaluated.
+
+    With ``session_gap_ms``, also split by the target: ``within_session`` when
+    it follows the click before it by at most the gap, ``new_session`` when it
+    starts a new session.
+    """
+    tally: dict[str, list[int]] = {"all": [0, 0], "within_session": [0, 0], "new_session": [0, 0]}
+    for nxt, items in pairs:
+        if nxt is None:
+            continue
+        hit = int(nxt.item in items[:k])
+        parts = ["all"]
+        if session_gap_ms is not None and nxt.gap_ms is not None:
+            parts.append("within_session" if nxt.gap_ms <= session_gap_ms else "new_session")
+        for part in parts:
+            tally[part][0] += 1
+            tally[part][1] += hit
+    evaluated, hits = tally["all"]
+    out: dict[str, Any] = {
+        "k": k,
+        "evaluated": evaluated,
+        "hits": hits,
+        "hr": hits / evaluated if evaluated else None,
+    }
+    if session_gap_ms is not None:
+        for part in ("within_session", "new_session"):
+            n, h = tally[part]
+            out[part] = {"evaluated": n, "hits": h, "hr": h / n if n else None}
+    return out
 
 
 def state_aligned_hit_rate(
-    lookups: Sequence[tuple[str, str | None, Sequence[str]]], next_clicks: NextClicks, k: int = 10
+    lookups: Sequence[tuple[str, str | None, Sequence[str]]],
+    next_clicks: NextClicks,
+    k: int = 10,
+    session_gap_ms: int | None = None,
 ) -> dict[str, Any]:
     """HR@k against the click that followed the newest one the answer's state held.
 
@@ -141,21 +184,11 @@ def state_aligned_hit_rate(
     user's clicks, whatever the consumer lag was; the target is the user's next
     click after that one: the offline protocol's question ("given everything
     before this click, is it in the top k?") asked of live answers. Lookups whose
-    newest source is not a replayed click of the user are not evaluated.
+    newest source is not a replayed click of the user are not evaluated. The
+    session split is as in :func:`online_hit_rate`.
     """
-    hits = evaluated = 0
-    for user, newest, items in lookups:
-        nxt = next_clicks.after_item(user, newest)
-        if nxt is None:
-            continue
-        evaluated += 1
-        hits += nxt in items[:k]
-    return {
-        "k": k,
-        "evaluated": evaluated,
-        "hits": hits,
-        "hr": hits / evaluated if evaluated else None,
-    }
+    pairs = ((next_clicks.after_item(user, newest), items) for user, newest, items in lookups)
+    return _hit_rate(pairs, k, session_gap_ms)
 
 
 def online_hit_rate(
@@ -177,31 +210,8 @@ def online_hit_rate(
     back later: a much harder guess). A replay compresses a MovieLens burst into
     milliseconds, so a lookup at a random moment usually falls between sessions.
     """
-    tally: dict[str, list[int]] = {"all": [0, 0], "within_session": [0, 0], "new_session": [0, 0]}
-    for user, t, items in lookups:
-        nxt = next_clicks.next_click(user, t)
-        if nxt is None:
-            continue
-        hit = int(nxt.item in items[:k])
-        parts = ["all"]
-        if session_gap_ms is not None and nxt.gap_ms is not None:
-            parts.append("within_session" if nxt.gap_ms <= session_gap_ms else "new_session")
-        for part in parts:
-            tally[part][0] += 1
-            tally[part][1] += hit
-    evaluated, hits = tally["all"]
-    out: dict[str, Any] = {
-        "k": k,
-        "lookups": len(lookups),
-        "evaluated": evaluated,
-        "hits": hits,
-        "hr": hits / evaluated if evaluated else None,
-    }
-    if session_gap_ms is not None:
-        for part in ("within_session", "new_session"):
-            n, h = tally[part]
-            out[part] = {"evaluated": n, "hits": h, "hr": h / n if n else None}
-    return out
+    pairs = ((next_clicks.next_click(user, t), items) for user, t, items in lookups)
+    return {"lookups": len(lookups), **_hit_rate(pairs, k, session_gap_ms)}
 
 
 def per_second(times_s: np.ndarray, values: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:

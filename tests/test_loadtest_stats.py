@@ -98,7 +98,8 @@ def test_state_aligned_hit_rate_targets_the_click_after_what_the_state_held() ->
     # a clicks x, y, then w; b clicks z once.
     tl = EventTimeline(np.array([0.0, 1.0, 2.0, 3.0]), ["a", "b", "a", "a"], ["x", "z", "y", "w"])
     nxt = NextClicks(tl)
-    assert nxt.after_item("a", "x") == "y" and nxt.after_item("a", "y") == "w"
+    assert nxt.after_item("a", "x") == NextClick("y", None)  # no event times given
+    assert nxt.after_item("a", "y") == NextClick("w", None)
     assert nxt.after_item("a", "w") is None  # the user's last click
     assert nxt.after_item("a", "z") is None and nxt.after_item("a", None) is None
     lookups = [
@@ -110,6 +111,11 @@ def test_state_aligned_hit_rate_targets_the_click_after_what_the_state_held() ->
     hr = state_aligned_hit_rate(lookups, nxt, k=10)
     assert hr == {"k": 10, "evaluated": 2, "hits": 1, "hr": 0.5}
     assert state_aligned_hit_rate([], nxt)["hr"] is None
+    # With event times the split says which targets continue the held click's session.
+    timed = NextClicks(EventTimeline(tl.due, tl.users, tl.items, [0, 0, 60_000, 2 * 86_400_000]))
+    split = state_aligned_hit_rate(lookups, timed, k=10, session_gap_ms=30 * 60_000)
+    assert split["within_session"] == {"evaluated": 1, "hits": 1, "hr": 1.0}
+    assert split["new_session"] == {"evaluated": 1, "hits": 0, "hr": 0.0}
 
 
 def test_per_second_percentiles() -> None:
