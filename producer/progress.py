@@ -3,7 +3,9 @@
 It redraws one line in place with ``\\r``, at most ``max_hz`` times a second, so
 that a loop sending tens of thousands of events a second spends its time
 sending, not formatting: at 30k events/s and 5 redraws/s, one redraw per 6,000
-events.
+events. When the stream is not a terminal (a CI log, a file) it writes a plain
+line every ``LOG_EVERY_S`` instead, so logs hold a few lines, not thousands
+of carriage returns.
 """
 
 from __future__ import annotations
@@ -13,6 +15,15 @@ import time
 from typing import TextIO
 
 MAX_HZ = 5.0
+LOG_EVERY_S = 10.0
+
+
+def is_terminal(stream: TextIO) -> bool:
+    """True when ``stream`` is an interactive terminal (redraw in place), else a log."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
 
 
 def _count(n: float, unit: str) -> str:
@@ -44,7 +55,8 @@ class Progress:
         self.total = total
         self.unit = unit
         self.stream = stream if stream is not None else sys.stderr
-        self._interval = 1.0 / max_hz
+        self._tty = is_terminal(self.stream)
+        self._interval = 1.0 / max_hz if self._tty else LOG_EVERY_S
         self._start = time.monotonic()
         self._next_draw = self._start  # draw on the first update
         self._count = 0
@@ -63,7 +75,8 @@ class Progress:
         if count is not None:
             self._count = count
         self._draw(time.monotonic())
-        self.stream.write("\n")
+        if self._tty:
+            self.stream.write("\n")
         self.stream.flush()
 
     def line(self, now: float) -> str:
@@ -84,6 +97,10 @@ class Progress:
 
     def _draw(self, now: float) -> None:
         text = self.line(now)
+        if not self._tty:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            return
         # Pad over the remains of a longer previous line.
         pad = " " * max(self._width - len(text), 0)
         self._width = len(text)

@@ -90,26 +90,33 @@ def split(df: pd.DataFrame, warmup: float) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 class _Status:
-    """One status line, redrawn in place at most 4 times a second."""
+    """One status line: redrawn in place on a terminal, a plain line every 10 s in a log."""
 
     def __init__(self, enabled: bool, duration_s: float) -> None:
+        from producer.progress import LOG_EVERY_S, is_terminal
+
         self.enabled = enabled
         self.duration_s = duration_s
+        self._tty = is_terminal(sys.stderr)
+        self._every = 0.0 if self._tty else LOG_EVERY_S
+        self._next = 0.0
 
     def draw(self, now: float, sent: int, lag: LagSample | None, fresh: int) -> None:
-        if not self.enabled:
+        if not self.enabled or now < self._next:
             return
+        self._next = now + self._every
         done = min(max(now / self.duration_s, 0.0), 1.0)
         bar = "#" * int(done * 30)
         lag_txt = f"lag {lag.lag:,}" if lag else "lag ?"
-        sys.stderr.write(
-            f"\r[{bar:<30}] {now:5.1f}/{self.duration_s:.0f}s  events {sent:,}  "
-            f"{lag_txt}  freshness probes {fresh}   "
+        text = (
+            f"[{bar:<30}] {now:5.1f}/{self.duration_s:.0f}s  events {sent:,}  "
+            f"{lag_txt}  freshness probes {fresh}"
         )
+        sys.stderr.write(f"\r{text}   " if self._tty else text + "\n")
         sys.stderr.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self._tty:
             sys.stderr.write("\n")
 
 

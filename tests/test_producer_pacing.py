@@ -50,8 +50,13 @@ def test_summary_rate_and_dict() -> None:
     assert ReplaySummary(0, 0.0, None, None).rate == 0.0
 
 
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
 def test_progress_line_and_throttle() -> None:
-    out = io.StringIO()
+    out = _Terminal()
     bar = Progress("replay", 1000, stream=out, max_hz=5)
     bar.update(1)  # first update draws
     for n in range(2, 500):
@@ -62,3 +67,14 @@ def test_progress_line_and_throttle() -> None:
     assert text.endswith("\n") and text.count("\r") == 2
     assert "499/1,000" in text and "events/s" in text
     assert "ETA" in bar.line(bar._start + 1.0)  # half done after 1 s: ETA shown
+
+
+def test_progress_writes_plain_lines_to_a_log() -> None:
+    out = io.StringIO()  # not a terminal: no carriage returns, a line per LOG_EVERY_S
+    bar = Progress("replay", 1000, stream=out, max_hz=5)
+    for n in range(1, 500):
+        bar.update(n)
+    bar.close(1000)
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and len(lines) == 2
+    assert lines[0].startswith("replay  1/1,000") and "1,000/1,000" in lines[1]
