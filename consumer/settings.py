@@ -11,6 +11,11 @@ from consumer.logic import SessionRules
 from consumer.store import StoreConfig
 from core.settings import KafkaSettings, RedisSettings
 
+# The state model's defaults live with the dataclasses that use them (one
+# source: tests that build SessionRules/StoreConfig directly get what ships).
+_RULES = SessionRules()
+_STORE = StoreConfig()
+
 
 class ConsumerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMREC_CONSUMER_", extra="ignore")
@@ -31,27 +36,18 @@ class ConsumerSettings(BaseSettings):
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     max_poll_interval_ms: int = 30_000
-    session_gap_ms: int = Field(default=30 * 60 * 1000, ge=1)
-    pair_window: int = Field(default=10, ge=1, le=1000)
-    history_len: int = Field(default=50, ge=1, le=10_000)
-    # Weight a pair by how close the two clicks are (consumer.logic.SessionRules).
-    # On ml-latest-small's validation part it lifted the blend's HR@10 from
-    # 0.1278 to 0.1321 (docs/evaluation.md). Note: stats "pairs" then sums weights.
-    linear_pair_weights: bool = True
-    # Row "a" weighs "b followed a" this many times more than "a followed b"
-    # (consumer.logic.SessionRules). 2 is best on ml-latest-small's validation
-    # part (over 1, 3 and 4; docs/evaluation.md) but stays 1 for now: the worker
-    # test expects symmetric rows (tests/test_consumer_worker.py, dead letters).
-    forward_weight: int = Field(default=1, ge=1, le=100)
-    co_top_m: int = Field(default=200, ge=1)
-    pop_max: int = Field(default=200_000, ge=1)
-    # Half-life of the trending set (the trending reference, the blend's prior and
-    # filler, cold users' answers). 365 days was chosen on ml-latest-small's
-    # validation part over 7, 30, 90 and 730 (docs/evaluation.md): MovieLens's
-    # timeline is sparse. A dense live stream may want hours to days; set
-    # STREAMREC_CONSUMER_TREND_HALF_LIFE_MS.
-    trend_half_life_ms: int = Field(default=365 * 24 * 3600 * 1000, ge=1000)
-    idle_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)
+    session_gap_ms: int = Field(default=_RULES.gap_ms, ge=1)
+    pair_window: int = Field(default=_RULES.pair_window, ge=1, le=1000)
+    history_len: int = Field(default=_RULES.history_len, ge=1, le=10_000)
+    # Pair weighting and asymmetry: see consumer.logic.SessionRules.
+    linear_pair_weights: bool = _RULES.linear_pair_weights
+    forward_weight: int = Field(default=_RULES.forward_weight, ge=1, le=100)
+    co_top_m: int = Field(default=_STORE.co_top_m, ge=1)
+    pop_max: int = Field(default=_STORE.pop_max, ge=1)
+    # See consumer.store.StoreConfig; set STREAMREC_CONSUMER_TREND_HALF_LIFE_MS
+    # to hours or days for a dense live stream.
+    trend_half_life_ms: int = Field(default=_STORE.half_life_ms, ge=1000)
+    idle_ttl_s: int = Field(default=_STORE.idle_ttl_s, ge=1)
     # Touched after every poll; a container healthcheck checks that it is fresh.
     heartbeat_file: Path | None = None
     # Bounded backoff while Redis or the broker is away: 0.1 s doubling to 5 s.

@@ -40,8 +40,14 @@ MAX_CAS_ROUNDS = 8
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
+    """What the store keeps and for how long; the shipped defaults, like SessionRules'."""
+
     rules: SessionRules = field(default_factory=SessionRules)
-    half_life_ms: int = 7 * 24 * 3600 * 1000
+    # Half-life of the trending set (the trending reference, the blend's prior and
+    # filler, cold users' answers). 365 days was chosen on ml-latest-small's
+    # validation part over 7, 30, 90 and 730 (docs/evaluation.md): MovieLens's
+    # timeline is sparse. A dense live stream may want hours to days.
+    half_life_ms: int = 365 * 24 * 3600 * 1000
     co_top_m: int = 200
     pop_max: int = 200_000
     idle_ttl_s: int = 30 * 24 * 3600

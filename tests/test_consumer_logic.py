@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,7 +23,8 @@ from core.events import ClickEvent
 
 MIN = 60_000
 T0 = 1_600_000_000_000
-RULES = SessionRules(gap_ms=30 * MIN, pair_window=3, history_len=5)
+# Unweighted pairs (each counts 1), so the known answers below read as counts.
+RULES = SessionRules(gap_ms=30 * MIN, pair_window=3, history_len=5, linear_pair_weights=False)
 
 
 def ev(user: str, item: str, minute: float, sid: str | None = None) -> ClickEvent:
@@ -139,7 +141,7 @@ def test_landmark_moves_before_overflow_and_rescales() -> None:
 
 def test_fold_equals_stepping_event_by_event(rng: np.random.Generator) -> None:
     """The hot-path loop in fold must say exactly what step says, event by event."""
-    rules = SessionRules(gap_ms=20 * MIN, pair_window=4, history_len=6)
+    rules = SessionRules(gap_ms=20 * MIN, pair_window=4, history_len=6, linear_pair_weights=False)
     minutes = np.cumsum(rng.integers(0, 40, size=400))
     events = [
         ClickEvent(
@@ -181,7 +183,7 @@ def test_pairs_are_counted_once_whatever_their_weights() -> None:
     weighted = fold(
         events,
         {},
-        SessionRules(RULES.gap_ms, RULES.pair_window, RULES.history_len, linear_pair_weights=True),
+        replace(RULES, linear_pair_weights=True),
     )
     assert flat.pairs == weighted.pairs == 3  # b-a, c-b, c-a
     # Window 3: the newest partner weighs 3, the next 2.
@@ -190,7 +192,7 @@ def test_pairs_are_counted_once_whatever_their_weights() -> None:
 
 def test_forward_weight_favours_what_came_next() -> None:
     events = [ev("u", "a", 0), ev("u", "b", 1)]
-    rules = SessionRules(RULES.gap_ms, RULES.pair_window, RULES.history_len, forward_weight=3)
+    rules = replace(RULES, forward_weight=3)
     co = fold(events, {}, rules).co
     # b followed a: row a (what comes after a) gets 3, row b gets 1.
     assert co[("a", "b")] == 3 and co[("b", "a")] == 1

@@ -222,7 +222,7 @@ def test_linear_pair_weights_favour_adjacent_clicks() -> None:
     # d pairs with c (newest, weight 3), b (2), a (1); a and d never meet at flat 1.
     assert co[("d", "c")] == 3 and co[("d", "b")] == 2 and co[("d", "a")] == 1
     assert co[("c", "d")] == 3 and co[("b", "a")] == 3
-    flat = fold(events, {}, SessionRules(pair_window=3)).co
+    flat = fold(events, {}, SessionRules(pair_window=3, linear_pair_weights=False)).co
     assert set(flat.values()) == {1}
 
 
