@@ -16,23 +16,23 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from core.settings import KafkaSettings, PathSettings, RedisSettings
 from serving.blend import BlendConfig
 
+_BLEND = BlendConfig()  # the one source of the blend's defaults
+
 
 class BlendSettings(BaseModel):
-    """Validated, env-settable mirror of serving.blend.BlendConfig.
+    """Validated, env-settable mirror of serving.blend.BlendConfig, with its defaults.
 
-    The shipped defaults, chosen on ml-latest-small's validation part
-    (docs/evaluation.md); BlendConfig's differ in ``w_trend`` and ``pop_damping``.
-    ``pop_damping`` takes effect only where blend() is given the candidates'
-    popularity (the offline evaluation does; the server once fetch.lua returns it).
+    ``pop_damping`` takes effect where blend() is given the candidates'
+    popularity: the server (fetch.lua returns it) and the offline evaluation.
     """
 
-    history_items: int = Field(default=10, ge=1, le=50)
-    recency_decay: float = Field(default=0.8, gt=0.0, le=1.0)
-    w_co: float = Field(default=1.0, ge=0.0)
-    w_emb: float = Field(default=0.5, ge=0.0)
-    w_trend: float = Field(default=0.2, ge=0.0)
-    candidates_per_item: int = Field(default=50, ge=1, le=1000)
-    pop_damping: float = Field(default=0.25, ge=0.0, le=2.0)
+    history_items: int = Field(default=_BLEND.history_items, ge=1, le=50)
+    recency_decay: float = Field(default=_BLEND.recency_decay, gt=0.0, le=1.0)
+    w_co: float = Field(default=_BLEND.w_co, ge=0.0)
+    w_emb: float = Field(default=_BLEND.w_emb, ge=0.0)
+    w_trend: float = Field(default=_BLEND.w_trend, ge=0.0)
+    candidates_per_item: int = Field(default=_BLEND.candidates_per_item, ge=1, le=1000)
+    pop_damping: float = Field(default=_BLEND.pop_damping, ge=0.0, le=2.0)
 
     def to_config(self) -> BlendConfig:
         return BlendConfig(**self.model_dump())

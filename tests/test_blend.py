@@ -73,7 +73,7 @@ def test_history_and_sources_are_excluded_after_normalisation() -> None:
 def test_trending_fills_to_k_after_personalised_items() -> None:
     co = {"A": [("B", 3.0)]}
     trending = [("T1", 100.0), ("B", 80.0), ("T2", 50.0), ("A", 200.0), ("H", 150.0)]
-    ranked = blend(["A"], co, {}, trending, exclude={"A", "H"}, k=3)
+    ranked = blend(["A"], co, {}, trending, exclude={"A", "H"}, k=3, cfg=BlendConfig(w_trend=0.05))
     assert ids(ranked) == ["B", "T1", "T2"]
     # B: 1.0 + 0.05 * 80/200; the filler scores are the prior alone.
     assert [s.score for s in ranked] == pytest.approx([1.02, 0.025, 0.0125])
@@ -144,6 +144,7 @@ def test_damping_is_off_without_beta_or_without_popularity() -> None:
     pop = {"P": 64.0, "N": 1.0}
     plain = ids(blend(["A"], co, {}, [], (), 2))
     assert plain == ["P", "N"]
-    assert ids(blend(["A"], co, {}, [], (), 2, BlendConfig(), popularity=pop)) == plain
+    no_beta = BlendConfig(pop_damping=0.0)
+    assert ids(blend(["A"], co, {}, [], (), 2, no_beta, popularity=pop)) == plain
     assert ids(blend(["A"], co, {}, [], (), 2, BlendConfig(pop_damping=1.0))) == plain
     assert ids(blend(["A"], co, {}, [], (), 2, BlendConfig(pop_damping=1.0), pop)) == ["N", "P"]
