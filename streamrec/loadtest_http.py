@@ -57,14 +57,26 @@ class LoadPlan:
     seed: int = 7
 
 
+class _NotAnswered(ConnectionResetError):
+    """The connection ended before any byte of the response: the server never took the request."""
+
+
 class _Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.closing = False  # the server said Connection: close
 
     async def get(self, path: str) -> tuple[int, bytes, str | None]:
-        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\n\r\n".encode())
-        head = await self.reader.readuntil(b"\r\n\r\n")
+        try:
+            self.writer.write(f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\n\r\n".encode())
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                raise
+            raise _NotAnswered("closed before answering") from exc
+        except ConnectionError as exc:
+            raise _NotAnswered(str(exc)) from exc
         lines = head.split(b"\r\n")
         status = int(lines[0].split(b" ", 2)[1])
         length = 0
@@ -80,9 +92,9 @@ class _Conn:
             elif lname == b"retry-after":
                 retry_after = value.strip().decode()
         body = await self.reader.readexactly(length) if length else b""
-        if close:
-            self.close()
-            raise ConnectionResetError("server closed the connection")
+        # A complete answer counts even when the server closes after it; the
+        # connection is just not reused.
+        self.closing = close
         return status, body, retry_after
 
     def close(self) -> None:
@@ -103,17 +115,18 @@ class _Pool:
             if conn is not None:
                 try:
                     reply = await asyncio.wait_for(conn.get(path), timeout_s)
-                except (ConnectionError, asyncio.IncompleteReadError):
-                    # The server closed an idle keep-alive connection as this
-                    # request went out (uvicorn drops them after 5 s idle).
-                    # Retried once on a new connection, as HTTP clients do for
-                    # idempotent requests; a timeout is never retried.
+                except _NotAnswered:
+                    # The server closed this idle keep-alive connection as the
+                    # request went out (uvicorn drops them after 5 s idle), so it
+                    # never saw it: sent again once on a new connection, as HTTP
+                    # clients do. Anything after the first response byte, or a
+                    # timeout, is not retried.
                     conn.close()
                 except BaseException:
                     conn.close()
                     raise
                 else:
-                    self.idle.append(conn)
+                    self._release(conn)
                     return reply
             conn = None
             try:
@@ -126,8 +139,14 @@ class _Pool:
                 if conn is not None:
                     conn.close()
                 raise
-            self.idle.append(conn)
+            self._release(conn)
             return reply
+
+    def _release(self, conn: _Conn) -> None:
+        if conn.closing:
+            conn.close()
+        else:
+            self.idle.append(conn)
 
     def _reusable(self) -> _Conn | None:
         """The most recently used idle connection the server has not closed yet."""
