@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             sent = replay(to_events(df), producer)
         run.wait_applied(sent.sent)
         # Started on live state, as after a deploy: it warms its neighbour cache
-        # with the trending head while loading the index (ServingSettings.warm_items).
+        # with the trending items while loading the index (ServingSettings.warm_items).
         # Shedding off: the benchmark measures how fast each endpoint answers
         # with all its connections in flight, not how the limiter sheds them.
         api = run.start_api(

@@ -46,7 +46,9 @@ def _warm(index: ItemIndex, hot: list[str], k: int) -> None:
     search inside the first requests after every swap.
     """
     if hot:
-        index.similar_many(hot, k)
+        # Coldest first: the cache evicts the least recently inserted, so when
+        # the list outgrows it the hottest items are the ones that stay.
+        index.similar_many(hot[::-1], k)
 
 
 async def _hot_items(state: AppState) -> list[str]:

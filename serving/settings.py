@@ -77,10 +77,11 @@ class ServingSettings(BaseSettings):
     # Retry-After at once. One worker is one event loop: more requests in flight
     # than it takes to overlap Redis with Python only queue CPU work (~3.5 ms a
     # recommendation here), so the bound is small. Measured with the load test at
-    # 500 req/s offered (2,000 events/s, 1 worker; docs/loadtest.md): 32 in
-    # flight let the queue grow to the client's 2 s timeout and only 42 req/s got
-    # answers; 4 in flight + 16 waiting for <= 20 ms answered 165 req/s with 200,
-    # the rest with 503, p99 95 ms.
+    # 500 req/s offered (2,000 events/s, 1 worker, 20 s runs; docs/loadtest.md):
+    # 32 in flight let the queue grow to the client's 2 s timeout and only 42
+    # req/s got answers; 4 in flight + 16 waiting for <= 20 ms answered 165 req/s
+    # with 200 and the rest with 503, p99 95 ms (106 req/s, p99 119 ms in the
+    # 30 s run kept in docs: the machine's speed varies between runs).
     max_in_flight: int = Field(default=4, ge=1)
     max_waiting: int = Field(default=16, ge=0)
     queue_wait_s: float = Field(default=0.02, ge=0.0)
