@@ -54,12 +54,14 @@ def raw_rate(run: LiveRun, n: int) -> float:
                 orjson.loads(rec.value)
             seen += len(records)
         if polled and started is None:
-            # The clock starts after the first batch (group join and first fetch
-            # excluded), so that batch's records are not counted either.
+            # The clock starts after the first batch (connecting and the first
+            # fetch excluded), so that batch's records are not counted either.
             started, timed_from = time.perf_counter(), seen
     elapsed = time.perf_counter() - (started or time.perf_counter())
     consumer.close()
-    return (n - timed_from) / elapsed
+    if seen <= timed_from or elapsed <= 0:
+        raise SystemExit(f"--events {n} fits in one poll; use more events to time the consumer")
+    return (seen - timed_from) / elapsed
 
 
 def consumer_rate(run: LiveRun, n: int, processes: int, tag: str) -> float:
