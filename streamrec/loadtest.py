@@ -101,8 +101,10 @@ class _Status:
         self._every = 0.0 if self._tty else LOG_EVERY_S
         self._next = 0.0
 
-    def draw(self, now: float, sent: int, lag: LagSample | None, fresh: int) -> None:
-        if not self.enabled or now < self._next:
+    def draw(
+        self, now: float, sent: int, lag: LagSample | None, fresh: int, *, final: bool = False
+    ) -> None:
+        if not self.enabled or (now < self._next and not final):
             return
         self._next = now + self._every
         done = min(max(now / self.duration_s, 0.0), 1.0)
@@ -146,7 +148,7 @@ def run_loadtest(opts: LoadTestOptions) -> dict[str, Any]:
             replay(to_events(warm), producer, Pacing())
         run.wait_applied(len(warm), timeout=300)
         # The API starts on live state, as after a deploy, and so warms its
-        # neighbour cache with the trending head (ServingSettings.warm_items).
+        # neighbour cache with the trending items (ServingSettings.warm_items).
         api = run.start_api(workers=opts.workers, extra_env=opts.api_env)
         port = int(api.rsplit(":", 1)[1])
 
@@ -171,6 +173,7 @@ def run_loadtest(opts: LoadTestOptions) -> dict[str, Any]:
         metrics = httpx.get(f"{api}/metrics", timeout=5).json()
 
     config = {
+        "command": opts.command,
         "dataset": str(opts.dataset),
         "limit": opts.limit,
         "warmup_events": len(warm),
@@ -290,6 +293,8 @@ def _measure(
             stop.set()
             for t in threads:
                 t.join(timeout=opts.freshness_timeout_s + 10)
+            last = lag[-1] if lag else None
+            status.draw(time.time() - t0, sent.value, last, len(prober.samples), final=True)
             status.close()
     return prober, lag, sent
 

@@ -40,7 +40,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
             api_env=_env_pairs(args.api_env),
             consumer_env=_env_pairs(args.consumer_env),
             progress=not args.quiet,
-            command=shlex.join(["streamrec", *sys.argv[2:]]) if len(sys.argv) > 1 else "",
+            command=shlex.join(["streamrec", *sys.argv[1:]]),
         )
     )
     # Exit 1 when the server failed requests, so CI and scripts notice.

@@ -141,6 +141,18 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
     ]
 
 
+def _hr_rows(name: str, hr: dict[str, Any]) -> list[str]:
+    """Markdown rows of one hit rate and its session split."""
+    k = hr["k"]
+    rows = [f"| {name} HR@{k} | {_f(hr['hr'], 4)} ({hr['hits']} / {hr['evaluated']}) |"]
+    for label, part in _hr_parts(hr):
+        rows.append(
+            f"| {name} HR@{k}, {label} | {_f(part['hr'], 4)} "
+            f"({part['hits']} / {part['evaluated']}) |"
+        )
+    return rows
+
+
 def _hr_parts(hr: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The session split of the online hit rate, when it was computed."""
     parts = ("within_session", "new_session")
@@ -168,20 +180,8 @@ def write_markdown(path: Path, s: dict[str, Any], command: str) -> None:
         f"| error rate | {_f(s['requests']['error_rate'], 5)} |",
         f"| throughput (req/s) | {_f(s['requests']['throughput_rps'], 1)} |",
         f"| max consumer lag (events) | {_f(s['consumer_lag_events']['max'])} |",
-        f"| online HR@{s['online_hr']['k']} | {_f(s['online_hr']['hr'], 4)} |",
-        *(
-            [
-                f"| state-aligned HR@{sa['k']} | {_f(sa['hr'], 4)} "
-                f"({sa['hits']} / {sa['evaluated']}) |"
-            ]
-            if (sa := s.get("state_aligned_hr"))
-            else []
-        ),
-        *(
-            f"| online HR@{s['online_hr']['k']}, {label} | {_f(part['hr'], 4)} "
-            f"({part['hits']} / {part['evaluated']}) |"
-            for label, part in _hr_parts(s["online_hr"])
-        ),
+        *_hr_rows("online", s["online_hr"]),
+        *(_hr_rows("state-aligned", sa) if (sa := s.get("state_aligned_hr")) else []),
         "",
         *(f"![{name}]({name})" for name in PLOTS),
         "",

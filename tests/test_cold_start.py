@@ -65,7 +65,8 @@ def test_a_user_with_one_click_gets_its_co_clicked_and_similar_items() -> None:
     feed(state, [ClickEvent("newbie", "alien", T0 + 40 * DAY)])
     ranked = recommend(state, "newbie", index)
     top = [s.item_id for s in ranked]
-    # aliens: co 30/30 = 1; terminator: 0.5 * cos ≈ 0.49; predator: co 10/30 ≈ 0.33.
+    # aliens: co at the row max = 1; terminator: 0.5 * cos ≈ 0.49; predator: co ≈ 0.30
+    # of the max (linear pair weights).
     assert top[:3] == ["aliens", "terminator", "predator"]
     assert ranked[0].reason.kind == "co_clicked" and ranked[0].reason.because_of == "alien"
     assert "terminator" in top
