@@ -108,14 +108,7 @@ class NextClicks:
         times = self._times.get(user)
         if not times:
             return None
-        i = bisect.bisect_right(times, t)
-        if i >= len(times):
-            return None
-        events = self._events[user]
-        item, when = events[i]
-        before = events[i - 1][1] if i > 0 else None
-        gap = when - before if when is not None and before is not None else None
-        return NextClick(item, gap)
+        return self._click(user, bisect.bisect_right(times, t))
 
     def after_item(self, user: str, item: str | None) -> NextClick | None:
         """The user's click right after their (last) click on ``item`` in the timeline.
@@ -124,15 +117,17 @@ class NextClicks:
         a probe, no history) or was their last. The gap is measured from the
         click on ``item``.
         """
-        if item is None:
-            return None
-        i = self._position.get(user, {}).get(item)
+        i = None if item is None else self._position.get(user, {}).get(item)
+        return None if i is None else self._click(user, i + 1)
+
+    def _click(self, user: str, i: int) -> NextClick | None:
+        """The user's ``i``-th click, with the gap from the click before it."""
         events = self._events.get(user, [])
-        if i is None or i + 1 >= len(events):
+        if i >= len(events):
             return None
-        nxt, when = events[i + 1]
-        before = events[i][1]
-        return NextClick(nxt, when - before if when is not None and before is not None else None)
+        item, when = events[i]
+        before = events[i - 1][1] if i > 0 else None
+        return NextClick(item, when - before if when is not None and before is not None else None)
 
 
 def _hit_rate(
