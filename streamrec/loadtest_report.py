@@ -56,6 +56,9 @@ def summarise(
             "errors": errors,
             "error_rate": errors / n if n else None,
             "server_errors_5xx": sum(1 for r in records if r.status >= 500),
+            # 5xx other than 503: a 503 is the server shedding or waiting out a
+            # dependency as designed (with Retry-After); anything else is a failure.
+            "server_failures": sum(1 for r in records if r.status >= 500 and r.status != 503),
             "status_counts": statuses,
             "throughput_rps": len(ok) / duration_s if duration_s > 0 else None,
         },

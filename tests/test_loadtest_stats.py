@@ -138,3 +138,24 @@ def test_split_keeps_time_order() -> None:
     assert warm["ts"].tolist() == [0, 1, 2] and rest["ts"].tolist()[0] == 3
     with pytest.raises(ValueError):
         split(df, 1.0)
+
+
+def test_summary_tells_shedding_from_server_failures() -> None:
+    from streamrec.loadtest_http import Record
+    from streamrec.loadtest_report import summarise
+
+    records = [
+        Record(0.0, 5.0, 200, "a", ["y"]),
+        Record(0.1, 1.0, 503, "a", retry_after="1"),  # shed, as designed
+        Record(0.2, 9.0, 500, "b"),  # a failure
+        Record(0.3, 2000.0, 0, "b"),  # timed out
+    ]
+    s = summarise(records, [], [], NextClicks(timeline()), duration_s=1.0, k=10, config={})
+    req = s["requests"]
+    assert (req["ok"], req["errors"], req["server_errors_5xx"], req["server_failures"]) == (
+        1,
+        3,
+        2,
+        1,
+    )
+    assert req["status_counts"] == {"200": 1, "503": 1, "500": 1, "timeout_or_transport": 1}
