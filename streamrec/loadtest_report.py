@@ -125,22 +125,24 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
         f"{_f(s.get('events_rate'), 0)} events/s",
         f"online HR@{hr['k']}     {_f(hr['hr'], 4)} "
         f"({hr['hits']} hits / {hr['evaluated']} lookups with a later click)",
-        *(
-            f"  {label:<14} {_f(part['hr'], 4)} ({part['hits']} / {part['evaluated']})"
-            for label, part in _hr_parts(hr)
-        ),
+        *_split_lines(hr),
         *(
             [
                 f"state-aligned HR@{sa['k']} {_f(sa['hr'], 4)} ({sa['hits']} / {sa['evaluated']}: "
                 "next click after the newest one the answer's state held)",
-                *(
-                    f"  {label:<14} {_f(part['hr'], 4)} ({part['hits']} / {part['evaluated']})"
-                    for label, part in _hr_parts(sa)
-                ),
+                *_split_lines(sa),
             ]
             if (sa := s.get("state_aligned_hr"))
             else []
         ),
+    ]
+
+
+def _split_lines(hr: dict[str, Any]) -> list[str]:
+    """Console lines of a hit rate's session split."""
+    return [
+        f"  {label:<14} {_f(part['hr'], 4)} ({part['hits']} / {part['evaluated']})"
+        for label, part in _hr_parts(hr)
     ]
 
 
@@ -157,7 +159,7 @@ def _hr_rows(name: str, hr: dict[str, Any]) -> list[str]:
 
 
 def _hr_parts(hr: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The session split of the online hit rate, when it was computed."""
+    """The session split of a hit rate, when it was computed."""
     parts = ("within_session", "new_session")
     return [(key.replace("_", " "), hr[key]) for key in parts if key in hr]
 

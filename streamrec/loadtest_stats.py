@@ -100,10 +100,6 @@ class NextClicks:
             self._position.setdefault(user, {})[item] = len(events)
             events.append((item, when))
 
-    def after(self, user: str, t: float) -> str | None:
-        nxt = self.next_click(user, t)
-        return None if nxt is None else nxt.item
-
     def next_click(self, user: str, t: float) -> NextClick | None:
         times = self._times.get(user)
         if not times:

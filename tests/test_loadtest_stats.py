@@ -50,9 +50,9 @@ def test_timeline_knows_who_is_active_when() -> None:
 
 def test_next_click_is_strictly_after_the_answer() -> None:
     nxt = NextClicks(timeline())
-    assert nxt.after("a", 0.0) == "y"  # x at 0.0 is not "after" 0.0
-    assert nxt.after("a", 2.0) is None
-    assert nxt.after("nobody", 0.0) is None
+    assert nxt.next_click("a", 0.0) == NextClick("y", None)  # x at 0.0 is not "after" 0.0
+    assert nxt.next_click("a", 2.0) is None
+    assert nxt.next_click("nobody", 0.0) is None
 
 
 def test_online_hit_rate_counts_only_lookups_with_a_later_click() -> None:
