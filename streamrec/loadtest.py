@@ -167,7 +167,7 @@ def run_loadtest(opts: LoadTestOptions) -> dict[str, Any]:
         )
         t0 = time.time() + START_DELAY_S
         load = LoadProcess(plan, t0)
-        fresh, lag, sent = _measure(opts, run, timeline, rest, pacing, t0)
+        fresh, lag, sent = _measure(opts, run, rest, pacing, t0)
         records = load.join()
         final_applied = _wait_caught_up(run, len(warm) + sent.value + len(fresh.samples), 30.0)
         metrics = httpx.get(f"{api}/metrics", timeout=5).json()
@@ -225,7 +225,6 @@ def _session_gap_ms(consumer_env: dict[str, str]) -> int:
 def _measure(
     opts: LoadTestOptions,
     run: LiveRun,
-    timeline: EventTimeline,
     rest: pd.DataFrame,
     pacing: Pacing,
     t0: float,
@@ -245,7 +244,6 @@ def _measure(
             run.client,
             run.redis.keys,
             probe_producer,
-            timeline,
             sent,
             t0,
             run.run_id,

@@ -6,7 +6,6 @@ appends to its own list; the orchestrator reads the lists after joining.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -18,11 +17,6 @@ import redis
 from core.events import ClickEvent
 from core.keyspace import Keyspace
 from producer.client import ClickProducer
-from streamrec.loadtest_stats import EventTimeline
-
-# History entries the prober scans for its click: the consumer's cap
-# (core/keyspace.py), since a bursty user may have pushed many newer clicks on top.
-HEAD_ENTRIES = 50
 
 
 @dataclass
@@ -46,55 +40,52 @@ class Counter:
 
 @dataclass
 class FreshnessProber:
-    """Every ``every_s``: click a distinctive item for a recently active user and time
-    how long until ``/recommendations/{user}`` answers from state that holds it.
+    """Every ``every_s``: a new probe user clicks a distinctive item; time how long
+    until ``/recommendations/{user}`` answers from state that holds the click.
+
+    Each probe is its own user (``probe-<tag>-<n>``) with one click, so it pairs
+    with nothing: real users' sessions, their co-occurrence rows and the online
+    hit rates stay free of synthetic clicks (the item does join popularity and
+    trending, once). Users are keyed to partitions, so probes land on every
+    partition like the replay's users do.
 
     The API reads Redis on every request, with no cache in between, so the click
     is reflected once the consumer has written it to the user's history. Polling
     the API every few milliseconds would add hundreds of req/s of its own load,
     so the prober watches the user's history in Redis (one cheap LRANGE per
     ``poll_s``; 5 ms is the resolution, against a 100 ms target) and then sends
-    one API request; the time is taken when a 200 arrives. The item is usually
-    in that answer's ``sources`` too, but not always: a user in a burst of
-    ratings can push ten newer distinct items on top of it within the window,
-    which is why presence in ``sources`` is recorded, not required.
+    one API request; the time is taken when a 200 arrives. That answer should
+    list the item as the user's only source (``in_sources``).
     """
 
     api_url: str
     redis_client: redis.Redis
     keys: Keyspace
     producer: ClickProducer
-    timeline: EventTimeline
     clock: Counter  # the replay's progress; its last_ts dates the probe on event time
     t0: float  # wall-clock (time.time) start shared with the replay and the load
     tag: str
     every_s: float = 0.25
     poll_s: float = 0.005
     timeout_s: float = 2.0
-    window: int = 500
-    seed: int = 11
     samples: list[FreshnessSample] = field(default_factory=list)
 
     def run(self, stop: threading.Event, until_s: float) -> None:
-        rnd = random.Random(self.seed)
         n = 0
         with httpx.Client(base_url=self.api_url, timeout=self.timeout_s) as http:
             while not stop.is_set():
-                now = time.time() - self.t0
-                if now >= until_s:
+                if time.time() - self.t0 >= until_s:
                     return
-                users = self.timeline.recent_users(now, self.window)
-                if users:
-                    n += 1
-                    user = users[rnd.randrange(len(users))]
-                    self.samples.append(self._probe(http, user, f"fresh-{self.tag}-{n}", stop))
+                n += 1
+                user, item = f"probe-{self.tag}-{n}", f"fresh-{self.tag}-{n}"
+                self.samples.append(self._probe(http, user, item, stop))
                 stop.wait(self.every_s)
 
     def _probe(
         self, http: httpx.Client, user: str, item: str, stop: threading.Event
     ) -> FreshnessSample:
-        # Dated at the replay's current event time so the session logic treats it
-        # as the user's newest click, like any other event in the stream.
+        # Dated at the replay's current event time, like any other event in the
+        # stream (trending and the stream clock run on event time).
         ts = self.clock.last_ts or int(time.time() * 1000)
         hist = self.keys.hist(user)
         needle = f'"{item}"'  # history entries are JSON [ts, item, session]
@@ -102,8 +93,8 @@ class FreshnessProber:
         self.producer.send(ClickEvent(user, item, ts, "click"))
         deadline = started + self.timeout_s
         while time.time() < deadline and not stop.is_set():
-            head = self.redis_client.lrange(hist, 0, HEAD_ENTRIES - 1)
-            if any(needle in str(entry) for entry in head):
+            head = self.redis_client.lrange(hist, 0, 0)
+            if head and needle in str(head[0]):
                 try:
                     resp = http.get(f"/recommendations/{user}", params={"k": 1})
                     if resp.status_code == 200:

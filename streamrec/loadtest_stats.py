@@ -68,11 +68,6 @@ class EventTimeline:
         """How many events are due at or before ``t``."""
         return int(np.searchsorted(self.due, t, side="right"))
 
-    def recent_users(self, t: float, window: int) -> Sequence[str]:
-        """Users of the last ``window`` events due by ``t`` (busy users repeat, so weigh more)."""
-        end = self.sent_by(t)
-        return self.users[max(0, end - window) : end]
-
 
 @dataclass(frozen=True)
 class NextClick:
@@ -110,7 +105,7 @@ class NextClicks:
         """The user's click right after their (last) click on ``item`` in the timeline.
 
         None when ``item`` is not one of the user's replayed clicks (warm-up,
-        a probe, no history) or was their last. The gap is measured from the
+        no history) or was their last. The gap is measured from the
         click on ``item``.
         """
         i = None if item is None else self._position.get(user, {}).get(item)

@@ -52,6 +52,9 @@ def test_short_loadtest_writes_results_and_measures_everything(
     assert summary["events_sent"] > 0
     fresh = summary["freshness_ms"]
     assert fresh["reflected"] > 0 and fresh["p50"] is not None
+    # Each probe is a new one-click user, so the answer lists the probe's item as
+    # its source (a probe clicking for a real user could be buried by a burst).
+    assert fresh["in_sources"] == fresh["reflected"]
     assert summary["consumer_lag_events"]["samples"] > 0
     hr = summary["online_hr"]
     assert hr["evaluated"] > 0 and 0.0 <= hr["hr"] <= 1.0
