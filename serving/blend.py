@@ -50,11 +50,11 @@ class BlendConfig:
     history_items: int = 10  # distinct most-recent items used as sources
     recency_decay: float = 0.8  # source at position p (0 = newest) weighs decay**p
     w_co: float = 1.0  # co-occurrence weight; each source's row normalised to [0, 1]
-    w_emb: float = 0.5  # embedding cosine weight (negatives clipped to 0)
+    w_emb: float = 0.25  # embedding cosine weight (negatives clipped to 0)
     w_trend: float = 0.2  # trending prior (normalised by the top score); also orders filler
     candidates_per_item: int = 50
     # β of co(s, c) / pop(c)**β; needs the candidates' popularity (see blend()).
-    pop_damping: float = 0.25
+    pop_damping: float = 0.15
 
 
 @dataclass(frozen=True, slots=True)

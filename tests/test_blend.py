@@ -53,7 +53,7 @@ def test_item_reached_from_two_sources_sums_and_names_the_larger() -> None:
 def test_embedding_only_candidate_is_similar_and_negative_cosine_is_dropped() -> None:
     co = {"A": [("B", 4.0)]}
     emb = {"A": [("E", 0.9), ("B", 0.2), ("F", -0.5)]}
-    ranked = blend(["A"], co, emb, [], exclude=(), k=5)
+    ranked = blend(["A"], co, emb, [], exclude=(), k=5, cfg=BlendConfig(w_emb=0.5))
     assert ids(ranked) == ["B", "E"]
     # B: 1.0 (co) + 0.5 * 0.2 (emb); E: 0.5 * 0.9.
     assert [s.score for s in ranked] == pytest.approx([1.1, 0.45])

@@ -65,9 +65,10 @@ def test_a_user_with_one_click_gets_its_co_clicked_and_similar_items() -> None:
     feed(state, [ClickEvent("newbie", "alien", T0 + 40 * DAY)])
     ranked = recommend(state, "newbie", index)
     top = [s.item_id for s in ranked]
-    # aliens: co at the row max = 1; terminator: 0.5 * cos ≈ 0.49; predator: co ≈ 0.30
-    # of the max (linear pair weights).
-    assert top[:3] == ["aliens", "terminator", "predator"]
+    # Row alien: aliens follows it next in 30 sessions (30 x 10, x2 forward = 600),
+    # predator one click later in 10 (10 x 9 x 2 = 180). So aliens = 1, predator =
+    # 0.30, and terminator, reached through the embedding alone, w_emb 0.25 x cos ≈ 0.25.
+    assert top[:3] == ["aliens", "predator", "terminator"]
     assert ranked[0].reason.kind == "co_clicked" and ranked[0].reason.because_of == "alien"
     assert "terminator" in top
     terminator = ranked[top.index("terminator")]

@@ -24,7 +24,10 @@ from core.events import ClickEvent
 MIN = 60_000
 T0 = 1_600_000_000_000
 # Unweighted pairs (each counts 1), so the known answers below read as counts.
-RULES = SessionRules(gap_ms=30 * MIN, pair_window=3, history_len=5, linear_pair_weights=False)
+# Flat, symmetric pair counts: weights and asymmetry have tests of their own.
+RULES = SessionRules(
+    gap_ms=30 * MIN, pair_window=3, history_len=5, linear_pair_weights=False, forward_weight=1
+)
 
 
 def ev(user: str, item: str, minute: float, sid: str | None = None) -> ClickEvent:
@@ -141,7 +144,9 @@ def test_landmark_moves_before_overflow_and_rescales() -> None:
 
 def test_fold_equals_stepping_event_by_event(rng: np.random.Generator) -> None:
     """The hot-path loop in fold must say exactly what step says, event by event."""
-    rules = SessionRules(gap_ms=20 * MIN, pair_window=4, history_len=6, linear_pair_weights=False)
+    rules = SessionRules(
+        gap_ms=20 * MIN, pair_window=4, history_len=6, linear_pair_weights=False, forward_weight=2
+    )
     minutes = np.cumsum(rng.integers(0, 40, size=400))
     events = [
         ClickEvent(
@@ -158,8 +163,9 @@ def test_fold_equals_stepping_event_by_event(rng: np.random.Generator) -> None:
         new, found = step(histories.get(e.user_id, []), e, rules)
         histories[e.user_id] = new
         for other in found:
+            # e follows other: other's row (what comes after it) gets the forward weight.
             co[(e.item_id, other)] += 1
-            co[(other, e.item_id)] += 1
+            co[(other, e.item_id)] += rules.forward_weight
     delta = fold(events, {}, rules)
     assert delta.histories == histories
     assert delta.co == co

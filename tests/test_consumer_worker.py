@@ -115,9 +115,10 @@ def test_malformed_events_go_to_the_dead_letter_topic(
         wait_until(lambda: worker.stats.applied >= 2, 30, "the good events")
         state = worker.store.dump()
     # The stream went on past the bad messages: both good events paired up
-    # (adjacent clicks weigh pair_window = 10 under linear_pair_weights).
+    # (adjacent clicks weigh pair_window = 10 under linear_pair_weights), and
+    # b came after a, so row a (what follows a) gets forward_weight times that.
     w = float(settings.pair_window if settings.linear_pair_weights else 1)
-    assert state["co"] == {"a": {"b": w}, "b": {"a": w}}
+    assert state["co"] == {"a": {"b": w * settings.forward_weight}, "b": {"a": w}}
     dlq = KafkaConsumer(
         bootstrap_servers=kafka_settings.bootstrap,
         enable_auto_commit=False,

@@ -216,13 +216,14 @@ def test_live_stack_agrees_with_in_process(movielens_dir: Path) -> None:
 
 
 def test_linear_pair_weights_favour_adjacent_clicks() -> None:
-    rules = SessionRules(pair_window=3, linear_pair_weights=True)
+    rules = SessionRules(pair_window=3, linear_pair_weights=True, forward_weight=1)
     events = [ClickEvent("u", x, T0 + i * MIN) for i, x in enumerate("abcd")]
     co = fold(events, {}, rules).co
     # d pairs with c (newest, weight 3), b (2), a (1); a and d never meet at flat 1.
     assert co[("d", "c")] == 3 and co[("d", "b")] == 2 and co[("d", "a")] == 1
     assert co[("c", "d")] == 3 and co[("b", "a")] == 3
-    flat = fold(events, {}, SessionRules(pair_window=3, linear_pair_weights=False)).co
+    flat_rules = SessionRules(pair_window=3, linear_pair_weights=False, forward_weight=1)
+    flat = fold(events, {}, flat_rules).co
     assert set(flat.values()) == {1}
 
 

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from core.settings import KafkaSettings, RedisSettings
 from offline.index import ItemIndex, publish
 from serving.app import create_app
+from serving.blend import BlendConfig
 from serving.errors import install_handlers
 from serving.settings import BlendSettings, ServingSettings
 from streamrec.stack import free_port
@@ -123,8 +124,11 @@ def test_known_user_gets_co_clicked_item_first_and_no_history(
     }
     ids = [i["item_id"] for i in items]
     assert "1" not in ids and "2" not in ids  # history never comes back
-    # Item 4: co 50/50 from the newest source, plus the (small) embedding terms.
-    expected_4 = 1.0 + 0.5 * (cosine("1", "4") + 0.8 * cosine("2", "4"))
+    # Item 4: co 50/50 from the newest source, plus the (small) embedding terms;
+    # no trending score, no popularity (so not damped).
+    cfg = BlendConfig()
+    emb = cosine("1", "4") + cfg.recency_decay * cosine("2", "4")
+    expected_4 = cfg.w_co * 1.0 + cfg.w_emb * emb
     assert items[0]["score"] == pytest.approx(expected_4, rel=1e-5)
     # Item 3 is reached only through embeddings: its reason says so.
     three = next(i for i in items if i["item_id"] == "3")
