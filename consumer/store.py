@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -98,15 +97,6 @@ class StateStore:
         self.keys = keys
         self.config = config
         self._apply = client.register_script(_APPLY_LUA)
-        # One thread runs the partition scripts in order while the caller folds
-        # the next partition: Redis executes batch p while Python computes p+1.
-        self._sender: ThreadPoolExecutor | None = None
-
-    def close(self) -> None:
-        """Stop the script thread (idempotent; the client is the caller's to close)."""
-        if self._sender is not None:
-            self._sender.shutdown(wait=True)
-            self._sender = None
 
     # -- reads ---------------------------------------------------------------
     def stored_offsets(self, topic: str, partitions: Iterable[int]) -> dict[int, int | None]:
@@ -192,12 +182,19 @@ class StateStore:
                 if max_ts is not None
                 else (old_ref, None)
             )
-            outcomes = self._run_scripts(
-                self._script_args(
-                    topic, fresh, snap, snap.offsets[fresh.partition], old_ref, new_ref, factor
+            pipe = self.client.pipeline(transaction=False)
+            for _, fresh in todo:
+                self._queue(
+                    pipe,
+                    topic,
+                    fresh,
+                    snap,
+                    snap.offsets[fresh.partition],
+                    old_ref,
+                    new_ref,
+                    factor,
                 )
-                for _, fresh in todo
-            )
+            outcomes = pipe.execute()
             pending = []
             for (batch, fresh), outcome in zip(todo, outcomes, strict=True):
                 if int(outcome[0]) == 1:
@@ -214,25 +211,9 @@ class StateStore:
             f"could not apply {len(pending)} batch(es) after {MAX_CAS_ROUNDS} rounds"
         )
 
-    def _run_scripts(self, calls: Iterable[tuple[list[str], list[str | int | bytes]]]) -> list[Any]:
-        """Run the apply script once per (keys, args), in order; all outcomes, in order.
-
-        ``calls`` is consumed lazily: each partition's delta is folded while the
-        previous partition's script runs on the sender thread. Every script sent
-        is waited for before an error is raised, so a retry never overlaps one.
-        """
-        if self._sender is None:
-            self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-script")
-        futures: list[Future[Any]] = []
-        try:
-            for keys, args in calls:
-                futures.append(self._sender.submit(self._apply, keys=keys, args=args))
-        finally:
-            wait(futures)
-        return [f.result() for f in futures]
-
-    def _script_args(
+    def _queue(
         self,
+        pipe: redis.client.Pipeline,
         topic: str,
         batch: PartitionBatch,
         snap: Snapshot,
@@ -240,8 +221,7 @@ class StateStore:
         old_ref: int | None,
         new_ref: int | None,
         factor: float | None,
-    ) -> tuple[list[str], list[str | int | bytes]]:
-        """Fold one partition batch against the snapshot: the apply script's keys and args."""
+    ) -> None:
         cfg = self.config
         delta: StateDelta = fold((e for _, e in batch.events), snap.histories, cfg.rules)
         rows: dict[str, list[str | int]] = defaultdict(list)
@@ -281,7 +261,7 @@ class StateStore:
             f"{cfg.co_top_m} {cfg.pop_max} {cfg.rules.history_len} {cfg.idle_ttl_s}",
             payload,
         ]
-        return keys, args
+        self._apply(keys=keys, args=args, client=pipe)
 
 
 def _text(value: Any) -> str:

@@ -195,7 +195,6 @@ class Worker:
             except Exception:
                 log.exception("error closing the dead-letter producer")
             self._dlq = None
-        self.store.close()
         self.redis.close()
 
     # -- the batch path --------------------------------------------------------

@@ -104,43 +104,6 @@ def test_overlapping_redelivery_applies_only_the_new_tail(redis_settings: RedisS
     assert store.dump()["pop"] == expected_state(events, store.config.rules)["pop"]
 
 
-def test_a_failure_between_partition_scripts_is_retried_exactly_once(
-    redis_settings: RedisSettings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Partition scripts run while later partitions are folded; an error part-way
-    surfaces only after the scripts already sent have finished, and a retry of the
-    whole poll applies what is missing and nothing twice."""
-    store = make_store(redis_settings)
-    events = stream(200, users=6)
-    polls = batches_of(events, partitions=3, size=40)
-    real = store._script_args
-    calls = 0
-
-    def fail_on_second(*args: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise redis.ConnectionError("lost while folding partition 2")
-        return real(*args)
-
-    monkeypatch.setattr(store, "_script_args", fail_on_second)
-    with pytest.raises(redis.ConnectionError):
-        store.apply(TOPIC, polls[0])
-    # The first partition's script had been sent: it is in, with its offset.
-    first = polls[0][0]
-    assert store.stored_offsets(TOPIC, [first.partition]) == {first.partition: first.next_offset}
-    monkeypatch.setattr(store, "_script_args", real)
-    retried = store.apply(TOPIC, polls[0])
-    assert retried.skipped_events == len(first.events)
-    assert retried.applied_events == sum(len(b.events) for b in polls[0][1:])
-    for poll in polls[1:]:
-        store.apply(TOPIC, poll)
-    got, want = store.dump(), expected_state(events, store.config.rules)
-    assert (got["hist"], got["co"], got["pop"]) == (want["hist"], want["co"], want["pop"])
-    assert got["stats"]["events"] == 200
-    store.close()
-
-
 def test_stale_snapshot_is_detected_and_recomputed(redis_settings: RedisSettings) -> None:
     """Two owners of one partition (a rebalance race): the second write recomputes."""
     a, b = make_store(redis_settings), make_store(redis_settings)
