@@ -104,6 +104,40 @@ def test_overlapping_redelivery_applies_only_the_new_tail(redis_settings: RedisS
     assert store.dump()["pop"] == expected_state(events, store.config.rules)["pop"]
 
 
+def test_a_failure_part_way_through_a_poll_is_retried_exactly_once(
+    redis_settings: RedisSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error while preparing the second partition's batch writes nothing; the
+    worker's retry of the whole poll then applies every event once."""
+    store = make_store(redis_settings)
+    events = stream(200, users=6)
+    polls = batches_of(events, partitions=3, size=40)
+    real = store._queue
+    calls = 0
+
+    def fail_on_second(*args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise redis.ConnectionError("lost while preparing partition 2")
+        real(*args)
+
+    monkeypatch.setattr(store, "_queue", fail_on_second)
+    with pytest.raises(redis.ConnectionError):
+        store.apply(TOPIC, polls[0])
+    parts = [b.partition for b in polls[0]]
+    assert store.stored_offsets(TOPIC, parts) == dict.fromkeys(parts)
+    monkeypatch.setattr(store, "_queue", real)
+    retried = store.apply(TOPIC, polls[0])
+    assert retried.applied_events == sum(len(b.events) for b in polls[0])
+    assert retried.skipped_events == 0
+    for poll in polls[1:]:
+        store.apply(TOPIC, poll)
+    got, want = store.dump(), expected_state(events, store.config.rules)
+    assert (got["hist"], got["co"], got["pop"]) == (want["hist"], want["co"], want["pop"])
+    assert got["stats"]["events"] == 200
+
+
 def test_stale_snapshot_is_detected_and_recomputed(redis_settings: RedisSettings) -> None:
     """Two owners of one partition (a rebalance race): the second write recomputes."""
     a, b = make_store(redis_settings), make_store(redis_settings)
