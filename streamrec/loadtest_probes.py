@@ -26,6 +26,7 @@ class FreshnessSample:
     at: float
     user: str
     item: str
+    ts: int  # the click's event time: the replay's newest when it was sent
     ms: float | None  # None: not reflected within the probe's timeout
     in_sources: bool = False  # the answer also listed it among the user's sources
 
@@ -71,6 +72,12 @@ class FreshnessProber:
     samples: list[FreshnessSample] = field(default_factory=list)
 
     def run(self, stop: threading.Event, until_s: float) -> None:
+        # Probes start with the replay: until its first event there is no event
+        # time to date them with, and a wall-clock stamp (years after a MovieLens
+        # replay) would put the probe items on top of the trending set.
+        while not self.clock.last_ts:
+            if stop.wait(self.poll_s) or time.time() - self.t0 >= until_s:
+                return
         n = 0
         with httpx.Client(base_url=self.api_url, timeout=self.timeout_s) as http:
             while not stop.is_set():
@@ -86,7 +93,7 @@ class FreshnessProber:
     ) -> FreshnessSample:
         # Dated at the replay's current event time, like any other event in the
         # stream (trending and the stream clock run on event time).
-        ts = self.clock.last_ts or int(time.time() * 1000)
+        ts = self.clock.last_ts
         hist = self.keys.hist(user)
         needle = f'"{item}"'  # history entries are JSON [ts, item, session]
         started = time.time()
@@ -100,11 +107,11 @@ class FreshnessProber:
                     if resp.status_code == 200:
                         ms = (time.time() - started) * 1000
                         shown = item in resp.json().get("sources", ())
-                        return FreshnessSample(started - self.t0, user, item, ms, shown)
+                        return FreshnessSample(started - self.t0, user, item, ts, ms, shown)
                 except httpx.HTTPError:
                     pass  # counted as not reflected if it never answers in time
             time.sleep(self.poll_s)
-        return FreshnessSample(started - self.t0, user, item, None)
+        return FreshnessSample(started - self.t0, user, item, ts, None)
 
 
 @dataclass

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from producer.movielens import load_ratings
 from streamrec.loadtest import LoadTestOptions, run_loadtest
 from streamrec.loadtest_report import PLOTS
 from streamrec.stack import LocalStack
@@ -64,6 +65,14 @@ def test_short_loadtest_writes_results_and_measures_everything(
 
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["requests"] == req
+    # Probes go out with the replay and carry its event time: a probe before the
+    # first replayed event, or dated by the wall clock, would be decades past the
+    # MovieLens slice and top the trending set.
+    ts = load_ratings(movielens_dir, limit=6000)["ts"]
+    probes = on_disk["freshness_samples"]
+    assert len(probes) == fresh["samples"]
+    assert all(p["at"] >= 0 and int(ts.min()) <= p["ts"] <= int(ts.max()) for p in probes)
+    assert all(p["user"].startswith("probe-") for p in probes)
     keys = ("latency_ms", "freshness_ms", "consumer_lag_events", "online_hr", "state_aligned_hr")
     for key in (*keys, "config"):
         assert key in on_disk
