@@ -15,13 +15,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from consumer.logic import SessionRules
 from consumer.store import StoreConfig
 from core.events import ClickEvent
 from offline.evaluate import IndexBuilder, Method, ReadSpec, prequential
 from serving.blend import BlendConfig
+
+T = TypeVar("T")
 
 log = logging.getLogger("streamrec.evaluate")
 
@@ -49,21 +51,21 @@ class Candidate:
 
 
 def default_grid(rules: SessionRules, cfg: BlendConfig) -> list[Candidate]:
-    """A small grid around the given settings: pairing span and window, then weights."""
+    """A small grid around the given settings: each option moves one setting away
+    from them (pairing window, weighting, span and direction; then blend weights)."""
     rule_options = [
         rules,
-        replace(rules, pair_window=5),
-        replace(rules, pair_window=5, linear_pair_weights=True),
-        replace(rules, pair_window=10, linear_pair_weights=True),
+        replace(rules, pair_window=_other(rules.pair_window, 5, 10)),
+        replace(rules, linear_pair_weights=not rules.linear_pair_weights),
         replace(rules, gap_ms=NO_GAP_MS),
-        replace(rules, forward_weight=1 if rules.forward_weight > 1 else 2),
+        replace(rules, forward_weight=_other(rules.forward_weight, 1, 2)),
     ]
     blend_options = [
         cfg,
-        replace(cfg, recency_decay=0.6),
-        replace(cfg, w_emb=0.25),
-        replace(cfg, w_trend=0.2),
-        replace(cfg, pop_damping=0.0 if cfg.pop_damping else 0.25),
+        replace(cfg, recency_decay=_other(cfg.recency_decay, 0.6, 0.8)),
+        replace(cfg, w_emb=_other(cfg.w_emb, 0.5, 0.25)),
+        replace(cfg, w_trend=_other(cfg.w_trend, 0.05, 0.2)),
+        replace(cfg, pop_damping=_other(cfg.pop_damping, 0.0, 0.25)),
     ]
     seen: set[Candidate] = set()
     out: list[Candidate] = []
@@ -74,6 +76,11 @@ def default_grid(rules: SessionRules, cfg: BlendConfig) -> list[Candidate]:
                 seen.add(cand)
                 out.append(cand)
     return out
+
+
+def _other(value: T, first: T, second: T) -> T:
+    """``first``, or ``second`` when ``value`` already is ``first``."""
+    return second if value == first else first
 
 
 def tune(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from consumer.logic import SessionRules, fold
 from consumer.store import PartitionBatch, StateStore, StoreConfig
 from core.events import ClickEvent
 from core.settings import RedisSettings
+from offline.eval_tune import Candidate, default_grid
 from offline.evalstate import MemoryState
 from offline.evaluate import (
     ReadSpec,
@@ -238,3 +240,17 @@ def test_popularity_view_reads_the_pop_set() -> None:
     assert view.get("never-seen") is None
     dropped = {e.item_id for e in stream(120)} - set(head)
     assert dropped and all(view.get(item) is None for item in dropped)
+
+
+def test_tune_grid_moves_one_setting_at_a_time() -> None:
+    other_rules = SessionRules(pair_window=5, linear_pair_weights=False, forward_weight=1)
+    other_cfg = BlendConfig(recency_decay=0.6, w_emb=0.5, w_trend=0.05, pop_damping=0.0)
+    for rules, cfg in [(SessionRules(), BlendConfig()), (other_rules, other_cfg)]:
+        grid = default_grid(rules, cfg)
+        assert grid[0] == Candidate(rules, cfg)
+        # 5 rule options x 5 blend options, none of them a copy of the base.
+        assert len(set(grid)) == len(grid) == 25
+        for cand in grid:
+            moved_rules = {k for k, v in asdict(cand.rules).items() if asdict(rules)[k] != v}
+            moved_cfg = {k for k, v in asdict(cand.cfg).items() if asdict(cfg)[k] != v}
+            assert len(moved_rules) <= 1 and len(moved_cfg) <= 1
