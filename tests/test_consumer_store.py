@@ -104,11 +104,12 @@ def test_overlapping_redelivery_applies_only_the_new_tail(redis_settings: RedisS
     assert store.dump()["pop"] == expected_state(events, store.config.rules)["pop"]
 
 
-def test_a_failure_part_way_through_a_poll_is_retried_exactly_once(
+def test_a_poll_interrupted_before_or_between_its_scripts_is_retried_exactly_once(
     redis_settings: RedisSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An error while preparing the second partition's batch writes nothing; the
-    worker's retry of the whole poll then applies every event once."""
+    """The worker retries a whole poll after any error. Before its scripts are sent
+    nothing is written; after some partitions' scripts ran, the retry skips those
+    and applies the rest; either way every event counts once."""
     store = make_store(redis_settings)
     events = stream(200, users=6)
     polls = batches_of(events, partitions=3, size=40)
@@ -122,6 +123,7 @@ def test_a_failure_part_way_through_a_poll_is_retried_exactly_once(
             raise redis.ConnectionError("lost while preparing partition 2")
         real(*args)
 
+    # Interrupted before anything was sent.
     monkeypatch.setattr(store, "_queue", fail_on_second)
     with pytest.raises(redis.ConnectionError):
         store.apply(TOPIC, polls[0])
@@ -129,9 +131,20 @@ def test_a_failure_part_way_through_a_poll_is_retried_exactly_once(
     assert store.stored_offsets(TOPIC, parts) == dict.fromkeys(parts)
     monkeypatch.setattr(store, "_queue", real)
     retried = store.apply(TOPIC, polls[0])
-    assert retried.applied_events == sum(len(b.events) for b in polls[0])
-    assert retried.skipped_events == 0
-    for poll in polls[1:]:
+    assert (retried.applied_events, retried.skipped_events) == (
+        sum(len(b.events) for b in polls[0]),
+        0,
+    )
+    # Interrupted after the first partition's script ran (the connection dropped
+    # before the others): the retry skips exactly that partition's events.
+    first, *rest = polls[1]
+    store.apply(TOPIC, [first])
+    retried = store.apply(TOPIC, polls[1])
+    assert (retried.applied_events, retried.skipped_events) == (
+        sum(len(b.events) for b in rest),
+        len(first.events),
+    )
+    for poll in polls[2:]:
         store.apply(TOPIC, poll)
     got, want = store.dump(), expected_state(events, store.config.rules)
     assert (got["hist"], got["co"], got["pop"]) == (want["hist"], want["co"], want["pop"])
