@@ -54,7 +54,7 @@ class SessionRules:
     # counts pair_window - p, so adjacent clicks weigh most (sequential-rules
     # style, Ludewig & Jannach 2018). Integer weights keep ZINCRBY counts exact.
     # On ml-latest-small's validation part it lifted the blend's HR@10 from
-    # 0.1278 to 0.1321 (docs/evaluation.md). Note: stats "pairs" then sums weights.
+    # 0.1278 to 0.1321 (docs/evaluation.md). Stats "pairs" counts pairings, not weights.
     linear_pair_weights: bool = True
     # Asymmetric sequential rules: when b follows a, row a (what comes after a)
     # gets forward_weight times the pair weight, row b (what came before b) gets

@@ -8,7 +8,8 @@ per event (the prequential loop reads and writes once per event: ~100k each).
 
 What is mirrored, and how:
 
-- histories: replaced whole per touched user (apply.lua DEL + RPUSH);
+- histories: the delta's history per touched user (apply.lua pushes the new
+  entries and trims to the cap, which leaves the same list);
 - co rows: ZINCRBY per pair, then pruned to the top-M after each applied delta,
   dropping the lowest (score, member) first as ZREMRANGEBYRANK 0..card-M-1 does;
 - popularity and trending: ZINCRBY, forward decay against a landmark moved by

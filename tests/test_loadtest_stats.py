@@ -103,7 +103,7 @@ def test_state_aligned_hit_rate_targets_the_click_after_what_the_state_held() ->
     lookups = [
         ("a", "x", ["y"]),  # the state held x: the target is y, a hit
         ("a", "y", ["y", "q"]),  # held y: the target is w, a miss
-        ("a", "fresh-probe", ["w"]),  # not a replayed click: not evaluated
+        ("a", "warm-up-item", ["w"]),  # not a replayed click: not evaluated
         ("b", None, ["z"]),  # no sources: not evaluated
     ]
     hr = state_aligned_hit_rate(lookups, nxt, k=10)
