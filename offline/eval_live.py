@@ -32,6 +32,7 @@ from offline.evaluate import (
     Method,
     MethodResult,
     ReadSpec,
+    SessionSplit,
     index_builder_for,
     prequential,
 )
@@ -81,8 +82,10 @@ def live_run(
     began = time.perf_counter()
     result = MethodResult()
     seen: dict[str, set[str]] = {}
+    sessions = SessionSplit(rules.gap_ms)
     for e in events[:start]:
         seen.setdefault(e.user_id, set()).add(e.item_id)
+        sessions.see(e)
     with LiveRun(partitions=1) as run:
         # One partition: events of different users keep their global order, as
         # in-process (co rows and trending depend on it, not only sessions).
@@ -107,14 +110,18 @@ def live_run(
                     user_seen = seen.get(e.user_id, set())
                     ids = [it["item_id"] for it in body["items"] if it["item_id"] not in user_seen]
                     ids = ids[: max(KS)]
-                    cold = not body["sources"]
-                    result.all.add(ids, e.item_id, bool(body["fallback"]))
-                    (result.cold if cold else result.warm).add(ids, e.item_id, body["fallback"])
-                    result.shown.update(ids[:10])
+                    result.add(
+                        ids,
+                        e.item_id,
+                        bool(body["fallback"]),
+                        cold=not body["sources"],
+                        new_session=sessions.starts_session(e),
+                    )
                     producer.send(e)
                     producer.flush()
                     run.wait_applied(i + 1, timeout=60)
                     seen.setdefault(e.user_id, set()).add(e.item_id)
+                    sessions.see(e)
     return {
         "methods": {method.name: result.summary(catalog)},
         "predictions": stop - start,

@@ -17,7 +17,8 @@ COLUMNS = [f"hr@{k}" for k in KS] + [f"mrr@{k}" for k in KS] + [f"ndcg@{k}" for 
 
 
 def table(methods: Mapping[str, Mapping[str, Any]]) -> str:
-    """One row per method: all metrics, coverage, fallback share, cold/warm HR@10."""
+    """One row per method: all metrics, coverage, fallback share, and HR@10 split
+    cold/warm and by whether the target continues the user's session."""
     head = [
         "method",
         *COLUMNS,
@@ -25,12 +26,14 @@ def table(methods: Mapping[str, Mapping[str, Any]]) -> str:
         "fallback",
         "cold HR@10 (n)",
         "warm HR@10 (n)",
+        "within-session HR@10 (n)",
+        "new-session HR@10 (n)",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in methods.items():
         cells = [name, *(f"{m[c]:.4f}" for c in COLUMNS)]
         cells += [f"{m['coverage@10']:.3f}", f"{m['fallback']:.3f}"]
-        for group in ("cold", "warm"):
+        for group in ("cold", "warm", "within_session", "new_session"):
             g = m[group]
             cells.append(f"{g['hr@10']:.4f} ({int(g['n'])})")
         lines.append("| " + " | ".join(cells) + " |")

@@ -123,14 +123,53 @@ class MethodResult:
     all: Tally = field(default_factory=Tally)
     cold: Tally = field(default_factory=Tally)
     warm: Tally = field(default_factory=Tally)
+    # Split by the target: continuing the user's session, or starting a new one
+    # (the user's first click after a gap, or ever): a return visit's first click.
+    within_session: Tally = field(default_factory=Tally)
+    new_session: Tally = field(default_factory=Tally)
     shown: set[str] = field(default_factory=set)  # distinct items in any top-10
+
+    def add(
+        self, ranked: Sequence[str], target: str, fallback: bool, *, cold: bool, new_session: bool
+    ) -> None:
+        for tally in (
+            self.all,
+            self.cold if cold else self.warm,
+            self.new_session if new_session else self.within_session,
+        ):
+            tally.add(ranked, target, fallback)
+        self.shown.update(ranked[:10])
 
     def summary(self, catalog: int) -> dict[str, Any]:
         out: dict[str, Any] = self.all.summary()
         out["coverage@10"] = len(self.shown) / max(catalog, 1)
         out["cold"] = self.cold.summary()
         out["warm"] = self.warm.summary()
+        out["within_session"] = self.within_session.summary()
+        out["new_session"] = self.new_session.summary()
         return out
+
+
+@dataclass
+class SessionSplit:
+    """Whether an event starts a new session for its user, by the consumer's rule
+    (``consumer.logic.session_window``: a gap over ``gap_ms`` or a different
+    session id); feed it every event in stream order with :meth:`see`."""
+
+    gap_ms: int
+    last: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+
+    def starts_session(self, event: ClickEvent) -> bool:
+        prev = self.last.get(event.user_id)
+        if prev is None:
+            return True
+        ts, sid = prev
+        if abs(event.ts - ts) > self.gap_ms:
+            return True
+        return event.session_id is not None and sid is not None and event.session_id != sid
+
+    def see(self, event: ClickEvent) -> None:
+        self.last[event.user_id] = (event.ts, event.session_id)
 
 
 def default_methods(blend_cfg: BlendConfig) -> list[Method]:
@@ -195,12 +234,14 @@ def prequential(
     began = time.perf_counter()
     state = MemoryState(store)
     seen: dict[str, set[str]] = {}
+    sessions = SessionSplit(rules.gap_ms)
     for lo in range(0, start, WARMUP_BATCH):
         batch = events[lo : min(lo + WARMUP_BATCH, start)]
         users = sorted({e.user_id for e in batch})
         state.apply(fold(batch, state.histories(users), rules))
         for e in batch:
             seen.setdefault(e.user_id, set()).add(e.item_id)
+            sessions.see(e)
 
     need_emb = any(m.uses_emb for m in methods) and index_builder is not None
     builds: list[int] = []
@@ -234,6 +275,7 @@ def prequential(
         )
         pop = state.popular(read.n_trend) if want_pop else []
         user_seen = seen.get(user, set())
+        new_session = sessions.starts_session(event)
         for m in methods:
             ranked: list[Scored] = blend(
                 us.sources[: m.cfg.history_items],
@@ -247,12 +289,10 @@ def prequential(
             )
             ids = [s.item_id for s in ranked]
             fallback = not any(s.personalised for s in ranked)
-            r = results[m.name]
-            r.all.add(ids, event.item_id, fallback)
-            (r.cold if cold else r.warm).add(ids, event.item_id, fallback)
-            r.shown.update(ids[:10])
+            results[m.name].add(ids, event.item_id, fallback, cold=cold, new_session=new_session)
         state.apply(fold([event], state.histories([user]), rules))
         seen.setdefault(user, set()).add(event.item_id)
+        sessions.see(event)
 
     n_items = catalog if catalog is not None else len({e.item_id for e in events[:stop]})
     return RunResult(

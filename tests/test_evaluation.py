@@ -11,7 +11,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from consumer.logic import SessionRules, fold
+from consumer.logic import Entry, SessionRules, fold, partners
 from consumer.store import PartitionBatch, StateStore, StoreConfig
 from core.events import ClickEvent
 from core.settings import RedisSettings
@@ -19,6 +19,7 @@ from offline.eval_tune import Candidate, default_grid
 from offline.evalstate import MemoryState
 from offline.evaluate import (
     ReadSpec,
+    SessionSplit,
     Tally,
     catalog_size,
     default_methods,
@@ -161,6 +162,10 @@ def test_blend_beats_popularity_on_a_slice(movielens_dir: Path) -> None:
         assert mixed[f"hr@{k}"] > pop[f"hr@{k}"]
         assert mixed[f"ndcg@{k}"] > pop[f"ndcg@{k}"]
     assert mixed["fallback"] < pop["fallback"] == 1.0
+    # Every prediction is either within a session or the first of a new one (this
+    # slice has both; MovieLens users rate in long bursts, so few start one).
+    within, new = mixed["within_session"], mixed["new_session"]
+    assert within["n"] + new["n"] == 3000 and within["n"] > new["n"] > 0
 
 
 @pytest.mark.slow
@@ -254,3 +259,20 @@ def test_tune_grid_moves_one_setting_at_a_time() -> None:
             moved_rules = {k for k, v in asdict(cand.rules).items() if asdict(rules)[k] != v}
             moved_cfg = {k for k, v in asdict(cand.cfg).items() if asdict(cfg)[k] != v}
             assert len(moved_rules) <= 1 and len(moved_cfg) <= 1
+
+
+def test_session_split_follows_the_consumer_rule() -> None:
+    split = SessionSplit(gap_ms=30 * MIN)
+    a0 = ClickEvent("a", "x", T0)
+    assert split.starts_session(a0)  # a user's first click
+    split.see(a0)
+    assert not split.starts_session(ClickEvent("a", "y", T0 + 30 * MIN))  # gap = limit
+    assert split.starts_session(ClickEvent("a", "y", T0 + 30 * MIN + 1))
+    split.see(ClickEvent("a", "y", T0 + MIN, session_id="s1"))
+    assert not split.starts_session(ClickEvent("a", "z", T0 + 2 * MIN, session_id="s1"))
+    assert split.starts_session(ClickEvent("a", "z", T0 + 2 * MIN, session_id="s2"))
+    assert split.starts_session(ClickEvent("b", "x", T0))  # other users are apart
+    # Each window the pure fold pairs over is exactly one such session.
+    rules = SessionRules(gap_ms=30 * MIN, pair_window=50, forward_weight=1)
+    h = [Entry(T0 + MIN, "y", "s1"), Entry(T0, "x", None)]
+    assert partners(h, ClickEvent("a", "z", T0 + 2 * MIN, session_id="s2"), rules) == []
