@@ -82,7 +82,7 @@ def live_run(
     began = time.perf_counter()
     result = MethodResult()
     seen: dict[str, set[str]] = {}
-    sessions = SessionSplit(rules.gap_ms)
+    sessions = SessionSplit(rules)
     for e in events[:start]:
         seen.setdefault(e.user_id, set()).add(e.item_id)
         sessions.see(e)

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from consumer.logic import SessionRules, fold
+from consumer.logic import Entry, SessionRules, fold, session_window
 from consumer.store import StoreConfig
 from core.events import ClickEvent
 from offline.embeddings import build_embeddings
@@ -152,24 +152,19 @@ class MethodResult:
 
 @dataclass
 class SessionSplit:
-    """Whether an event starts a new session for its user, by the consumer's rule
-    (``consumer.logic.session_window``: a gap over ``gap_ms`` or a different
-    session id); feed it every event in stream order with :meth:`see`."""
+    """Whether an event starts a new session for its user, by the consumer's own
+    rule (``consumer.logic.session_window``); feed it every event in stream order
+    with :meth:`see`."""
 
-    gap_ms: int
-    last: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+    rules: SessionRules
+    last: dict[str, Entry] = field(default_factory=dict)
 
     def starts_session(self, event: ClickEvent) -> bool:
         prev = self.last.get(event.user_id)
-        if prev is None:
-            return True
-        ts, sid = prev
-        if abs(event.ts - ts) > self.gap_ms:
-            return True
-        return event.session_id is not None and sid is not None and event.session_id != sid
+        return prev is None or not session_window((prev,), event.ts, event.session_id, self.rules)
 
     def see(self, event: ClickEvent) -> None:
-        self.last[event.user_id] = (event.ts, event.session_id)
+        self.last[event.user_id] = Entry(event.ts, event.item_id, event.session_id)
 
 
 def default_methods(blend_cfg: BlendConfig) -> list[Method]:
@@ -234,7 +229,7 @@ def prequential(
     began = time.perf_counter()
     state = MemoryState(store)
     seen: dict[str, set[str]] = {}
-    sessions = SessionSplit(rules.gap_ms)
+    sessions = SessionSplit(rules)
     for lo in range(0, start, WARMUP_BATCH):
         batch = events[lo : min(lo + WARMUP_BATCH, start)]
         users = sorted({e.user_id for e in batch})

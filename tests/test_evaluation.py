@@ -11,7 +11,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from consumer.logic import Entry, SessionRules, fold, partners
+from consumer.logic import SessionRules, fold
 from consumer.store import PartitionBatch, StateStore, StoreConfig
 from core.events import ClickEvent
 from core.settings import RedisSettings
@@ -262,7 +262,8 @@ def test_tune_grid_moves_one_setting_at_a_time() -> None:
 
 
 def test_session_split_follows_the_consumer_rule() -> None:
-    split = SessionSplit(gap_ms=30 * MIN)
+    rules = SessionRules(gap_ms=30 * MIN)
+    split = SessionSplit(rules)
     a0 = ClickEvent("a", "x", T0)
     assert split.starts_session(a0)  # a user's first click
     split.see(a0)
@@ -272,7 +273,3 @@ def test_session_split_follows_the_consumer_rule() -> None:
     assert not split.starts_session(ClickEvent("a", "z", T0 + 2 * MIN, session_id="s1"))
     assert split.starts_session(ClickEvent("a", "z", T0 + 2 * MIN, session_id="s2"))
     assert split.starts_session(ClickEvent("b", "x", T0))  # other users are apart
-    # Each window the pure fold pairs over is exactly one such session.
-    rules = SessionRules(gap_ms=30 * MIN, pair_window=50, forward_weight=1)
-    h = [Entry(T0 + MIN, "y", "s1"), Entry(T0, "x", None)]
-    assert partners(h, ClickEvent("a", "z", T0 + 2 * MIN, session_id="s2"), rules) == []
