@@ -17,8 +17,8 @@ COLUMNS = [f"hr@{k}" for k in KS] + [f"mrr@{k}" for k in KS] + [f"ndcg@{k}" for 
 
 
 def table(methods: Mapping[str, Mapping[str, Any]]) -> str:
-    """One row per method: all metrics, coverage, fallback share, and HR@10 split
-    cold/warm and by whether the target continues the user's session."""
+    """One row per method: all metrics, coverage, fallback share, HR@10 split
+    cold/warm, and warm targets' HR@10 split by whether they continue a session."""
     head = [
         "method",
         *COLUMNS,

@@ -123,8 +123,8 @@ class MethodResult:
     all: Tally = field(default_factory=Tally)
     cold: Tally = field(default_factory=Tally)
     warm: Tally = field(default_factory=Tally)
-    # Split by the target: continuing the user's session, or starting a new one
-    # (the user's first click after a gap, or ever): a return visit's first click.
+    # Warm targets split: continuing the user's session, or the first click of a
+    # new one (a return visit). Cold targets (no history) are in neither.
     within_session: Tally = field(default_factory=Tally)
     new_session: Tally = field(default_factory=Tally)
     shown: set[str] = field(default_factory=set)  # distinct items in any top-10
@@ -132,12 +132,12 @@ class MethodResult:
     def add(
         self, ranked: Sequence[str], target: str, fallback: bool, *, cold: bool, new_session: bool
     ) -> None:
-        for tally in (
-            self.all,
-            self.cold if cold else self.warm,
-            self.new_session if new_session else self.within_session,
-        ):
-            tally.add(ranked, target, fallback)
+        self.all.add(ranked, target, fallback)
+        if cold:
+            self.cold.add(ranked, target, fallback)
+        else:
+            self.warm.add(ranked, target, fallback)
+            (self.new_session if new_session else self.within_session).add(ranked, target, fallback)
         self.shown.update(ranked[:10])
 
     def summary(self, catalog: int) -> dict[str, Any]:
@@ -153,8 +153,8 @@ class MethodResult:
 @dataclass
 class SessionSplit:
     """Whether an event starts a new session for its user, by the consumer's own
-    rule (``consumer.logic.session_window``); feed it every event in stream order
-    with :meth:`see`."""
+    rule (``consumer.logic.session_window``; ``rules.pair_window`` ≥ 1, as the
+    settings enforce); feed it every event in stream order with :meth:`see`."""
 
     rules: SessionRules
     last: dict[str, Entry] = field(default_factory=dict)
