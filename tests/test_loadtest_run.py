@@ -68,7 +68,7 @@ def test_short_loadtest_writes_results_and_measures_everything(
     # Probes go out with the replay and carry its event time: a probe before the
     # first replayed event, or dated by the wall clock, would be decades past the
     # MovieLens slice and top the trending set.
-    ts = load_ratings(movielens_dir, limit=6000)["ts"]
+    ts = load_ratings(movielens_dir, limit=6000)["ts"][on_disk["config"]["warmup_events"] :]
     probes = on_disk["freshness_samples"]
     assert len(probes) == fresh["samples"]
     assert all(p["at"] >= 0 and int(ts.min()) <= p["ts"] <= int(ts.max()) for p in probes)
