@@ -26,12 +26,13 @@ from kafka import KafkaConsumer, TopicPartition
 
 from benchmarks.common import machine, table, write_json
 from consumer.settings import ConsumerSettings
-from consumer.store import PartitionBatch, StateStore
+from consumer.state import PartitionBatch
+from consumer.store import RedisStateWriter
 from core.events import ClickEvent
 from producer.client import ClickProducer
 from producer.dataset import resolve_dataset
 from producer.movielens import load_ratings, to_events
-from streamrec.harness import LiveRun
+from streamrec.local.harness import LiveRun
 
 
 def raw_rate(run: LiveRun, n: int) -> float:
@@ -107,7 +108,7 @@ def memory_growth(run: LiveRun, events: list[ClickEvent], passes: int) -> list[d
     settings = ConsumerSettings(
         redis=run.redis.model_copy(update={"namespace": f"{run.redis.namespace}-mem"})
     )
-    store = StateStore(client, settings.redis.keys, settings.store_config())
+    store = RedisStateWriter(client, settings.redis.keys, settings.state)
     base = int(client.info("memory")["used_memory"])
     rows = []
     offset = 0

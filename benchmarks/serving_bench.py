@@ -7,7 +7,7 @@ the embedding neighbours and the response cost. GET /health (one PING) is shown
 as the framework's floor. Absolute rates drift with the machine; the ratio is
 the figure to compare (DESIGN.md).
 
-Setup: an isolated live stack (streamrec.harness.LiveRun), the index built from
+Setup: an isolated live stack (streamrec.local.harness.LiveRun), the index built from
 the dataset, every event replayed and applied, so the lookups read real state.
 Each endpoint is measured closed-loop (each connection sends its next request as
 soon as the last one returns) by a separate load process, in interleaved rounds
@@ -35,8 +35,8 @@ ENDPOINTS = {
 
 
 def measure(port: int, path: str, users: list[str], seconds: float, connections: int) -> dict:
-    from streamrec.loadtest_http import LoadPlan, LoadProcess
-    from streamrec.loadtest_stats import latency_summary
+    from streamrec.loadtest.http import LoadPlan, LoadProcess
+    from streamrec.loadtest.stats import latency_summary
 
     plan = LoadPlan(
         port=port,
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from producer.dataset import resolve_dataset
     from producer.movielens import load_ratings, load_titles, to_events
     from producer.replay import replay
-    from streamrec.harness import LiveRun
+    from streamrec.local.harness import LiveRun
 
     data = resolve_dataset(args.dataset, data_dir=args.data_dir, download=False)
     df = load_ratings(data, limit=args.limit)

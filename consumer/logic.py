@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.events import ClickEvent
 
@@ -42,14 +43,22 @@ class Entry:
         return cls(int(ts), str(item), sid)
 
 
-@dataclass(frozen=True, slots=True)
-class SessionRules:
-    """How clicks become sessions and pairs. These defaults are the shipped ones:
-    ``consumer.settings.ConsumerSettings`` takes its defaults from here."""
+class SessionRules(BaseModel):
+    """How clicks become sessions and pairs, with the shipped defaults.
 
-    gap_ms: int = 30 * 60 * 1000  # 30 minutes of inactivity ends a session
-    pair_window: int = 10  # pair each click with up to 10 recent items of its session
-    history_len: int = 50  # entries kept per user (serving reads the newest of these)
+    Nested in ``consumer.settings.ConsumerSettings`` (env
+    ``STREAMREC_CONSUMER_STATE__RULES__PAIR_WINDOW``, ...), which validates
+    these bounds at start; the evaluation builds its candidates from the same class.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # 30 minutes of inactivity ends a session.
+    gap_ms: int = Field(default=30 * 60 * 1000, ge=1)
+    # Pair each click with up to 10 recent items of its session.
+    pair_window: int = Field(default=10, ge=1, le=1000)
+    # Entries kept per user; serving reads the newest of these and excludes them all.
+    history_len: int = Field(default=50, ge=1, le=10_000)
     # False: every pair counts 1. True: a partner p steps back (0 = the newest)
     # counts pair_window - p, so adjacent clicks weigh most (sequential-rules
     # style, Ludewig & Jannach 2018). Integer weights keep ZINCRBY counts exact.
@@ -60,7 +69,7 @@ class SessionRules:
     # gets forward_weight times the pair weight, row b (what came before b) gets
     # it once. 1 = symmetric. An integer, so counts stay exact in Redis. 2 is best
     # on ml-latest-small's validation part (over 1, 3 and 4; docs/evaluation.md).
-    forward_weight: int = 2
+    forward_weight: int = Field(default=2, ge=1, le=100)
 
 
 def session_window(

@@ -25,15 +25,27 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from consumer.settings import ConsumerSettings
-from consumer.store import ApplyResult, PartitionBatch, StateStore
-from core.errors import InvalidEvent, ServiceUnavailable
+from consumer.state import ApplyResult, PartitionBatch
+from consumer.store import RedisStateWriter
+from core.errors import InvalidEvent, StreamrecError
 from core.events import decode
+from producer.client import ensure_topics
 
 log = logging.getLogger("streamrec.consumer")
 T = TypeVar("T")
 
-# Failures worth waiting out: the dependency is away, not the data bad.
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError, ServiceUnavailable, KafkaError)
+
+def retriable(exc: BaseException) -> bool:
+    """Whether a failure is worth waiting out (a dependency is away), not bad data or a bug.
+
+    Our own errors say so themselves (``StreamrecError.retriable``). Redis
+    connection and timeout errors always are. Every Kafka client error is too:
+    kafka-python marks some of them non-retriable (``NoBrokersAvailable``) that a
+    broker restart, exactly what we wait out, raises.
+    """
+    if isinstance(exc, StreamrecError):
+        return exc.retriable
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError | KafkaError)
 
 
 @dataclass
@@ -95,7 +107,7 @@ class Worker:
         self.redis = redis.Redis.from_url(
             settings.redis.url, socket_timeout=5, socket_connect_timeout=2
         )
-        self.store = StateStore(self.redis, settings.redis.keys, settings.store_config())
+        self.store = RedisStateWriter(self.redis, settings.redis.keys, settings.state)
         self._consumer: KafkaConsumer | None = None
         self._dlq: KafkaProducer | None = None
         self._last_beat = 0.0
@@ -111,8 +123,6 @@ class Worker:
         self, *, idle_exit_s: float | None = None, max_events: int | None = None
     ) -> WorkerStats:
         """Consume until stopped (or idle for ``idle_exit_s``, or ``max_events`` applied)."""
-        from producer.client import ensure_topics
-
         k = self.settings.kafka
         self._retry(lambda: ensure_topics(k), f"the broker at {k.bootstrap}")
         self._consumer = KafkaConsumer(
@@ -287,10 +297,10 @@ class Worker:
         while True:
             try:
                 return fn()
-            except TRANSIENT as exc:
-                attempt += 1
-                if self.stop.is_set():
+            except Exception as exc:
+                if not retriable(exc) or self.stop.is_set():
                     raise
+                attempt += 1
                 log.warning(
                     "waiting for %s (attempt %d, retry in %.1fs): %s", what, attempt, delay, exc
                 )

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from core.errors import DatasetError
+from core.settings import ServiceSettings
 from offline.embeddings import build_embeddings
 from offline.index import ItemIndex, publish
 
@@ -20,7 +21,7 @@ log = logging.getLogger("streamrec.offline")
 METHOD = "ppmi-svd"
 
 
-class OfflineSettings(BaseSettings):
+class OfflineSettings(ServiceSettings):
     """Tunables of the offline job (env: STREAMREC_OFFLINE_DIM, ..._SEED, ..._KEEP_VERSIONS)."""
 
     model_config = SettingsConfigDict(env_prefix="STREAMREC_OFFLINE_", extra="ignore")

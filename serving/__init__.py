@@ -1,17 +1,20 @@
 """The serving API: blend recent-session neighbours with trending, over HTTP."""
 
 from serving.app import create_app
-from serving.blend import BlendConfig, Reason, Scored, blend, recent_sources
-from serving.settings import BlendSettings, ServingSettings
-from serving.store import StateStore, UserState
+from serving.blend import BlendConfig, Candidates, Reason, Scored, blend, recent_sources
+from serving.reader import ReadSpec, StateReader, UserState
+from serving.settings import ServingSettings
+from serving.store import RedisStateReader
 
 __all__ = [
     "BlendConfig",
-    "BlendSettings",
+    "Candidates",
+    "ReadSpec",
     "Reason",
+    "RedisStateReader",
     "Scored",
     "ServingSettings",
-    "StateStore",
+    "StateReader",
     "UserState",
     "blend",
     "create_app",

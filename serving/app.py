@@ -12,6 +12,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
@@ -24,10 +25,10 @@ from serving import index_watch
 from serving.errors import install_handlers
 from serving.ingest import EventSink
 from serving.limits import ConcurrencyLimitMiddleware
-from serving.routes import make_router
+from serving.routes import bench_router, router
 from serving.settings import ServingSettings
 from serving.state import STATE_KEY, AppState
-from serving.store import StateStore
+from serving.store import RedisStateReader
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         state = AppState(
             settings=cfg,
             redis=client,
-            store=StateStore(client, cfg.redis.keys, history_len=cfg.history_len),
+            store=RedisStateReader(client, cfg.redis.keys),
             events=EventSink(cfg.kafka),
         )
         # Start even when Redis is down: /health reports it and requests get
@@ -104,5 +105,38 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         max_waiting=cfg.max_waiting,
         queue_wait_s=cfg.queue_wait_s,
     )
-    app.include_router(make_router(cfg))
+    app.include_router(router)
+    if cfg.bench_routes:
+        app.include_router(bench_router)
+    _document_page_bound(app, cfg)
     return app
+
+
+def _document_page_bound(app: FastAPI, cfg: ServingSettings) -> None:
+    """Write the configured ``max_k`` into the schema of every ``k`` query parameter.
+
+    The routes are module-level, so their ``Query`` carries only the hard limit
+    (MAX_K_LIMIT); ``serving.routes.page_size`` enforces the configured bound,
+    and the schema must say what is enforced, or clients (and schemathesis)
+    would send values the API rejects.
+    """
+    generate = app.openapi
+    max_k = cfg.max_k
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for path in schema.get("paths", {}).values():
+                for op in path.values():
+                    for param in op.get("parameters", []):
+                        if param.get("name") == "k" and param.get("in") == "query":
+                            for branch in param["schema"].get("anyOf", [param["schema"]]):
+                                if branch.get("type") == "integer":
+                                    branch["maximum"] = max_k
+                            param["description"] = (
+                                f"how many items (default {cfg.default_k}, at most {max_k})"
+                            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

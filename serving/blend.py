@@ -35,26 +35,47 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 ReasonKind = Literal["co_clicked", "similar", "trending"]
 CO_CLICKED: Final = "co_clicked"
 SIMILAR: Final = "similar"
 TRENDING: Final = "trending"
 
 
-@dataclass(frozen=True, slots=True)
-class BlendConfig:
-    """The blend's weights. These defaults are the shipped ones, chosen on
-    ml-latest-small's validation part (docs/evaluation.md);
-    ``serving.settings.BlendSettings`` takes its defaults from here."""
+class BlendConfig(BaseModel):
+    """The blend's weights, with the shipped defaults chosen on ml-latest-small's
+    validation part (docs/evaluation.md). Nested in ``serving.settings.ServingSettings``
+    as ``blend`` (env ``STREAMREC_SERVING_BLEND__W_EMB=0.3``, ...)."""
 
-    history_items: int = 10  # distinct most-recent items used as sources
-    recency_decay: float = 0.8  # source at position p (0 = newest) weighs decay**p
-    w_co: float = 1.0  # co-occurrence weight; each source's row normalised to [0, 1]
-    w_emb: float = 0.25  # embedding cosine weight (negatives clipped to 0)
-    w_trend: float = 0.2  # trending prior (normalised by the top score); also orders filler
-    candidates_per_item: int = 50
-    # β of co(s, c) / pop(c)**β; needs the candidates' popularity (see blend()).
-    pop_damping: float = 0.15
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Distinct most-recent items used as sources.
+    history_items: int = Field(default=10, ge=1, le=50)
+    # The source at position p (0 = newest) weighs decay**p.
+    recency_decay: float = Field(default=0.8, gt=0.0, le=1.0)
+    # Co-occurrence weight; each source's row is normalised to [0, 1].
+    w_co: float = Field(default=1.0, ge=0.0)
+    # Embedding cosine weight (negative cosines clipped to 0).
+    w_emb: float = Field(default=0.25, ge=0.0)
+    # Trending prior (normalised by the top score); also orders the filler.
+    w_trend: float = Field(default=0.2, ge=0.0)
+    candidates_per_item: int = Field(default=50, ge=1, le=1000)
+    # β of co(s, c) / pop(c)**β; takes effect where the candidates' popularity is
+    # given (Candidates.popularity): the server and the evaluation both give it.
+    pop_damping: float = Field(default=0.15, ge=0.0, le=2.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """What the blend ranks for one user, as fetched (``serving.reader.UserState`` + index)."""
+
+    sources: Sequence[str]  # the user's recent distinct items, newest first
+    co: Mapping[str, Sequence[tuple[str, float]]]  # source -> co row, best first
+    emb: Mapping[str, Sequence[tuple[str, float]]]  # source -> embedding neighbours
+    trending: Sequence[tuple[str, float]]  # the prior list, best first
+    # item -> all-time clicks, for popularity damping; None: no damping.
+    popularity: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,25 +124,23 @@ def _damped(
     return out
 
 
+_DEFAULT = BlendConfig()  # frozen, so one shared default is safe
+
+
 def blend(
-    sources: Sequence[str],
-    co: Mapping[str, Sequence[tuple[str, float]]],
-    emb: Mapping[str, Sequence[tuple[str, float]]],
-    trending: Sequence[tuple[str, float]],
-    exclude: Collection[str],
-    k: int,
-    cfg: BlendConfig = BlendConfig(),  # frozen, so one shared default is safe
-    popularity: Mapping[str, float] | None = None,
+    cands: Candidates, exclude: Collection[str], k: int, cfg: BlendConfig = _DEFAULT
 ) -> list[Scored]:
     """Rank candidates for one user; see the module docstring for the formula.
 
     Personalised candidates come first, by score; trending items then fill up to
-    ``k``. Items in ``exclude`` or ``sources`` never appear. Ties break on item id.
-    ``popularity`` (item -> all-time clicks, the ``pop`` set) is read only when
-    ``cfg.pop_damping`` > 0; items missing from it count as 1 (not damped).
+    ``k``. Items in ``exclude`` or ``cands.sources`` never appear. Ties break on
+    item id. ``cands.popularity`` (item -> all-time clicks, the ``pop`` set) is
+    read only when ``cfg.pop_damping`` > 0; items missing from it count as 1 (not damped).
     """
     if k <= 0:
         return []
+    sources, co, emb, trending = cands.sources, cands.co, cands.emb, cands.trending
+    popularity = cands.popularity
     banned = set(exclude)
     banned.update(sources)
 

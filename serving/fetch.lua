@@ -1,6 +1,6 @@
 -- Everything one recommendation needs, in one round trip.
 --
--- KEYS[1] {ns}:hist:{user}   KEYS[2] {ns}:trend   KEYS[3] {ns}:meta   KEYS[4] {ns}:pop
+-- KEYS[1] {ns}:hist:{user}   KEYS[2] {ns}:trend   KEYS[3] {ns}:pop
 -- ARGV[1] co key prefix "{ns}:co:"   ARGV[2] history entries to read
 -- ARGV[3] distinct sources wanted    ARGV[4] co neighbours per source
 -- ARGV[5] trending items to read
@@ -9,11 +9,10 @@
 -- KEYS: fine on the single-node Redis the keyspace requires (core/keyspace.py),
 -- and it is what saves the second round trip.
 --
--- Returns ONE JSON text: [history, sources, co_rows, trending, meta, pop]. History
+-- Returns ONE JSON text: [history, sources, co_rows, trending, pop]. History
 -- entries stay raw (JSON text) for the caller to parse; each co row and the
 -- trending list are flat [member, score, ...] as ZREVRANGE WITHSCORES gives them
--- (scores as strings); meta is [trend_ref, clock, half_life_ms] with false for a
--- missing field; pop is flat [member, all-time count, ...] for the co-row
+-- (scores as strings); pop is flat [member, all-time count, ...] for the co-row
 -- members the pop set holds (the blend's popularity damping divides by it).
 -- cjson writes an empty table as {}, so the reader treats {} as [].
 --
@@ -66,8 +65,6 @@ if n_trend > 0 then
   trending = redis.call('ZREVRANGE', KEYS[2], 0, n_trend - 1, 'WITHSCORES')
 end
 
-local meta = redis.call('HMGET', KEYS[3], 'trend_ref', 'clock', 'half_life_ms')
-
 -- All-time popularity of every distinct co-row member: one ZMSCORE of at most
 -- n_sources x per_item (500 at the defaults) members, well inside unpack()'s limit.
 local members = {}
@@ -83,7 +80,7 @@ for _, row in ipairs(co_rows) do
 end
 local pop = {}
 if #members > 0 then
-  local scores = redis.call('ZMSCORE', KEYS[4], unpack(members))
+  local scores = redis.call('ZMSCORE', KEYS[3], unpack(members))
   for j, m in ipairs(members) do
     if scores[j] then
       pop[#pop + 1] = m
@@ -92,4 +89,4 @@ if #members > 0 then
   end
 end
 
-return cjson.encode({history, sources, co_rows, trending, meta, pop})
+return cjson.encode({history, sources, co_rows, trending, pop})

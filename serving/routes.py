@@ -1,9 +1,12 @@
 """HTTP routes: fetch, call the pure blend, shape the response. No ranking logic here.
 
-No ``from __future__ import annotations`` here: the query alias ``K`` is built
-per app (its bound is ``max_k``), and FastAPI must see the real object when it
-reads the signatures, not a string naming a closure variable.
+Routes live at module level; what they need arrives through ``Annotated``
+dependencies (the app state, the page size), so each signature reads as its
+documentation. The bound of ``k`` is a setting (``max_k``): the dependency
+enforces it and ``serving.app`` writes it into the OpenAPI schema.
 """
+
+from __future__ import annotations
 
 import asyncio
 from typing import Annotated, Any, Literal, cast
@@ -14,8 +17,9 @@ from pydantic import BaseModel
 from core.errors import InvalidEvent
 from core.events import ClickEvent, validate
 from offline.index import ItemIndex
-from serving.blend import Scored, blend
+from serving.blend import Candidates, Scored, blend
 from serving.errors import ApiError
+from serving.reader import UserState
 from serving.schemas import (
     ERROR_RESPONSES,
     EVENTS_BODY_SCHEMA,
@@ -29,9 +33,12 @@ from serving.schemas import (
     SimilarItem,
     SimilarOut,
 )
-from serving.settings import ServingSettings
+from serving.settings import MAX_K_LIMIT
 from serving.state import STATE_KEY, AppState
-from serving.store import UserState
+
+router = APIRouter()
+# GET /bench/fetch/{user_id}: included only when ServingSettings.bench_routes is on.
+bench_router = APIRouter()
 
 
 async def get_state(request: Request) -> AppState:
@@ -42,6 +49,26 @@ async def get_state(request: Request) -> AppState:
 
 
 State = Annotated[AppState, Depends(get_state)]
+
+
+async def page_size(
+    state: State,
+    k: Annotated[int | None, Query(ge=1, le=MAX_K_LIMIT, description="how many items")] = None,
+) -> int:
+    """``k``, or the default; above the configured ``max_k`` it is a 422 like any bad value."""
+    settings = state.settings
+    if k is None:
+        return settings.default_k
+    if k > settings.max_k:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"query.k: Input should be less than or equal to {settings.max_k}",
+        )
+    return k
+
+
+Size = Annotated[int, Depends(page_size)]
 UserId = Annotated[str, Path(min_length=1, max_length=128, description="the user's id")]
 ItemId = Annotated[str, Path(min_length=1, max_length=128, description="an item id")]
 EventsBody = Annotated[Any, Body(description="one click event or a list of them")]
@@ -77,172 +104,155 @@ def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
 
 
-def make_router(settings: ServingSettings) -> APIRouter:
-    """Routes bound to ``settings``, so limits such as max_k appear in the OpenAPI schema."""
-    router = APIRouter()
-    cfg = settings.blend.to_config()
-    timeout = settings.request_timeout_s
-    max_events = settings.max_events_per_request
+async def fetch_user(state: AppState, user_id: str, size: int) -> UserState:
+    """The one Redis round trip of a recommendation, shared with the benchmark
+    baseline so both make exactly the same call. asyncio.timeout bounds it in
+    the request's own task (wait_for would start a second task per call)."""
+    async with asyncio.timeout(state.settings.request_timeout_s):
+        return await state.store.user_state(user_id, state.settings.read_spec(size))
 
-    async def fetch_user(state: AppState, user_id: str, size: int) -> UserState:
-        # The one Redis round trip of a recommendation, shared with the benchmark
-        # baseline so both make exactly the same call. asyncio.timeout bounds it
-        # in the request's own task (wait_for would start a second task per call).
-        async with asyncio.timeout(timeout):
-            return await state.store.fetch(
-                user_id,
-                n_sources=cfg.history_items,
-                per_item=cfg.candidates_per_item,
-                n_trend=settings.trend_fetch(size),
-            )
 
-    K = Annotated[
-        int | None,
-        Query(
-            ge=1, le=settings.max_k, description=f"how many items (default {settings.default_k})"
-        ),
-    ]
-
-    @router.get(
-        "/recommendations/{user_id}",
-        response_model=RecommendationsOut,
-        responses=ERROR_RESPONSES,
-        summary="What next for this user",
+@router.get(
+    "/recommendations/{user_id}",
+    response_model=RecommendationsOut,
+    responses=ERROR_RESPONSES,
+    summary="What next for this user",
+)
+async def recommendations(user_id: UserId, state: State, size: Size) -> Response:
+    cfg = state.settings.blend
+    user = await fetch_user(state, user_id, size)
+    index = state.index  # read once: a concurrent swap must not change it mid-request
+    # Ready-made lists from the index's cache (warmed with the trending head
+    # when the index loads); a miss is one batched FAISS search.
+    emb = (
+        index.similar_many(user.sources, cfg.candidates_per_item)
+        if index is not None and user.sources
+        else {}
     )
-    async def recommendations(user_id: UserId, state: State, k: K = None) -> Response:
-        size = k or settings.default_k
-        user = await fetch_user(state, user_id, size)
-        index = state.index  # read once: a concurrent swap must not change it mid-request
-        # Ready-made lists from the index's cache (warmed with the trending
-        # head when the index loads); a miss is one batched FAISS search.
-        emb = (
-            index.similar_many(user.sources, cfg.candidates_per_item)
-            if index is not None and user.sources
-            else {}
-        )
-        ranked = blend(
-            user.sources, user.co, emb, user.trending, user.history_items, size, cfg, user.pop
-        )
-        fallback = not any(s.personalised for s in ranked)
-        metrics = state.metrics
-        metrics.recommendations += 1
-        metrics.fallbacks += fallback
-        metrics.items_served += len(ranked)
-        return _json(
-            RecommendationsOut(
-                user_id=user_id,
-                k=size,
-                items=[_item(index, s) for s in ranked],
-                fallback=fallback,
-                sources=user.sources,
-                index_version=None if index is None else index.version,
-            )
-        )
-
-    if settings.bench_routes:
-
-        @router.get(
-            "/bench/fetch/{user_id}",
-            summary="Benchmark baseline: the recommendation's Redis round trip, no scoring",
-            include_in_schema=False,
-        )
-        async def bench_fetch(user_id: UserId, state: State, k: K = None) -> Response:
-            user = await fetch_user(state, user_id, k or settings.default_k)
-            return Response(
-                f'{{"sources":{len(user.sources)},"trending":{len(user.trending)}}}',
-                media_type="application/json",
-            )
-
-    @router.get(
-        "/items/{item_id}/similar",
-        response_model=SimilarOut,
-        responses={
-            404: {"model": ErrorOut, "description": "item not in the index"},
-            **ERROR_RESPONSES,
-        },
-        summary="Items whose embeddings are closest to this one",
-    )
-    async def similar(item_id: ItemId, state: State, k: K = None) -> SimilarOut:
-        index = state.index
-        if index is None:
-            raise ApiError(503, "index_unavailable", "no embedding index is loaded")
-        if item_id not in index:
-            raise ApiError(404, "item_not_found", f"item {item_id!r} is not in the index")
-        neighbours = index.similar(item_id, k or settings.default_k)
-        return SimilarOut(
-            item_id=item_id,
-            title=index.title(item_id),
-            items=[
-                SimilarItem(item_id=other, title=index.title(other), score=score)
-                for other, score in neighbours
-            ],
-            index_version=index.version,
-        )
-
-    @router.get(
-        "/health",
-        response_model=HealthOut,
-        responses={503: {"model": HealthOut, "description": "Redis unreachable"}},
-        summary="Liveness of Redis and the embedding index",
-    )
-    async def health(state: State, response: Response) -> HealthOut:
-        try:
-            redis_ok = await asyncio.wait_for(state.store.ping(), timeout)
-        except Exception:
-            # Any failure to answer PING within the bound means "unreachable";
-            # health must report, never raise.
-            redis_ok = False
-        index = state.index
-        status: Literal["ok", "degraded", "down"]
-        if not redis_ok:
-            status = "down"
-            response.status_code = 503
-            response.headers["Retry-After"] = "1"
-        else:
-            status = "ok" if index is not None else "degraded"
-        return HealthOut(
-            status=status,
-            redis="ok" if redis_ok else "unreachable",
+    cands = Candidates(user.sources, user.co, emb, user.trending, user.pop)
+    ranked = blend(cands, user.history_items, size, cfg)
+    fallback = not any(s.personalised for s in ranked)
+    metrics = state.metrics
+    metrics.recommendations += 1
+    metrics.fallbacks += fallback
+    metrics.items_served += len(ranked)
+    return _json(
+        RecommendationsOut(
+            user_id=user_id,
+            k=size,
+            items=[_item(index, s) for s in ranked],
+            fallback=fallback,
+            sources=user.sources,
             index_version=None if index is None else index.version,
-            index_items=0 if index is None else len(index),
         )
-
-    @router.post(
-        "/events",
-        status_code=202,
-        response_model=AcceptedOut,
-        responses=ERROR_RESPONSES,
-        summary="Publish click events to the stream",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": EVENTS_BODY_SCHEMA}},
-            }
-        },
     )
-    async def post_events(body: EventsBody, state: State) -> AcceptedOut:
-        raw = body if isinstance(body, list) else [body]
-        if not raw:
-            raise ApiError(422, "invalid_event", "the list of events is empty")
-        if len(raw) > max_events:
-            raise ApiError(
-                422,
-                "too_many_events",
-                f"{len(raw)} events in one request; the limit is {max_events}",
-            )
-        # Validate all before sending any: a batch is accepted whole or not at all.
-        events: list[ClickEvent] = []
-        for i, obj in enumerate(raw):
-            try:
-                events.append(validate(obj))
-            except InvalidEvent as exc:
-                raise ApiError(422, "invalid_event", f"event {i}: {exc}") from None
-        accepted = await state.events.send(events)
-        state.metrics.events_accepted += accepted
-        return AcceptedOut(accepted=accepted)
 
-    @router.get("/metrics", response_model=MetricsOut, summary="Counters since start")
-    async def metrics(state: State) -> MetricsOut:
-        return MetricsOut(**state.metrics.snapshot())
 
-    return router
+@bench_router.get(
+    "/bench/fetch/{user_id}",
+    summary="Benchmark baseline: the recommendation's Redis round trip, no scoring",
+    include_in_schema=False,
+)
+async def bench_fetch(user_id: UserId, state: State, size: Size) -> Response:
+    user = await fetch_user(state, user_id, size)
+    return Response(
+        f'{{"sources":{len(user.sources)},"trending":{len(user.trending)}}}',
+        media_type="application/json",
+    )
+
+
+@router.get(
+    "/items/{item_id}/similar",
+    response_model=SimilarOut,
+    responses={
+        404: {"model": ErrorOut, "description": "item not in the index"},
+        **ERROR_RESPONSES,
+    },
+    summary="Items whose embeddings are closest to this one",
+)
+async def similar(item_id: ItemId, state: State, size: Size) -> SimilarOut:
+    index = state.index
+    if index is None:
+        raise ApiError(503, "index_unavailable", "no embedding index is loaded")
+    if item_id not in index:
+        raise ApiError(404, "item_not_found", f"item {item_id!r} is not in the index")
+    neighbours = index.similar(item_id, size)
+    return SimilarOut(
+        item_id=item_id,
+        title=index.title(item_id),
+        items=[
+            SimilarItem(item_id=other, title=index.title(other), score=score)
+            for other, score in neighbours
+        ],
+        index_version=index.version,
+    )
+
+
+@router.get(
+    "/health",
+    response_model=HealthOut,
+    responses={503: {"model": HealthOut, "description": "Redis unreachable"}},
+    summary="Liveness of Redis and the embedding index",
+)
+async def health(state: State, response: Response) -> HealthOut:
+    try:
+        redis_ok = await asyncio.wait_for(state.store.ping(), state.settings.request_timeout_s)
+    except Exception:
+        # Any failure to answer PING within the bound means "unreachable";
+        # health must report, never raise.
+        redis_ok = False
+    index = state.index
+    status: Literal["ok", "degraded", "down"]
+    if not redis_ok:
+        status = "down"
+        response.status_code = 503
+        response.headers["Retry-After"] = "1"
+    else:
+        status = "ok" if index is not None else "degraded"
+    return HealthOut(
+        status=status,
+        redis="ok" if redis_ok else "unreachable",
+        index_version=None if index is None else index.version,
+        index_items=0 if index is None else len(index),
+    )
+
+
+@router.post(
+    "/events",
+    status_code=202,
+    response_model=AcceptedOut,
+    responses=ERROR_RESPONSES,
+    summary="Publish click events to the stream",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": EVENTS_BODY_SCHEMA}},
+        }
+    },
+)
+async def post_events(body: EventsBody, state: State) -> AcceptedOut:
+    raw = body if isinstance(body, list) else [body]
+    max_events = state.settings.max_events_per_request
+    if not raw:
+        raise ApiError(422, "invalid_event", "the list of events is empty")
+    if len(raw) > max_events:
+        raise ApiError(
+            422,
+            "too_many_events",
+            f"{len(raw)} events in one request; the limit is {max_events}",
+        )
+    # Validate all before sending any: a batch is accepted whole or not at all.
+    events: list[ClickEvent] = []
+    for i, obj in enumerate(raw):
+        try:
+            events.append(validate(obj))
+        except InvalidEvent as exc:
+            raise ApiError(422, "invalid_event", f"event {i}: {exc}") from None
+    accepted = await state.events.send(events)
+    state.metrics.events_accepted += accepted
+    return AcceptedOut(accepted=accepted)
+
+
+@router.get("/metrics", response_model=MetricsOut, summary="Counters since start")
+async def metrics(state: State) -> MetricsOut:
+    return MetricsOut(**state.metrics.snapshot())

@@ -10,39 +10,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
 
-from core.settings import KafkaSettings, PathSettings, RedisSettings
+from consumer.logic import SessionRules
+from core.settings import KafkaSettings, PathSettings, RedisSettings, ServiceSettings
 from serving.blend import BlendConfig
+from serving.reader import ReadSpec
 
-_BLEND = BlendConfig()  # the one source of the blend's defaults
-
-
-class BlendSettings(BaseModel):
-    """Validated, env-settable mirror of serving.blend.BlendConfig, with its defaults.
-
-    ``pop_damping`` takes effect where blend() is given the candidates'
-    popularity: the server (fetch.lua returns it) and the offline evaluation.
-    """
-
-    history_items: int = Field(default=_BLEND.history_items, ge=1, le=50)
-    recency_decay: float = Field(default=_BLEND.recency_decay, gt=0.0, le=1.0)
-    w_co: float = Field(default=_BLEND.w_co, ge=0.0)
-    w_emb: float = Field(default=_BLEND.w_emb, ge=0.0)
-    w_trend: float = Field(default=_BLEND.w_trend, ge=0.0)
-    candidates_per_item: int = Field(default=_BLEND.candidates_per_item, ge=1, le=1000)
-    pop_damping: float = Field(default=_BLEND.pop_damping, ge=0.0, le=2.0)
-
-    def to_config(self) -> BlendConfig:
-        return BlendConfig(**self.model_dump())
+# The largest page any deployment may configure (``max_k``'s bound).
+MAX_K_LIMIT = 1000
 
 
 def _artifacts_dir() -> Path:
     return PathSettings().artifacts_dir
 
 
-class ServingSettings(BaseSettings):
+class ServingSettings(ServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="STREAMREC_SERVING_", env_nested_delimiter="__", extra="ignore"
     )
@@ -51,11 +35,11 @@ class ServingSettings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     artifacts_dir: Path = Field(default_factory=_artifacts_dir)
     default_k: int = Field(default=10, ge=1)
-    max_k: int = Field(default=100, ge=1, le=1000)
-    blend: BlendSettings = Field(default_factory=BlendSettings)
-    # History entries read per request: the consumer's cap (core/keyspace.py), so
+    max_k: int = Field(default=100, ge=1, le=MAX_K_LIMIT)
+    blend: BlendConfig = Field(default_factory=BlendConfig)
+    # History entries read per request: by default the consumer's cap, so
     # everything the user has seen recently is excluded.
-    history_len: int = Field(default=50, ge=1, le=1000)
+    history_len: int = Field(default=SessionRules().history_len, ge=1, le=1000)
     # Trending items read per request, at least k + history_len so the filler
     # still reaches k after every history item is excluded. 100 also gives the
     # prior to personalised candidates that sit in the trending head.
@@ -95,6 +79,11 @@ class ServingSettings(BaseSettings):
             raise ValueError(f"default_k={self.default_k} exceeds max_k={self.max_k}")
         return self
 
-    def trend_fetch(self, k: int) -> int:
-        """Trending items to read for a request of size ``k``."""
-        return max(self.trend_candidates, k + self.history_len)
+    def read_spec(self, k: int) -> ReadSpec:
+        """What a request for ``k`` items reads."""
+        return ReadSpec.for_request(
+            k,
+            history_len=self.history_len,
+            trend_candidates=self.trend_candidates,
+            blend=self.blend,
+        )

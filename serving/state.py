@@ -9,8 +9,8 @@ import redis.asyncio as aioredis
 from offline.index import ItemIndex
 from serving.ingest import EventSink
 from serving.metrics import Metrics
+from serving.reader import StateReader
 from serving.settings import ServingSettings
-from serving.store import StateStore
 
 # Key under which the lifespan state reaches each request (``request.state``).
 STATE_KEY = "serving"
@@ -20,7 +20,7 @@ STATE_KEY = "serving"
 class AppState:
     settings: ServingSettings
     redis: aioredis.Redis
-    store: StateStore
+    store: StateReader
     events: EventSink
     metrics: Metrics = field(default_factory=Metrics)
     # Replaced wholesale by the index watcher; read it once per request.

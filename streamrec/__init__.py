@@ -1,3 +1,8 @@
-"""streamrec: the command line and the local stack that tie the components together."""
+"""streamrec: the command line, the local stack and the load test that tie the components together.
+
+- ``streamrec.cli``: the ``streamrec`` command, one subcommand per job;
+- ``streamrec.local``: the local stack (Redis, broker) and the harness that runs processes on it;
+- ``streamrec.loadtest``: the load test.
+"""
 
 __version__ = "0.1.0"

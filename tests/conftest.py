@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from core.settings import KafkaSettings, RedisSettings
-from streamrec.stack import LocalStack, free_port
+from streamrec.local.stack import LocalStack, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

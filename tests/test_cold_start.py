@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from consumer.logic import SessionRules, fold
-from consumer.store import StoreConfig
+from consumer.logic import SessionRules
+from consumer.state import PartitionBatch, StoreConfig
 from core.events import ClickEvent
-from offline.evalstate import MemoryState
+from evaluation.memory import MemoryState
 from offline.index import ItemIndex
-from serving.blend import BlendConfig, Scored, blend
+from serving.blend import BlendConfig, Candidates, Scored, blend
+from serving.reader import ReadSpec
 
 T0 = 1_600_000_000_000
 MIN = 60_000
@@ -21,16 +22,16 @@ def recommend(
     state: MemoryState, user: str, index: ItemIndex | None = None, k: int = 5
 ) -> list[Scored]:
     cfg = BlendConfig()
-    us = state.user_state(
-        user, history_len=50, n_sources=cfg.history_items, per_item=50, n_trend=100
-    )
+    us = state.read_user(user, ReadSpec(50, cfg.history_items, 50, 100))
     emb = index.similar_many(us.sources, 50) if index is not None and us.sources else {}
-    return blend(us.sources, us.co, emb, us.trending, us.history_items, k, cfg)
+    return blend(Candidates(us.sources, us.co, emb, us.trending), us.history_items, k, cfg)
 
 
 def feed(state: MemoryState, events: list[ClickEvent]) -> None:
-    users = sorted({e.user_id for e in events})
-    state.apply(fold(events, state.histories(users), CONFIG.rules))
+    """One poll of one partition, after whatever was fed before."""
+    first = state.stored_offsets("t", [0])[0] or 0
+    batch = PartitionBatch(0, first, first + len(events), list(enumerate(events, first)))
+    state.apply("t", [batch])
 
 
 def test_a_user_with_no_history_gets_what_is_trending_now() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -189,7 +188,7 @@ def test_pairs_are_counted_once_whatever_their_weights() -> None:
     weighted = fold(
         events,
         {},
-        replace(RULES, linear_pair_weights=True),
+        RULES.model_copy(update={"linear_pair_weights": True}),
     )
     assert flat.pairs == weighted.pairs == 3  # b-a, c-b, c-a
     # Window 3: the newest partner weighs 3, the next 2.
@@ -198,7 +197,7 @@ def test_pairs_are_counted_once_whatever_their_weights() -> None:
 
 def test_forward_weight_favours_what_came_next() -> None:
     events = [ev("u", "a", 0), ev("u", "b", 1)]
-    rules = replace(RULES, forward_weight=3)
+    rules = RULES.model_copy(update={"forward_weight": 3})
     co = fold(events, {}, rules).co
     # b followed a: row a (what comes after a) gets 3, row b gets 1.
     assert co[("a", "b")] == 3 and co[("b", "a")] == 1

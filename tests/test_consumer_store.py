@@ -1,4 +1,4 @@
-"""StateStore against a real redis-server: state equals the pure prediction, exactly once."""
+"""RedisStateWriter against a real redis-server: state equals the pure prediction, exactly once."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import redis
 
 from consumer.logic import SessionRules, fold
-from consumer.store import PartitionBatch, StateStore, StoreConfig
+from consumer.state import PartitionBatch, StoreConfig
+from consumer.store import RedisStateWriter
 from core.errors import InvalidEvent
 from core.events import ClickEvent
 from core.settings import RedisSettings
@@ -19,9 +20,9 @@ MIN = 60_000
 TOPIC = "clicks"
 
 
-def make_store(settings: RedisSettings, **cfg: Any) -> StateStore:
+def make_store(settings: RedisSettings, **cfg: Any) -> RedisStateWriter:
     client = redis.Redis.from_url(settings.url)
-    return StateStore(client, settings.keys, StoreConfig(**cfg))
+    return RedisStateWriter(client, settings.keys, StoreConfig(**cfg))
 
 
 def stream(n: int, users: int = 5, items: int = 12) -> list[ClickEvent]:

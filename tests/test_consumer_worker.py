@@ -19,7 +19,7 @@ from consumer.worker import Worker
 from core.events import ClickEvent
 from core.settings import KafkaSettings, RedisSettings
 from producer.client import ClickProducer, ensure_topics
-from streamrec.stack import wait_until
+from streamrec.local.stack import wait_until
 
 T0 = 1_600_000_000_000
 MIN = 60_000
@@ -71,7 +71,7 @@ def test_stream_through_broker_matches_pure_logic(
     with running(settings) as worker:
         wait_until(lambda: worker.stats.applied >= len(events), 30, "all events applied")
         state = worker.store.dump()
-    want = fold(events, {}, settings.store_config().rules)
+    want = fold(events, {}, settings.state.rules)
     assert state["hist"] == want.histories
     assert state["pop"] == {k: float(v) for k, v in want.pop.items()}
     co = {(a, b): n for a, row in state["co"].items() for b, n in row.items()}
@@ -117,8 +117,9 @@ def test_malformed_events_go_to_the_dead_letter_topic(
     # The stream went on past the bad messages: both good events paired up
     # (adjacent clicks weigh pair_window = 10 under linear_pair_weights), and
     # b came after a, so row a (what follows a) gets forward_weight times that.
-    w = float(settings.pair_window if settings.linear_pair_weights else 1)
-    assert state["co"] == {"a": {"b": w * settings.forward_weight}, "b": {"a": w}}
+    rules = settings.state.rules
+    w = float(rules.pair_window if rules.linear_pair_weights else 1)
+    assert state["co"] == {"a": {"b": w * rules.forward_weight}, "b": {"a": w}}
     dlq = KafkaConsumer(
         bootstrap_servers=kafka_settings.bootstrap,
         enable_auto_commit=False,
@@ -167,7 +168,7 @@ def test_restart_resumes_from_redis_offsets_without_double_counting(
         state = worker.store.dump()
         assert worker.stats.skipped == 0
     assert state["stats"]["events"] == len(events)
-    want = fold(events, {}, settings.store_config().rules)
+    want = fold(events, {}, settings.state.rules)
     assert state["pop"] == {k: float(v) for k, v in want.pop.items()}
 
 

@@ -164,7 +164,7 @@ def test_zip_without_expected_ratings_file(server: tuple[str, Path], tmp_path: P
 
 
 def test_no_server_is_a_dataset_error(tmp_path: Path) -> None:
-    from streamrec.stack import free_port
+    from streamrec.local.stack import free_port
 
     url = f"http://127.0.0.1:{free_port()}/movielens"
     with pytest.raises(DatasetError, match="could not download") as err:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -12,27 +11,27 @@ import redis
 import redis.asyncio as aioredis
 
 from consumer.logic import SessionRules, fold
-from consumer.store import PartitionBatch, StateStore, StoreConfig
+from consumer.settings import ConsumerSettings
+from consumer.state import PartitionBatch, StoreConfig
+from consumer.store import RedisStateWriter
 from core.events import ClickEvent
 from core.settings import RedisSettings
-from offline.eval_tune import Candidate, default_grid
-from offline.evalstate import MemoryState
-from offline.evaluate import (
-    MethodResult,
-    ReadSpec,
-    SessionSplit,
-    Tally,
+from evaluation.memory import MemoryState
+from evaluation.metrics import MethodResult, SessionSplit, Tally
+from evaluation.prequential import (
+    EvalSetup,
     catalog_size,
     default_methods,
     index_builder_for,
     prequential,
     split_points,
 )
+from evaluation.tune import Candidate, default_grid
 from producer.movielens import load_ratings, to_events
 from serving.blend import BlendConfig
-from serving.settings import BlendSettings
-from serving.store import StateStore as ServingStore
-from serving.store import UserState
+from serving.reader import ReadSpec, UserState
+from serving.store import RedisStateReader
+from streamrec.local.live_eval import live_compare
 
 T0 = 1_600_000_000_000
 MIN = 60_000
@@ -55,14 +54,14 @@ def test_memory_state_equals_redis_state_with_pruning(redis_settings: RedisSetti
     # co_top_m=4 forces pruning on most rows, the part most likely to drift.
     config = StoreConfig(rules=SessionRules(pair_window=4, history_len=7), co_top_m=4)
     client = redis.Redis.from_url(redis_settings.url)
-    store = StateStore(client, redis_settings.keys, config)
+    store = RedisStateWriter(client, redis_settings.keys, config)
     memory = MemoryState(config)
     events = stream(300)
     for lo in range(0, len(events), 25):
         chunk = events[lo : lo + 25]
-        store.apply("t", [PartitionBatch(0, lo, lo + len(chunk), list(enumerate(chunk, lo)))])
-        users = sorted({e.user_id for e in chunk})
-        memory.apply(fold(chunk, memory.histories(users), config.rules))
+        batch = PartitionBatch(0, lo, lo + len(chunk), list(enumerate(chunk, lo)))
+        store.apply("t", [batch])
+        memory.apply("t", [batch])
     dump = store.dump()
     assert dump["hist"] == memory.hist
     assert dump["co"] == memory.co
@@ -78,8 +77,8 @@ async def served_state(settings: RedisSettings, user: str) -> UserState:
     """What the API reads for ``user``: serving's own store and fetch script."""
     client = aioredis.Redis.from_url(settings.url, decode_responses=True)
     try:
-        store = ServingStore(client, settings.keys, history_len=50)
-        return await store.fetch(user, n_sources=4, per_item=6, n_trend=8)
+        store = RedisStateReader(client, settings.keys)
+        return await store.user_state(user, ReadSpec(50, 4, 6, 8))
     finally:
         await client.aclose()
 
@@ -88,14 +87,15 @@ def test_memory_reads_match_fetch_lua(redis_settings: RedisSettings) -> None:
     """Sources, co rows (ties by member, descending) and the trending head, as served."""
     config = StoreConfig(rules=SessionRules(pair_window=5), co_top_m=50)
     client = redis.Redis.from_url(redis_settings.url)
-    store = StateStore(client, redis_settings.keys, config)
+    store = RedisStateWriter(client, redis_settings.keys, config)
     memory = MemoryState(config)
     events = stream(200)
-    store.apply("t", [PartitionBatch(0, 0, len(events), list(enumerate(events)))])
-    memory.apply(fold(events, {}, config.rules))
+    batch = PartitionBatch(0, 0, len(events), list(enumerate(events)))
+    store.apply("t", [batch])
+    memory.apply("t", [batch])
     for user in ("u0", "u3", "nobody"):
         served = asyncio.run(served_state(redis_settings, user))
-        mine = memory.user_state(user, history_len=50, n_sources=4, per_item=6, n_trend=8)
+        mine = memory.read_user(user, ReadSpec(50, 4, 6, 8))
         assert mine.history == served.history
         assert mine.sources == served.sources
         assert mine.co == served.co
@@ -144,12 +144,8 @@ def _slice_run(movielens_dir: Path, limit: int) -> dict[str, Any]:
         events,
         test_start,
         len(events),
-        default_methods(BlendSettings().to_config()),
-        rules=SessionRules(),
-        store=StoreConfig(),
-        read=ReadSpec(),
-        index_builder=index_builder_for(df, dim=32),
-        catalog=catalog_size(df),
+        default_methods(BlendConfig()),
+        EvalSetup(index_builder=index_builder_for(df, dim=32), catalog=catalog_size(df)),
     )
     return run.methods
 
@@ -173,23 +169,15 @@ def test_blend_beats_popularity_on_a_slice(movielens_dir: Path) -> None:
 @pytest.mark.realdata
 def test_full_run_clears_the_bar(movielens_dir: Path) -> None:
     """The issue's bar on ml-latest-small, default split, shipped settings."""
-    from consumer.settings import ConsumerSettings
-
     df = load_ratings(movielens_dir)
     events = list(to_events(df))
     _, test_start = split_points(len(events), 0.1, 0.2)
-    store = ConsumerSettings().store_config()
-    run = prequential(
-        events,
-        test_start,
-        len(events),
-        default_methods(BlendSettings().to_config()),
-        rules=store.rules,
-        store=store,
-        read=ReadSpec(),
+    setup = EvalSetup(
+        consumer=ConsumerSettings(),
         index_builder=index_builder_for(df),
         catalog=catalog_size(df),
     )
+    run = prequential(events, test_start, len(events), default_methods(BlendConfig()), setup)
     m = run.methods
     assert m["blend"]["hr@10"] >= 0.105
     for k in (10, 20):
@@ -200,24 +188,16 @@ def test_full_run_clears_the_bar(movielens_dir: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_live_stack_agrees_with_in_process(movielens_dir: Path) -> None:
-    from consumer.settings import ConsumerSettings
-    from offline.eval_live import live_compare
-
     df = load_ratings(movielens_dir, limit=6000)
     events = list(to_events(df))
     start = 5000
-    store = ConsumerSettings().store_config()
     out = live_compare(
         df,
         events,
-        start,
-        len(events),
-        methods=default_methods(BlendSettings().to_config()),
-        rules=store.rules,
-        store=store,
-        read=ReadSpec(),
+        range(start, len(events)),
+        default_methods(BlendConfig()),
+        EvalSetup(catalog=catalog_size(df)),
         dim=32,
-        catalog=catalog_size(df),
     )
     assert out["live"]["predictions"] == 1000
     assert out["agreement"]["relative_difference"]["hr@10"] <= 0.02
@@ -238,7 +218,7 @@ def test_linear_pair_weights_favour_adjacent_clicks() -> None:
 def test_popularity_view_reads_the_pop_set() -> None:
     config = StoreConfig(rules=SessionRules(pair_window=3), pop_max=5)
     memory = MemoryState(config)
-    memory.apply(fold(stream(120), {}, config.rules))
+    memory.apply("t", [PartitionBatch(0, 0, 120, list(enumerate(stream(120))))])
     view = memory.popularity()
     head = dict(memory.pop.top(10_000))
     assert len(head) == len(view) == 5  # pruned to pop_max
@@ -257,8 +237,9 @@ def test_tune_grid_moves_one_setting_at_a_time() -> None:
         # 5 rule options x 5 blend options, none of them a copy of the base.
         assert len(set(grid)) == len(grid) == 25
         for cand in grid:
-            moved_rules = {k for k, v in asdict(cand.rules).items() if asdict(rules)[k] != v}
-            moved_cfg = {k for k, v in asdict(cand.cfg).items() if asdict(cfg)[k] != v}
+            base_rules, base_cfg = rules.model_dump(), cfg.model_dump()
+            moved_rules = {k for k, v in cand.rules.model_dump().items() if base_rules[k] != v}
+            moved_cfg = {k for k, v in cand.cfg.model_dump().items() if base_cfg[k] != v}
             assert len(moved_rules) <= 1 and len(moved_cfg) <= 1
 
 

@@ -25,15 +25,21 @@ import redis
 
 from consumer.logic import decayed_count
 from consumer.settings import ConsumerSettings
-from consumer.store import PartitionBatch, StateStore, StoreConfig
+from consumer.state import PartitionBatch, StoreConfig
+from consumer.store import RedisStateWriter
 from core.events import ClickEvent
-from core.settings import KafkaSettings, RedisSettings
+from core.settings import KafkaSettings, RedisSettings, settings_env
 from producer.client import ClickProducer, ensure_topics
-from streamrec.harness import Children, process_env
-from streamrec.stack import LocalStack, broker_service, free_port, redis_service, wait_until
+from streamrec.local.harness import Children, process_env
+from streamrec.local.stack import LocalStack, broker_service, free_port, redis_service, wait_until
 
 T0 = 1_600_000_000_000
 NO_PRUNING = 10**9
+# What the `streamrec consume` children run with: pruning off, many batches
+# (more places to die in), short retries.
+CHILD_SETTINGS = ConsumerSettings(
+    state=StoreConfig(co_top_m=NO_PRUNING), batch_size=200, retry_max_s=0.5
+)
 
 
 def click_stream(n: int, seed: int = 7, users: int = 60, items: int = 250) -> list[ClickEvent]:
@@ -47,13 +53,13 @@ def click_stream(n: int, seed: int = 7, users: int = 60, items: int = 250) -> li
 
 def consumer_config() -> StoreConfig:
     """What the `streamrec consume` children run with: their settings, pruning off."""
-    return ConsumerSettings(co_top_m=NO_PRUNING).store_config()
+    return CHILD_SETTINGS.state
 
 
 def clean_state(events: list[ClickEvent], url: str) -> dict[str, Any]:
     settings = RedisSettings(url=url, namespace=f"clean-{uuid.uuid4().hex[:8]}")
     client = redis.Redis.from_url(url)
-    store = StateStore(client, settings.keys, consumer_config())
+    store = RedisStateWriter(client, settings.keys, consumer_config())
     for lo in range(0, len(events), 1000):
         chunk = list(enumerate(events[lo : lo + 1000], start=lo))
         store.apply("clean", [PartitionBatch(0, lo, lo + len(chunk), chunk)])
@@ -95,7 +101,7 @@ class Rig:
         self.client = redis.Redis.from_url(
             redis_settings.url, decode_responses=True, socket_timeout=2
         )
-        self.store = StateStore(
+        self.store = RedisStateWriter(
             redis.Redis.from_url(redis_settings.url),
             redis_settings.keys,
             consumer_config(),
@@ -104,9 +110,7 @@ class Rig:
     def env(self) -> dict[str, str]:
         return {
             **process_env(self.kafka, self.redis),
-            "STREAMREC_CONSUMER_CO_TOP_M": str(NO_PRUNING),
-            "STREAMREC_CONSUMER_BATCH_SIZE": "200",  # many batches: more places to die in
-            "STREAMREC_CONSUMER_RETRY_MAX_S": "0.5",
+            **settings_env(CHILD_SETTINGS, ["state", "batch_size", "retry_max_s"]),
         }
 
     def start(self, name: str) -> subprocess.Popen[bytes]:

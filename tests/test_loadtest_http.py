@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from streamrec.loadtest_http import _Pool
+from streamrec.loadtest.http import _Pool
 
 
 class _Server:

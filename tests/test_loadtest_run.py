@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from producer.movielens import load_ratings
-from streamrec.loadtest import LoadTestOptions, run_loadtest
-from streamrec.loadtest_report import PLOTS
-from streamrec.stack import LocalStack
+from streamrec.loadtest.report import PLOTS
+from streamrec.loadtest.run import LoadTestOptions, run_loadtest
+from streamrec.local.stack import LocalStack
 
 pytestmark = pytest.mark.realdata
 

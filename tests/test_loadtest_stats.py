@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from producer.replay import Pacing
-from streamrec.loadtest import due_times, split
-from streamrec.loadtest_stats import (
+from streamrec.loadtest.run import due_times, split
+from streamrec.loadtest.stats import (
     EventTimeline,
     NextClick,
     NextClicks,
@@ -139,8 +139,8 @@ def test_split_keeps_time_order() -> None:
 
 
 def test_summary_tells_shedding_from_server_failures() -> None:
-    from streamrec.loadtest_http import Record
-    from streamrec.loadtest_report import summarise
+    from streamrec.loadtest.http import Record
+    from streamrec.loadtest.report import summarise
 
     records = [
         Record(0.0, 5.0, 200, "a", ["y"]),

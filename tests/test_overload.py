@@ -15,7 +15,7 @@ from test_serving_workers import api_process
 
 from core.settings import RedisSettings
 from serving.limits import InFlightLimiter
-from streamrec.loadtest_http import LoadPlan, run_plan
+from streamrec.loadtest.http import LoadPlan, run_plan
 
 
 def test_limiter_admits_queues_in_order_and_rejects_when_full() -> None:

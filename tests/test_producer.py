@@ -13,7 +13,7 @@ from core.errors import ServiceUnavailable
 from core.events import ClickEvent, decode
 from core.settings import KafkaSettings
 from producer import ClickProducer, Pacing, ensure_topics, replay
-from streamrec.stack import free_port
+from streamrec.local.stack import free_port
 
 BASE_TS = 1_600_000_000_000
 

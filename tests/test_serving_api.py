@@ -21,8 +21,8 @@ from offline.index import ItemIndex, publish
 from serving.app import create_app
 from serving.blend import BlendConfig
 from serving.errors import install_handlers
-from serving.settings import BlendSettings, ServingSettings
-from streamrec.stack import free_port
+from serving.settings import ServingSettings
+from streamrec.local.stack import free_port
 
 # Two clusters on the unit circle: 1-3 near the x axis, 4-6 near the y axis.
 VECTORS = np.array(
@@ -334,7 +334,7 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("STREAMREC_SERVING_MAX_K", "20")
     s = ServingSettings()
     assert s.artifacts_dir == tmp_path / "shared"
-    assert s.blend.to_config().w_emb == 0.3
+    assert s.blend.w_emb == 0.3
     assert s.max_k == 20
     monkeypatch.setenv("STREAMREC_SERVING_ARTIFACTS_DIR", str(tmp_path / "own"))
     assert ServingSettings().artifacts_dir == tmp_path / "own"
@@ -371,7 +371,7 @@ def test_popularity_damping_is_applied_by_the_server(
     # 5 counts 2 / 1**0.25 = 2, so 5 now leads the row; undamped, 4 would.
     redis_client.zadd(redis_settings.keys.pop, {"4": 1e8, "5": 1})
     settings = settings_for(redis_settings, published[0]).model_copy(
-        update={"blend": BlendSettings(pop_damping=0.25)}
+        update={"blend": BlendConfig(pop_damping=0.25)}
     )
     with TestClient(create_app(settings)) as c:
         items = c.get("/recommendations/u1", params={"k": 4}).json()["items"]

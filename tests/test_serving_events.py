@@ -15,7 +15,7 @@ from core.settings import KafkaSettings, RedisSettings
 from producer.client import ensure_topics
 from serving.app import create_app
 from serving.settings import ServingSettings
-from streamrec.stack import free_port
+from streamrec.local.stack import free_port
 
 TS = 1_700_000_000_000
 

@@ -1,17 +1,21 @@
-"""The one-round-trip fetch (serving/fetch.lua + serving/store.py) against a real Redis."""
+"""The one-round-trip fetch (serving/fetch.lua + serving/store.py) against a real Redis.
+
+What every reader backend must do is in test_state_contract.py; this file keeps
+what only Redis can meet: entries written by something other than the consumer.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
-import pytest
 import redis
 import redis.asyncio as aioredis
 
 from core.settings import RedisSettings
 from serving.blend import recent_sources
-from serving.store import StateStore, UserState, parse_history
+from serving.reader import ReadSpec, UserState
+from serving.store import RedisStateReader, parse_history
 
 
 def entry(ts: int, item: str, session: str | None = "s1") -> str:
@@ -24,8 +28,8 @@ def fetch(
     async def run() -> UserState:
         client = aioredis.Redis.from_url(settings.url, decode_responses=True)
         try:
-            store = StateStore(client, settings.keys, history_len=50)
-            return await store.fetch(user, n_sources=n_sources, per_item=per_item, n_trend=n_trend)
+            store = RedisStateReader(client, settings.keys)
+            return await store.user_state(user, ReadSpec(50, n_sources, per_item, n_trend))
         finally:
             await client.aclose()
 
@@ -49,7 +53,6 @@ def seed(client: redis.Redis, settings: RedisSettings) -> None:
     client.zadd(keys.co("a"), {"b": 5, "z": 2})
     client.zadd(keys.co("old"), {"never": 100})  # fourth distinct item: beyond n_sources=3
     client.zadd(keys.trend, {"t1": 8.0, "t2": 4.0, "t3": 2.0, "t4": 1.0})
-    client.hset(keys.meta, mapping={"trend_ref": 1_000, "clock": 3_000, "half_life_ms": 1_000})
 
 
 def test_fetch_returns_exactly_what_was_written(
@@ -64,10 +67,6 @@ def test_fetch_returns_exactly_what_was_written(
     # Top per_item=2 of each row, best first, with their counts; "c" has no row.
     assert state.co == {"b": [("x", 9.0), ("a", 5.0)], "a": [("b", 5.0), ("z", 2.0)], "c": []}
     assert state.trending == [("t1", 8.0), ("t2", 4.0), ("t3", 2.0)]
-    assert (state.trend_ref, state.clock, state.half_life_ms) == (1_000.0, 3_000, 1_000.0)
-    # Two half-lives between trend_ref and the clock: every score is quartered.
-    assert state.decay_to_clock() == pytest.approx(0.25)
-    assert state.trending_counts() == [("t1", 2.0), ("t2", 1.0), ("t3", 0.5)]  # exact in binary
     assert state.pop == {}  # no pop set written
 
 
@@ -97,8 +96,6 @@ def test_fetch_bounds_follow_the_arguments(
 def test_unknown_user_and_empty_namespace(redis_settings: RedisSettings) -> None:
     state = fetch(redis_settings, "nobody")
     assert state == UserState(history=[], sources=[], co={}, trending=[])
-    assert state.decay_to_clock() is None
-    assert state.trending_counts() == []
 
 
 def test_history_parser_matches_the_lua_rule() -> None:

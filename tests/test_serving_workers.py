@@ -18,7 +18,7 @@ from test_serving_api import VECTORS, make_index, seed
 
 from core.settings import RedisSettings
 from offline.index import publish
-from streamrec.stack import free_port, wait_until
+from streamrec.local.stack import free_port, wait_until
 
 
 @contextlib.contextmanager

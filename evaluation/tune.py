@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from consumer.logic import SessionRules
-from consumer.store import StoreConfig
 from core.events import ClickEvent
-from offline.evaluate import IndexBuilder, Method, ReadSpec, prequential
+from evaluation.prequential import EvalSetup, Method, prequential
 from serving.blend import BlendConfig
 
 T = TypeVar("T")
@@ -55,17 +54,17 @@ def default_grid(rules: SessionRules, cfg: BlendConfig) -> list[Candidate]:
     from them (pairing window, weighting, span and direction; then blend weights)."""
     rule_options = [
         rules,
-        replace(rules, pair_window=_other(rules.pair_window, 5, 10)),
-        replace(rules, linear_pair_weights=not rules.linear_pair_weights),
-        replace(rules, gap_ms=NO_GAP_MS),
-        replace(rules, forward_weight=_other(rules.forward_weight, 1, 2)),
+        rules.model_copy(update={"pair_window": _other(rules.pair_window, 5, 10)}),
+        rules.model_copy(update={"linear_pair_weights": not rules.linear_pair_weights}),
+        rules.model_copy(update={"gap_ms": NO_GAP_MS}),
+        rules.model_copy(update={"forward_weight": _other(rules.forward_weight, 1, 2)}),
     ]
     blend_options = [
         cfg,
-        replace(cfg, recency_decay=_other(cfg.recency_decay, 0.6, 0.8)),
-        replace(cfg, w_emb=_other(cfg.w_emb, 0.5, 0.25)),
-        replace(cfg, w_trend=_other(cfg.w_trend, 0.05, 0.2)),
-        replace(cfg, pop_damping=_other(cfg.pop_damping, 0.0, 0.25)),
+        cfg.model_copy(update={"recency_decay": _other(cfg.recency_decay, 0.6, 0.8)}),
+        cfg.model_copy(update={"w_emb": _other(cfg.w_emb, 0.5, 0.25)}),
+        cfg.model_copy(update={"w_trend": _other(cfg.w_trend, 0.05, 0.2)}),
+        cfg.model_copy(update={"pop_damping": _other(cfg.pop_damping, 0.0, 0.25)}),
     ]
     seen: set[Candidate] = set()
     out: list[Candidate] = []
@@ -88,10 +87,7 @@ def tune(
     valid_start: int,
     test_start: int,
     grid: Sequence[Candidate],
-    *,
-    store: StoreConfig,
-    read: ReadSpec,
-    index_builder: IndexBuilder | None,
+    setup: EvalSetup,
 ) -> tuple[Candidate, list[dict[str, Any]]]:
     """The best candidate on events[valid_start:test_start] and every candidate's scores."""
     by_rules: dict[SessionRules, list[BlendConfig]] = {}
@@ -101,24 +97,17 @@ def tune(
     best: tuple[tuple[float, float], Candidate] | None = None
     for rules, cfgs in by_rules.items():
         methods = [Method(f"c{i}", cfg) for i, cfg in enumerate(cfgs)]
-        run = prequential(
-            events,
-            valid_start,
-            test_start,
-            methods,
-            rules=rules,
-            store=replace(store, rules=rules),
-            read=read,
-            index_builder=index_builder,
-        )
+        # One index for the whole validation part, whatever the test run does.
+        part = replace(setup.with_rules(rules), reindex_every=0)
+        run = prequential(events, valid_start, test_start, methods, part)
         for m in methods:
             res = run.methods[m.name]
             cand = Candidate(rules, m.cfg)
             rows.append(
                 {
                     "candidate": cand.label(),
-                    "rules": asdict(rules),
-                    "blend": asdict(m.cfg),
+                    "rules": rules.model_dump(),
+                    "blend": m.cfg.model_dump(),
                     "hr@10": res["hr@10"],
                     "hr@20": res["hr@20"],
                     "ndcg@10": res["ndcg@10"],

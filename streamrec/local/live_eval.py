@@ -6,11 +6,11 @@ user's recommendations, the event is produced, and the next request waits until
 the consumer has applied it, so every answer sees exactly the events before it
 (per-event, not batched: the same order of reads and writes as in-process).
 
-The API is asked for ``read.request_k`` items and the answer is filtered for
+The API is asked for ``setup.request_k`` items and the answer is filtered for
 every item the user rated, as the in-process loop excludes them inside blend:
 the server itself only excludes the history it reads (``history_len``). Both
-runs read the same trending head because ``read.request_k`` is what decides its
-length (``ServingSettings.trend_fetch``).
+runs read the same trending head because ``request_k`` is what decides its
+length (``ServingSettings.read_spec``).
 """
 
 from __future__ import annotations
@@ -18,71 +18,56 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import pandas as pd
 
-from consumer.logic import SessionRules
-from consumer.store import StoreConfig
 from core.events import ClickEvent
-from offline.evaluate import (
-    KS,
-    Method,
-    MethodResult,
-    ReadSpec,
-    SessionSplit,
-    index_builder_for,
-    prequential,
-)
+from core.settings import settings_env
+from evaluation.metrics import KS, MethodResult, SessionSplit
+from evaluation.prequential import EvalSetup, Method, index_builder_for, prequential
 from offline.job import build_index
+from producer.client import ClickProducer
+from streamrec.local.harness import LiveRun
 
 log = logging.getLogger("streamrec.evaluate")
 
+# The live API is asked for its largest page and the answer filtered for rated
+# items client-side (the server excludes only the history it reads); the
+# in-process reference reads the same trending head, as its length follows k.
+LIVE_REQUEST_K = 100
 
-def _env(rules: SessionRules, store: StoreConfig, read: ReadSpec, method: Method) -> dict[str, str]:
-    """Consumer and serving settings that make the live stack run ``method`` on these rules."""
-    env = {
-        "STREAMREC_CONSUMER_SESSION_GAP_MS": str(rules.gap_ms),
-        "STREAMREC_CONSUMER_PAIR_WINDOW": str(rules.pair_window),
-        "STREAMREC_CONSUMER_HISTORY_LEN": str(rules.history_len),
-        "STREAMREC_CONSUMER_LINEAR_PAIR_WEIGHTS": str(rules.linear_pair_weights).lower(),
-        "STREAMREC_CONSUMER_FORWARD_WEIGHT": str(rules.forward_weight),
-        "STREAMREC_CONSUMER_CO_TOP_M": str(store.co_top_m),
-        "STREAMREC_CONSUMER_POP_MAX": str(store.pop_max),
-        "STREAMREC_CONSUMER_TREND_HALF_LIFE_MS": str(store.half_life_ms),
-        # A tiny poll wait: the loop waits for each single event to be applied.
-        "STREAMREC_CONSUMER_POLL_TIMEOUT_MS": "20",
-        "STREAMREC_SERVING_HISTORY_LEN": str(read.history_len),
-        "STREAMREC_SERVING_TREND_CANDIDATES": str(read.trend_candidates),
-        "STREAMREC_SERVING_MAX_K": str(max(read.request_k, 1)),
+
+def live_env(setup: EvalSetup, method: Method) -> dict[str, str]:
+    """The environment that makes the live stack run ``method`` on ``setup``'s state model."""
+    # A tiny poll wait: the loop waits for each single event to be applied.
+    consumer = setup.consumer.model_copy(update={"poll_timeout_ms": 20})
+    serving = setup.serving.model_copy(
+        update={"blend": method.cfg, "max_k": max(setup.request_k, 1)}
+    )
+    return {
+        **settings_env(consumer, ["state", "poll_timeout_ms"]),
+        **settings_env(serving, ["blend", "history_len", "trend_candidates", "max_k"]),
     }
-    for name, value in asdict(method.cfg).items():
-        env[f"STREAMREC_SERVING_BLEND__{name.upper()}"] = str(value)
-    return env
 
 
 def live_run(
     df: pd.DataFrame,
     events: Sequence[ClickEvent],
-    start: int,
-    stop: int,
+    span: range,
     method: Method,
+    setup: EvalSetup,
     *,
-    rules: SessionRules,
-    store: StoreConfig,
-    read: ReadSpec,
     dim: int,
-    catalog: int,
 ) -> dict[str, Any]:
-    from producer.client import ClickProducer
-    from streamrec.harness import LiveRun
-
+    """``method`` on ``events[span]`` through Kafka, a consumer process and the HTTP API."""
     began = time.perf_counter()
+    start, stop = span.start, span.stop
     result = MethodResult()
     seen: dict[str, set[str]] = {}
-    sessions = SessionSplit(rules)
+    sessions = SessionSplit(setup.rules)
     for e in events[:start]:
         seen.setdefault(e.user_id, set()).add(e.item_id)
         sessions.see(e)
@@ -90,7 +75,7 @@ def live_run(
         # One partition: events of different users keep their global order, as
         # in-process (co rows and trending depend on it, not only sessions).
         build_index(df, run.artifacts, dim=dim, before_ts=events[start].ts, source="evaluate")
-        env = _env(rules, store, read, method)
+        env = live_env(setup, method)
         run.start_consumer(extra_env=env)
         api = run.start_api(extra_env=env)
         with ClickProducer(run.kafka) as producer:
@@ -102,9 +87,9 @@ def live_run(
                 "live warm-up: %d events applied in %.0f s", start, time.perf_counter() - began
             )
             with httpx.Client(base_url=api, timeout=10) as http:
-                for i in range(start, stop):
+                for i in span:
                     e = events[i]
-                    reply = http.get(f"/recommendations/{e.user_id}", params={"k": read.request_k})
+                    reply = http.get(f"/recommendations/{e.user_id}", params={"k": setup.request_k})
                     reply.raise_for_status()
                     body = reply.json()
                     user_seen = seen.get(e.user_id, set())
@@ -122,6 +107,9 @@ def live_run(
                     run.wait_applied(i + 1, timeout=60)
                     seen.setdefault(e.user_id, set()).add(e.item_id)
                     sessions.see(e)
+    catalog = (
+        setup.catalog if setup.catalog is not None else len({e.item_id for e in events[:stop]})
+    )
     return {
         "methods": {method.name: result.summary(catalog)},
         "predictions": stop - start,
@@ -142,44 +130,23 @@ def agreement(live: dict[str, Any], ref: dict[str, Any]) -> dict[str, float]:
 def live_compare(
     df: pd.DataFrame,
     events: Sequence[ClickEvent],
-    start: int,
-    stop: int,
-    *,
+    span: range,
     methods: Sequence[Method],
-    rules: SessionRules,
-    store: StoreConfig,
-    read: ReadSpec,
+    setup: EvalSetup,
+    *,
     dim: int,
-    catalog: int,
 ) -> dict[str, Any]:
-    """The blend on events[start:stop], live and in process; their relative differences."""
+    """The blend on ``events[span]``, live and in process; their relative differences."""
     method = next(m for m in methods if m.name == "blend")
-    # The server excludes only the history it reads, so ask for its largest
-    # page and filter rated items client-side; the reference reads the same
-    # trending head (its length follows request_k), so both rank alike.
-    read = replace(read, request_k=100)
-    live = live_run(
-        df,
-        events,
-        start,
-        stop,
-        method,
-        rules=rules,
-        store=store,
-        read=read,
-        dim=dim,
-        catalog=catalog,
-    )
+    setup = replace(setup, request_k=LIVE_REQUEST_K)
+    live = live_run(df, events, span, method, setup, dim=dim)
     ref = prequential(
         events,
-        start,
-        stop,
+        span.start,
+        span.stop,
         [method],
-        rules=rules,
-        store=store,
-        read=read,
-        index_builder=index_builder_for(df, dim=dim),
-        catalog=catalog,
+        # One index built before the span, as the live run publishes one.
+        replace(setup, index_builder=index_builder_for(df, dim=dim), reindex_every=0),
     )
     diff = agreement(live["methods"]["blend"], ref.methods["blend"])
     return {
@@ -194,7 +161,7 @@ def live_compare(
         "live_reference": {
             "methods": ref.methods,
             "predictions": ref.predictions,
-            "range": [start, stop],
+            "range": [span.start, span.stop],
         },
         "agreement": {"relative_difference": diff, "max": max(diff.values())},
     }

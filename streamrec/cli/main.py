@@ -20,43 +20,16 @@ from pydantic import ValidationError
 
 from core.errors import ConfigError, StreamrecError
 from core.settings import KafkaSettings, PathSettings, RedisSettings
-from streamrec import evaluate_cmd, loadtest_cmd
+from streamrec.cli import evaluate, loadtest
+from streamrec.cli.options import add_dataset_args, resolve_dataset_arg
 
 log = logging.getLogger("streamrec")
 
 
-# -- shared option groups ------------------------------------------------------
-def add_dataset_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("dataset")
-    g.add_argument(
-        "--dataset", default="ml-latest-small", help="MovieLens release name (default: %(default)s)"
-    )
-    g.add_argument("--path", type=Path, help="a dataset directory or ratings file to use as is")
-    g.add_argument(
-        "--data-dir",
-        type=Path,
-        help="directory holding MovieLens folders (default: $STREAMREC_DATA_DIR)",
-    )
-    g.add_argument(
-        "--no-download",
-        action="store_true",
-        help="fail instead of downloading a missing dataset from GroupLens",
-    )
-    g.add_argument("--limit", type=int, help="use only the first N events in time order")
-
-
-def resolve_dataset_arg(args: argparse.Namespace) -> Path:
-    from producer.dataset import resolve_dataset
-
-    return resolve_dataset(
-        args.dataset, path=args.path, data_dir=args.data_dir, download=not args.no_download
-    )
-
-
 # -- subcommands -----------------------------------------------------------------
 def cmd_stack(args: argparse.Namespace) -> int:
-    from streamrec.harness import local_ports
-    from streamrec.stack import LocalStack
+    from streamrec.local.harness import local_ports
+    from streamrec.local.stack import LocalStack
 
     rport, kport = local_ports(RedisSettings(), KafkaSettings())
     stack = LocalStack(PathSettings().state_dir, args.redis_port or rport, args.kafka_port or kport)
@@ -155,7 +128,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streamrec.demo import DemoOptions, run_demo
+    from streamrec.local.demo import DemoOptions, run_demo
 
     return run_demo(
         DemoOptions(
@@ -247,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave the stack, consumer and API running at the end",
     )
     p.set_defaults(func=cmd_demo)
-    evaluate_cmd.register(sub)
-    loadtest_cmd.register(sub)
+    evaluate.register(sub)
+    loadtest.register(sub)
     return parser
 
 
@@ -281,7 +254,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

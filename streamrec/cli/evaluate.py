@@ -6,17 +6,31 @@ import argparse
 import logging
 import shlex
 import sys
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
+
+from consumer.settings import ConsumerSettings
+from core.errors import ConfigError
+from evaluation.prequential import (
+    EvalSetup,
+    catalog_size,
+    default_methods,
+    index_builder_for,
+    prequential,
+    split_points,
+)
+from evaluation.report import write_report
+from evaluation.tune import default_grid, tune
+from producer.movielens import load_ratings, to_events
+from serving.settings import ServingSettings
+from streamrec.cli.options import add_dataset_args, resolve_dataset_arg
+from streamrec.local.live_eval import live_compare
 
 log = logging.getLogger("streamrec.evaluate")
 
 
 def register(sub: Any) -> None:
     """Add the `evaluate` subcommand to the CLI's subparsers."""
-    from streamrec.cli import add_dataset_args
-
     p = sub.add_parser(
         "evaluate",
         help="prequential next-click evaluation of the references and the blend",
@@ -57,23 +71,6 @@ def register(sub: Any) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from consumer.settings import ConsumerSettings
-    from core.errors import ConfigError
-    from offline.eval_report import write_report
-    from offline.eval_tune import default_grid, tune
-    from offline.evaluate import (
-        ReadSpec,
-        RunResult,
-        catalog_size,
-        default_methods,
-        index_builder_for,
-        prequential,
-        split_points,
-    )
-    from producer.movielens import load_ratings, to_events
-    from serving.settings import ServingSettings
-    from streamrec.cli import resolve_dataset_arg
-
     data = args.path or resolve_dataset_arg(args)
     df = load_ratings(data, limit=args.limit)
     events = list(to_events(df))
@@ -81,20 +78,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         valid_start, test_start = split_points(len(events), args.valid_frac, args.test_frac)
     except ValueError as exc:
         raise ConfigError(str(exc), hint="use fractions with valid + test < 1") from None
-    consumer = ConsumerSettings()
-    serving = ServingSettings()
-    store = consumer.store_config()
-    rules = store.rules
-    cfg = serving.blend.to_config()
-    # Serving excludes only the history it reads; the protocol excludes every
-    # item the user rated, which the loop does from its own record.
-    read = ReadSpec(
-        history_len=serving.history_len,
-        trend_candidates=serving.trend_candidates,
-        request_k=20,
+    # The shipped (or environment-given) consumer and serving settings. Serving
+    # excludes only the history it reads; the protocol excludes every item the
+    # user rated, which the loop does from its own record.
+    setup = EvalSetup(
+        consumer=ConsumerSettings(),
+        serving=ServingSettings(),
+        index_builder=index_builder_for(df, dim=args.dim),
+        reindex_every=args.reindex_every,
+        catalog=catalog_size(df),
     )
-    builder = index_builder_for(df, dim=args.dim)
-    catalog = catalog_size(df)
     result: dict[str, Any] = {
         "command": "streamrec " + shlex.join(sys.argv[1:]),
         "dataset": str(data),
@@ -107,45 +100,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     }
 
     if args.tune and valid_start < test_start:
-        best, rows = tune(
-            events,
-            valid_start,
-            test_start,
-            default_grid(rules, cfg),
-            store=store,
-            read=read,
-            index_builder=builder,
-        )
+        grid = default_grid(setup.rules, setup.serving.blend)
+        best, rows = tune(events, valid_start, test_start, grid, setup)
         result["tuning"] = rows
-        rules, cfg = best.rules, best.cfg
-        store = replace(store, rules=rules)
+        setup = setup.with_rules(best.rules).with_blend(best.cfg)
         log.info("validation chose %s", best.label())
 
-    methods = default_methods(cfg)
-
-    def run_part(lo: int, hi: int) -> RunResult:
-        return prequential(
-            events,
-            lo,
-            hi,
-            methods,
-            rules=rules,
-            store=store,
-            read=read,
-            index_builder=builder,
-            reindex_every=args.reindex_every,
-            catalog=catalog,
-        )
-
+    methods = default_methods(setup.serving.blend)
     if valid_start < test_start:
-        valid = run_part(valid_start, test_start)
+        valid = prequential(events, valid_start, test_start, methods, setup)
         result["validation"] = {
             "range": [valid_start, test_start],
             "predictions": valid.predictions,
             "seconds": round(valid.seconds, 1),
             "methods": valid.methods,
         }
-    test = run_part(test_start, len(events))
+    test = prequential(events, test_start, len(events), methods, setup)
     result["test"] = {
         "range": [test_start, len(events)],
         "predictions": test.predictions,
@@ -153,32 +123,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "index_builds": test.index_builds,
         "methods": test.methods,
     }
-    result["settings"] = {
-        "rules": asdict(rules),
-        "store": {k: v for k, v in asdict(store).items() if k != "rules"},
-        "blend": asdict(cfg),
-        "read": asdict(read),
-        "reindex_every": args.reindex_every,
-        "dim": args.dim,
-    }
+    result["settings"] = {**setup.describe(), "dim": args.dim}
 
     if args.live:
-        from offline.eval_live import live_compare
-
-        result.update(
-            live_compare(
-                df,
-                events,
-                test_start,
-                min(len(events), test_start + args.live_events),
-                methods=methods,
-                rules=rules,
-                store=store,
-                read=read,
-                dim=args.dim,
-                catalog=catalog,
-            )
-        )
+        span = range(test_start, min(len(events), test_start + args.live_events))
+        result.update(live_compare(df, events, span, methods, setup, dim=args.dim))
 
     paths = write_report(result, args.out)
     for name, block in (("validation", result.get("validation")), ("test", result["test"])):

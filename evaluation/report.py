@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from offline.evaluate import KS
+from evaluation.metrics import KS
 
 COLUMNS = [f"hr@{k}" for k in KS] + [f"mrr@{k}" for k in KS] + [f"ndcg@{k}" for k in KS]
 

@@ -18,19 +18,19 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlparse
 
 import httpx
 import redis
 
 from core.errors import ServiceUnavailable
-from core.settings import KafkaSettings, PathSettings, RedisSettings
-from streamrec.stack import LocalStack, free_port, wait_until
+from core.settings import KafkaSettings, PathSettings, RedisSettings, settings_env
+from producer.client import ensure_topics
+from streamrec.local.stack import LocalStack, free_port, wait_until
 
 
 def local_ports(redis_settings: RedisSettings, kafka: KafkaSettings) -> tuple[int, int]:
     """The stack's ports come from the same settings the clients use: one source of truth."""
-    from urllib.parse import urlparse
-
     rport = urlparse(redis_settings.url).port or 6379
     first = kafka.bootstrap.split(",")[0]
     return rport, int(first.rsplit(":", 1)[1])
@@ -40,17 +40,10 @@ def process_env(
     kafka: KafkaSettings, redis_settings: RedisSettings, artifacts: Path | None = None
 ) -> dict[str, str]:
     """This process's environment, with the settings a child streamrec process must share."""
-    env = {
-        **os.environ,
-        "STREAMREC_REDIS_URL": redis_settings.url,
-        "STREAMREC_REDIS_NAMESPACE": redis_settings.namespace,
-        "STREAMREC_KAFKA_BOOTSTRAP": kafka.bootstrap,
-        "STREAMREC_KAFKA_TOPIC": kafka.topic,
-        "STREAMREC_KAFKA_DLQ_TOPIC": kafka.dlq_topic,
-        "STREAMREC_KAFKA_PARTITIONS": str(kafka.partitions),
-    }
+    env = {**os.environ, **settings_env(redis_settings), **settings_env(kafka)}
     if artifacts is not None:
-        env["STREAMREC_ARTIFACTS_DIR"] = str(artifacts.resolve())
+        paths = PathSettings(artifacts_dir=artifacts.resolve())
+        env.update(settings_env(paths, ["artifacts_dir"]))
     return env
 
 
@@ -120,8 +113,6 @@ class LiveRun:
 
     # -- lifecycle ---------------------------------------------------------------
     def __enter__(self) -> LiveRun:
-        from producer.client import ensure_topics
-
         self.started = [s.name for s in self.stack.up()]
         self.client = redis.Redis.from_url(self.redis.url, decode_responses=True)
         ensure_topics(self.kafka)

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from streamrec.cli.options import add_dataset_args, resolve_dataset_arg
+
 
 def _env_pairs(values: list[str] | None) -> dict[str, str]:
     out: dict[str, str] = {}
@@ -20,8 +22,7 @@ def _env_pairs(values: list[str] | None) -> dict[str, str]:
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
-    from streamrec.cli import resolve_dataset_arg
-    from streamrec.loadtest import LoadTestOptions, run_loadtest
+    from streamrec.loadtest.run import LoadTestOptions, run_loadtest
 
     summary = run_loadtest(
         LoadTestOptions(
@@ -50,8 +51,6 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add the ``loadtest`` subcommand to streamrec.cli's subparsers."""
-    from streamrec.cli import add_dataset_args
-
     p = sub.add_parser(
         "loadtest",
         help="replay MovieLens through Kafka while timing open-loop API lookups",

@@ -1,12 +1,12 @@
 """The MovieLens load test: replay clicks through Kafka while open-loop lookups hit the API.
 
-One run, on an isolated live stack (streamrec.harness.LiveRun):
+One run, on an isolated live stack (streamrec.local.harness.LiveRun):
 
 1. The first ``warmup`` share of the file (timestamp order) builds the
    embedding index and is replayed unpaced, so the measured phase starts with
    real state; the consumer must apply all of it before the clock starts.
 2. For ``duration_s`` the rest is replayed at the chosen pace while a separate
-   process (streamrec.loadtest_http) fires ``rps`` lookups a second for users
+   process (streamrec.loadtest.http) fires ``rps`` lookups a second for users
    active in the last ``active_window`` events, a prober measures freshness,
    and a sampler records consumer lag.
 3. Results: JSON, Markdown and PNGs under ``out_dir``, and a console summary.
@@ -28,18 +28,20 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from consumer.settings import ConsumerSettings
+from core.settings import env_name
 from producer.replay import Pacing
-from streamrec.harness import LiveRun
-from streamrec.loadtest_http import LoadPlan, LoadProcess
-from streamrec.loadtest_probes import Counter, FreshnessProber, LagSample, sample_lag
-from streamrec.loadtest_report import (
+from streamrec.loadtest.http import LoadPlan, LoadProcess
+from streamrec.loadtest.probes import Counter, FreshnessProber, LagSample, sample_lag
+from streamrec.loadtest.report import (
     summarise,
     summary_lines,
     write_json,
     write_markdown,
     write_plots,
 )
-from streamrec.loadtest_stats import EventTimeline, NextClicks, open_loop_schedule
+from streamrec.loadtest.stats import EventTimeline, NextClicks, open_loop_schedule
+from streamrec.local.harness import LiveRun
 
 # Seconds between telling the load process when to start and that start: it must
 # spawn and import (numpy, orjson) first, ~1 s on a busy 2-core machine.
@@ -216,10 +218,8 @@ def run_loadtest(opts: LoadTestOptions) -> dict[str, Any]:
 
 def _session_gap_ms(consumer_env: dict[str, str]) -> int:
     """The session gap the consumer under test runs with (its env overrides included)."""
-    from consumer.settings import ConsumerSettings
-
-    raw = consumer_env.get("STREAMREC_CONSUMER_SESSION_GAP_MS")
-    return int(raw) if raw is not None else ConsumerSettings().session_gap_ms
+    raw = consumer_env.get(env_name(ConsumerSettings, "state", "rules", "gap_ms"))
+    return int(raw) if raw is not None else ConsumerSettings().state.rules.gap_ms
 
 
 def _measure(

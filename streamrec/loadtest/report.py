@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from streamrec.loadtest_http import Record
-from streamrec.loadtest_probes import FreshnessSample, LagSample
-from streamrec.loadtest_stats import (
+from streamrec.loadtest.http import Record
+from streamrec.loadtest.probes import FreshnessSample, LagSample
+from streamrec.loadtest.stats import (
     NextClicks,
     latency_summary,
     online_hit_rate,

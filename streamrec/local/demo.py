@@ -4,7 +4,7 @@ Starts what is missing (Redis, the broker), builds the embedding index, runs a
 consumer and the API as child processes, replays the dataset, waits until the
 consumer has applied every event, shows a user's recommendations with reasons,
 probes the API's latency, and stops everything it started. The run has its own
-topic and Redis namespace (streamrec.harness), so it never mixes with other data.
+topic and Redis namespace (streamrec.local.harness), so it never mixes with other data.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 
 from consumer.logic import Entry
-from streamrec.harness import LiveRun
-from streamrec.loadtest_stats import latency_summary
+from streamrec.loadtest.stats import latency_summary
+from streamrec.local.harness import LiveRun
 
 DEFAULT_RATE = 25_000.0  # events/s: ml-latest-small's 100,836 ratings in ~4 s
 
