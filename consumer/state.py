@@ -10,7 +10,8 @@ exactly-once loop included, is written once here on top of them:
 - ``write``: apply each :class:`PartitionWrite` atomically, *if* the stored
   offset and landmark are still the ones its snapshot saw (compare-and-set),
   and say which were applied;
-- ``dump``: the whole state as plain data (tests, tools; never the hot path).
+- ``dump`` and ``history_ttl``: the whole state as plain data, and a history's
+  remaining idle time (tests, tools; never the hot path).
 
 What a write does, in this order (``consumer/apply.lua`` is the reference):
 
@@ -173,6 +174,10 @@ class StateWriter(abc.ABC):
     @abc.abstractmethod
     def write(self, writes: Sequence[PartitionWrite]) -> list[bool]:
         """Apply each write atomically if its compare-and-set holds; True where applied."""
+
+    @abc.abstractmethod
+    def history_ttl(self, user: str) -> int | None:
+        """Seconds until the user's history expires (None: the user has no history)."""
 
     @abc.abstractmethod
     def dump(self) -> dict[str, Any]:

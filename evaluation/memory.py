@@ -216,7 +216,7 @@ class MemoryState(StateWriter, StateReader):
 
     def dump(self) -> dict[str, Any]:
         return {
-            "hist": {u: list(h) for u in self.hist if (h := self._history(u))},
+            "hist": {u: list(h) for u in list(self.hist) if (h := self._history(u))},
             "co": {item: dict(row) for item, row in self.co.items() if row},
             "pop": dict(self.pop.top(len(self.pop))),
             "trend": dict(self.trend.top(len(self.trend))),

@@ -1,0 +1,439 @@
+"""ONE contract suite for every state backend: the writer (consumer.state) and the reader
+(serving.reader) sides, each run against Redis (a real redis-server) and the in-memory twin.
+
+Each test states a behaviour of apply.lua / fetch.lua with a known answer and
+runs once per backend. The last tests feed both backends the same random
+streams and compare everything they hold and read, so a drift in a behaviour
+no known answer covers still fails. A new backend (e.g. Redis Cluster) joins by
+adding itself to ``BACKENDS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from consumer.logic import Entry, SessionRules, StateDelta
+from consumer.state import Landmark, PartitionBatch, PartitionWrite, StateWriter, StoreConfig
+from consumer.store import RedisStateWriter
+from core.errors import InvalidEvent
+from core.events import ClickEvent
+from core.settings import RedisSettings
+from evaluation.memory import MemoryState
+from serving.reader import ReadSpec, StateReader, UserState
+from serving.store import RedisStateReader
+
+T = TypeVar("T")
+T0 = 1_600_000_000_000
+MIN = 60_000
+TOPIC = "clicks"
+# Pairs are easy to count by hand with flat weights, no asymmetry and one big session.
+FLAT = SessionRules(gap_ms=10**12, pair_window=1, linear_pair_weights=False, forward_weight=1)
+BACKENDS = ["redis", "memory"]
+WIDE = ReadSpec(history_len=50, n_sources=10, per_item=50, n_trend=100)
+
+
+@dataclass
+class Backend:
+    """One backend's writer, and a way to call its reader (async, as the API does)."""
+
+    name: str
+    writer: StateWriter
+    reading: Callable[[], contextlib.AbstractAsyncContextManager[StateReader]]
+
+    def read(self, call: Callable[[StateReader], Awaitable[T]]) -> T:
+        async def go() -> T:
+            async with self.reading() as reader:
+                return await call(reader)
+
+        return asyncio.run(go())
+
+    def user(self, user: str, spec: ReadSpec = WIDE) -> UserState:
+        return self.read(lambda r: r.user_state(user, spec))
+
+    def apply(self, *events: ClickEvent, partition: int = 0) -> None:
+        """The events as the next poll of one partition."""
+        first = self.writer.stored_offsets(TOPIC, [partition])[partition] or 0
+        recs = list(enumerate(events, first))
+        self.writer.apply(TOPIC, [PartitionBatch(partition, first, first + len(recs), recs)])
+
+
+Factory = Callable[[StoreConfig], Backend]
+
+
+def _factory(name: str, settings: RedisSettings) -> Factory:
+    if name == "memory":
+
+        def memory(config: StoreConfig) -> Backend:
+            state = MemoryState(config)
+
+            @contextlib.asynccontextmanager
+            async def reading() -> AsyncIterator[StateReader]:
+                yield state
+
+            return Backend(name, state, reading)
+
+        return memory
+
+    def on_redis(config: StoreConfig) -> Backend:
+        writer = RedisStateWriter(redis.Redis.from_url(settings.url), settings.keys, config)
+
+        @contextlib.asynccontextmanager
+        async def reading() -> AsyncIterator[StateReader]:
+            client = aioredis.Redis.from_url(settings.url, decode_responses=True)
+            try:
+                yield RedisStateReader(client, settings.keys)
+            finally:
+                await client.aclose()
+
+        return Backend(name, writer, reading)
+
+    return on_redis
+
+
+@pytest.fixture(params=BACKENDS)
+def make(request: pytest.FixtureRequest, redis_settings: RedisSettings) -> Factory:
+    return _factory(request.param, redis_settings)
+
+
+def click(user: str, item: str, ts: int, session: str | None = None) -> ClickEvent:
+    return ClickEvent(user, item, ts, session_id=session)
+
+
+# -- writer: histories --------------------------------------------------------------------
+def test_history_is_pushed_newest_first_and_trimmed(make: Factory) -> None:
+    b = make(StoreConfig(rules=SessionRules(pair_window=2, history_len=3)))
+    b.apply(click("u", "a", T0), click("u", "b", T0 + 1))
+    b.apply(click("u", "c", T0 + 2), click("u", "d", T0 + 3), click("v", "x", T0 + 4))
+    hist = b.writer.dump()["hist"]
+    # The snapshot reads only pair_window (2) entries, yet the list keeps its cap (3).
+    assert hist["u"] == [Entry(T0 + 3, "d"), Entry(T0 + 2, "c"), Entry(T0 + 1, "b")]
+    assert hist["v"] == [Entry(T0 + 4, "x")]
+    assert b.writer.snapshot(TOPIC, [0], ["u", "nobody"]).histories == {
+        "u": [Entry(T0 + 3, "d"), Entry(T0 + 2, "c")]
+    }
+
+
+def test_history_entries_keep_their_session_id(make: Factory) -> None:
+    b = make(StoreConfig())
+    b.apply(click("u", "a", T0, "s1"), click("u", "b", T0 + 1))
+    assert b.writer.dump()["hist"]["u"] == [Entry(T0 + 1, "b"), Entry(T0, "a", "s1")]
+
+
+def test_history_gets_the_idle_ttl_and_expires(make: Factory) -> None:
+    b = make(StoreConfig(idle_ttl_s=100))
+    b.apply(click("u", "a", T0))
+    ttl = b.writer.history_ttl("u")
+    assert ttl is not None and 90 <= ttl <= 100
+    assert b.writer.history_ttl("nobody") is None
+    short = make(StoreConfig(idle_ttl_s=1))
+    short.apply(click("w", "a", T0))
+    deadline = time.monotonic() + 5
+    while short.writer.dump()["hist"].get("w"):
+        assert time.monotonic() < deadline, "the history never expired"
+        time.sleep(0.05)
+    assert short.user("w").history == []
+
+
+# -- writer: co-occurrence ------------------------------------------------------------------
+def test_pair_counts_follow_the_rules(make: Factory) -> None:
+    rules = SessionRules(gap_ms=30 * MIN, pair_window=3, forward_weight=2)
+    b = make(StoreConfig(rules=rules))
+    # a, b, c in one session, then d an hour later (a new session: no pairs).
+    b.apply(click("u", "a", T0), click("u", "b", T0 + MIN), click("u", "c", T0 + 2 * MIN))
+    b.apply(click("u", "d", T0 + 62 * MIN))
+    co = b.writer.dump()["co"]
+    # Linear weights: the newest partner counts pair_window (3), the next 2; a
+    # row holds what followed its item twice (forward_weight) and what came before once.
+    assert co == {
+        "a": {"b": 6.0, "c": 4.0},
+        "b": {"a": 3.0, "c": 6.0},
+        "c": {"b": 3.0, "a": 2.0},
+    }
+
+
+def test_rows_are_pruned_to_top_m_lowest_member_first_on_ties(make: Factory) -> None:
+    b = make(StoreConfig(rules=FLAT, co_top_m=1))
+    # Row a: x 2, y 2, z 1. Redis drops the lowest (count, member) first: z, then x.
+    b.apply(*(click("u", item, T0 + k) for k, item in enumerate("axayaz")))
+    assert b.writer.dump()["co"]["a"] == {"y": 2.0}
+
+
+def test_pruning_runs_after_each_write(make: Factory) -> None:
+    b = make(StoreConfig(rules=FLAT, co_top_m=2))
+    b.apply(*(click("u", item, T0 + k) for k, item in enumerate("axaxay")))  # a: x 4, y 1
+    b.apply(click("u", "z", T0 + 10), click("u", "a", T0 + 11))  # a: z 1 arrives
+    # x 4, then y 1 and z 1 tie for the last place: y < z, so y goes.
+    assert b.writer.dump()["co"]["a"] == {"x": 4.0, "z": 1.0}
+
+
+# -- writer: popularity, trending, meta ---------------------------------------------------------
+def test_popularity_counts_and_prunes_to_pop_max(make: Factory) -> None:
+    b = make(StoreConfig(rules=FLAT, pop_max=2))
+    b.apply(*(click(f"u{k}", item, T0 + k) for k, item in enumerate("ppqqqr")))
+    state = b.writer.dump()
+    # r (1) goes; p and q stay. Trending is bounded by pop_max too.
+    assert state["pop"] == {"q": 3.0, "p": 2.0}
+    assert set(state["trend"]) == {"q", "p"}
+
+
+def test_trending_is_forward_decayed_against_the_landmark(make: Factory) -> None:
+    hl = 1000
+    b = make(StoreConfig(half_life_ms=hl))
+    b.apply(click("u", "a", 10**12), click("v", "b", 10**12 + hl))
+    state = b.writer.dump()
+    # The first batch's largest ts is the landmark: a counts 2**-1, b 2**0.
+    assert state["meta"]["trend_ref"] == 10**12 + hl
+    assert state["meta"]["half_life_ms"] == hl
+    assert state["trend"] == {"a": 0.5, "b": 1.0}
+    b.apply(click("w", "a", 10**12 + 3 * hl))
+    assert b.writer.dump()["trend"] == {"a": 0.5 + 4.0, "b": 1.0}
+
+
+def test_trending_landmark_moves_and_rescales_far_ahead(make: Factory) -> None:
+    hl = 1000
+    b = make(StoreConfig(half_life_ms=hl))
+    b.apply(click("u", "old", 10**12))
+    b.apply(click("v", "new", 10**12 + 600 * hl), partition=1)  # > 512 half-lives ahead
+    state = b.writer.dump()
+    assert state["meta"]["trend_ref"] == 10**12 + 600 * hl
+    assert state["trend"]["new"] == pytest.approx(1.0)
+    assert state["trend"]["old"] == pytest.approx(2.0**-600)
+
+
+def test_clock_is_the_largest_event_time_seen(make: Factory) -> None:
+    b = make(StoreConfig())
+    b.apply(click("u", "a", T0 + 50))
+    b.apply(click("v", "b", T0 + 10), partition=1)  # older: the clock stays
+    assert b.writer.dump()["meta"]["clock"] == T0 + 50
+
+
+def test_stats_count_events_pairings_and_dead_letters(make: Factory) -> None:
+    b = make(StoreConfig(rules=FLAT))
+    batch = PartitionBatch(
+        0,
+        0,
+        4,
+        [(1, click("u", "a", T0)), (3, click("u", "b", T0 + 1))],
+        [(0, InvalidEvent("not_json")), (2, InvalidEvent("not_json"))],
+    )
+    result = b.writer.apply(TOPIC, [batch])
+    assert (result.applied_events, result.rejected) == (2, 2)
+    assert b.writer.dump()["stats"] == {"events": 2, "pairs": 1, "dlq:not_json": 2}
+    assert b.writer.dump()["offsets"] == {f"{TOPIC}:0": 4}
+
+
+def test_a_poll_of_dead_letters_only_advances_the_offset(make: Factory) -> None:
+    b = make(StoreConfig())
+    b.apply(click("u", "a", T0))
+    before = b.writer.dump()
+    b.writer.apply(TOPIC, [PartitionBatch(0, 1, 2, [], [(1, InvalidEvent("oversized"))])])
+    after = b.writer.dump()
+    assert after["offsets"] == {f"{TOPIC}:0": 2}
+    assert after["stats"] == {**before["stats"], "dlq:oversized": 1}
+    assert {k: v for k, v in after.items() if k not in ("offsets", "stats")} == {
+        k: v for k, v in before.items() if k not in ("offsets", "stats")
+    }
+
+
+# -- writer: offsets and the compare-and-set ------------------------------------------------------
+def test_offsets_are_stored_per_partition(make: Factory) -> None:
+    b = make(StoreConfig())
+    b.apply(click("u", "a", T0), click("u", "b", T0 + 1), partition=0)
+    b.apply(click("v", "c", T0 + 2), partition=3)
+    assert b.writer.stored_offsets(TOPIC, [0, 1, 3]) == {0: 2, 1: None, 3: 1}
+    assert b.writer.stored_offsets("other", [0]) == {0: None}
+    assert b.writer.stored_offsets(TOPIC, []) == {}
+
+
+def test_redelivery_is_skipped_and_an_overlap_applies_only_its_tail(make: Factory) -> None:
+    b = make(StoreConfig())
+    recs = [(o, click("u", f"i{o % 4}", T0 + o)) for o in range(10)]
+    b.writer.apply(TOPIC, [PartitionBatch(0, 0, 6, recs[:6])])
+    once = b.writer.dump()
+    again = b.writer.apply(TOPIC, [PartitionBatch(0, 0, 6, recs[:6])])
+    assert (again.applied_events, again.skipped_events) == (0, 6)
+    assert b.writer.dump() == once
+    tail = b.writer.apply(TOPIC, [PartitionBatch(0, 3, 10, recs[3:])])
+    assert (tail.applied_events, tail.skipped_events) == (4, 3)
+    assert b.writer.dump()["stats"]["events"] == 10
+    assert b.writer.dump()["pop"] == {"i0": 3.0, "i1": 3.0, "i2": 2.0, "i3": 2.0}
+
+
+def _write(offset: int | None, landmark: Landmark, item: str = "x") -> PartitionWrite:
+    delta = StateDelta()
+    delta.pop[item] = 1
+    delta.events = 1
+    delta.max_ts = T0
+    return PartitionWrite(TOPIC, 0, offset, (offset or 0) + 1, landmark, delta)
+
+
+def test_a_write_whose_offset_moved_changes_nothing(make: Factory) -> None:
+    b = make(StoreConfig())
+    b.apply(click("u", "a", T0))  # stored offset 1, landmark T0
+    before = b.writer.dump()
+    assert b.writer.write([_write(0, Landmark(T0, T0))]) == [False]  # stale: expects 0
+    assert b.writer.write([_write(None, Landmark(T0, T0))]) == [False]  # expects none
+    assert b.writer.dump() == before
+    assert b.writer.write([_write(1, Landmark(T0, T0))]) == [True]
+    assert b.writer.dump()["pop"]["x"] == 1.0
+
+
+def test_a_write_whose_landmark_moved_changes_nothing(make: Factory) -> None:
+    b = make(StoreConfig())
+    b.apply(click("u", "a", T0))
+    before = b.writer.dump()
+    # Computed against another landmark, moving to a third: refused.
+    assert b.writer.write([_write(1, Landmark(T0 - 5, T0 + 5))]) == [False]
+    assert b.writer.dump() == before
+    # Moving to the landmark already stored is fine (a sibling partition moved it).
+    assert b.writer.write([_write(1, Landmark(T0 - 5, T0))]) == [True]
+
+
+def test_two_writers_of_one_partition_apply_a_poll_once(make: Factory) -> None:
+    """A rebalance race: the second owner's snapshot is stale, its write recomputes."""
+    b = make(StoreConfig())
+    recs = [(o, click("u", f"i{o}", T0 + o)) for o in range(5)]
+    first = b.writer.apply(TOPIC, [PartitionBatch(0, 0, 5, recs)])
+    second = b.writer.apply(TOPIC, [PartitionBatch(0, 0, 5, recs)])
+    assert (first.applied_events, second.applied_events) == (5, 0)
+    assert b.writer.dump()["stats"]["events"] == 5
+
+
+# -- reader ---------------------------------------------------------------------------------------
+def test_reader_returns_history_sources_rows_trending_and_popularity(make: Factory) -> None:
+    b = make(StoreConfig(rules=FLAT))
+    # u: a x a y a z -> row a = {x 2, y 2, z 1}; then w clicks q twice.
+    b.apply(*(click("u", item, T0 + k) for k, item in enumerate("axayaz")))
+    b.apply(click("w", "q", T0 + 10), click("w2", "q", T0 + 10))
+    spec = ReadSpec(history_len=4, n_sources=2, per_item=2, n_trend=3)
+    state = b.user("u", spec)
+    assert state.history == [(T0 + 5, "z"), (T0 + 4, "a"), (T0 + 3, "y"), (T0 + 2, "a")]
+    assert state.sources == ["z", "a"]
+    # Equal counts come back member descending (ZREVRANGE): y before x.
+    assert state.co == {"z": [("a", 1.0)], "a": [("y", 2.0), ("x", 2.0)]}
+    # Trending (a year's half-life: seconds barely decay): a (3 clicks), q (2), then
+    # z, the newest of the single clicks.
+    assert [item for item, _ in state.trending] == ["a", "q", "z"]
+    assert state.pop == {"a": 3.0, "y": 1.0, "x": 1.0}
+    assert state.skipped == 0
+
+
+def test_reader_orders_equal_trending_scores_member_descending(make: Factory) -> None:
+    b = make(StoreConfig())
+    b.apply(*(click(f"u{i}", item, T0) for i, item in enumerate(["b", "c", "a"])))
+    assert [i for i, _ in b.user("nobody", ReadSpec(n_trend=2)).trending] == ["c", "b"]
+    assert b.read(lambda r: r.hot_items(3)) == ["c", "b", "a"]
+
+
+def test_reader_pop_leaves_out_members_the_pop_set_dropped(make: Factory) -> None:
+    b = make(StoreConfig(rules=FLAT, pop_max=1))
+    b.apply(*(click("u", item, T0 + k) for k, item in enumerate("abab")))  # pop: a 2, b 2
+    # pop_max 1 keeps b (a < b on the tie); row b = {a: 3}, and a is not in the pop set.
+    state = b.user("u", ReadSpec(n_sources=1))
+    assert state.sources == ["b"] and state.co == {"b": [("a", 3.0)]}
+    assert state.pop == {}
+
+
+def test_reader_popularity_head_and_bounds(make: Factory) -> None:
+    b = make(StoreConfig())
+    b.apply(*(click(f"u{k}", item, T0 + k) for k, item in enumerate("ppqqqr")))
+    assert b.read(lambda r: r.popular(2)) == [("q", 3.0), ("p", 2.0)]
+    assert b.read(lambda r: r.popular(0)) == []
+    assert b.read(lambda r: r.hot_items(0)) == []
+    assert b.read(lambda r: r.ping()) is True
+    assert b.user("u0", ReadSpec(history_len=1, n_sources=1, per_item=0, n_trend=0)) == UserState(
+        history=[(T0, "p")], sources=["p"], co={"p": []}, trending=[], pop={}
+    )
+
+
+def test_reader_of_an_unknown_user_and_an_empty_state(make: Factory) -> None:
+    b = make(StoreConfig())
+    assert b.user("nobody") == UserState(history=[], sources=[], co={}, trending=[], pop={})
+    assert b.read(lambda r: r.popular(5)) == []
+
+
+# -- the twins, held equal on random streams ---------------------------------------------------
+def random_polls(seed: int, n: int = 400) -> list[list[PartitionBatch]]:
+    rnd = random.Random(seed)
+    users = [f"u{i}" for i in range(8)]
+    items = [f"i{i}" for i in range(25)]
+    t = T0
+    per_part: dict[int, list[tuple[int, ClickEvent]]] = {0: [], 1: [], 2: []}
+    for _ in range(n):
+        # Mostly seconds apart, sometimes hours (new sessions), sometimes far ahead.
+        t += rnd.choice([1_000, 5_000, 60_000, 3_600_000, 40 * 24 * 3_600_000])
+        user = rnd.choice(users)
+        item = items[min(int(rnd.paretovariate(1.2)) - 1, len(items) - 1)]
+        part = int(user[1:]) % 3
+        session = rnd.choice([None, None, "s1", "s2"])
+        per_part[part].append((len(per_part[part]), click(user, item, t, session)))
+    polls: list[list[PartitionBatch]] = []
+    cursor = dict.fromkeys(per_part, 0)
+    while any(cursor[p] < len(recs) for p, recs in per_part.items()):
+        poll = []
+        for p, recs in per_part.items():
+            size = rnd.randint(0, 30)
+            chunk = recs[cursor[p] : cursor[p] + size]
+            if chunk:
+                poll.append(PartitionBatch(p, chunk[0][0], chunk[-1][0] + 1, chunk))
+                cursor[p] += len(chunk)
+        polls.append(poll)
+    return polls
+
+
+def _close(a: dict[str, float], b: dict[str, float]) -> None:
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        assert b[key] == pytest.approx(value, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_backends_hold_and_read_the_same_state(redis_settings: RedisSettings, seed: int) -> None:
+    config = StoreConfig(
+        rules=SessionRules(pair_window=4, history_len=7),
+        co_top_m=4,
+        pop_max=12,
+        half_life_ms=24 * 3_600_000,  # the 40-day jumps force landmark rescales
+    )
+    backends = [_factory(name, redis_settings)(config) for name in BACKENDS]
+    for poll in random_polls(seed):
+        results = [b.writer.apply(TOPIC, poll) for b in backends]
+        assert results[0] == results[1]
+    dumps = [b.writer.dump() for b in backends]
+    for key in ("hist", "co", "pop", "meta", "offsets", "stats"):
+        assert dumps[0][key] == dumps[1][key], key
+    _close(dumps[0]["trend"], dumps[1]["trend"])
+    spec = ReadSpec(history_len=5, n_sources=3, per_item=3, n_trend=6)
+    for user in [f"u{i}" for i in range(8)] + ["nobody"]:
+        redis_read, memory_read = (b.user(user, spec) for b in backends)
+        assert redis_read.history == memory_read.history
+        assert redis_read.sources == memory_read.sources
+        assert redis_read.co == memory_read.co
+        assert redis_read.pop == memory_read.pop
+        assert [i for i, _ in redis_read.trending] == [i for i, _ in memory_read.trending]
+    heads: list[Any] = [b.read(lambda r: r.popular(20)) for b in backends]
+    assert heads[0] == heads[1]
+
+
+def test_random_polls_cover_what_they_should() -> None:
+    """The twin test is only as good as its streams: rescales, prunes and sessions happen."""
+    config = StoreConfig(rules=SessionRules(pair_window=4), half_life_ms=24 * 3_600_000)
+    unpruned = MemoryState(config.model_copy(update={"co_top_m": 10**6}))
+    landmarks = set()
+    for poll in random_polls(1):
+        unpruned.apply(TOPIC, poll)
+        landmarks.add(unpruned.meta["trend_ref"])
+    assert len(landmarks) >= 3  # the landmark moved (and rescaled) more than once
+    assert max(len(row) for row in unpruned.co.values()) > 4  # co_top_m=4 prunes
+    sessions = {e.session_id for poll in random_polls(1) for b in poll for _, e in b.events}
+    assert sessions == {None, "s1", "s2"}
