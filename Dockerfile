@@ -7,6 +7,7 @@ COPY producer producer
 COPY consumer consumer
 COPY serving serving
 COPY offline offline
+COPY evaluation evaluation
 COPY streamrec streamrec
 RUN pip install --no-cache-dir .
 ENV STREAMREC_ARTIFACTS_DIR=/artifacts STREAMREC_DATA_DIR=/data

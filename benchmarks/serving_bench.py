@@ -5,7 +5,7 @@ round trip (the same Lua script, arguments and reply parsing) and returns a tiny
 body without scoring; the ratio recommendations/baseline is what the scoring,
 the embedding neighbours and the response cost. GET /health (one PING) is shown
 as the framework's floor. Absolute rates drift with the machine; the ratio is
-the figure to compare (DESIGN.md).
+the figure to compare.
 
 Setup: an isolated live stack (streamrec.local.harness.LiveRun), the index built from
 the dataset, every event replayed and applied, so the lookups read real state.

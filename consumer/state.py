@@ -182,7 +182,7 @@ class StateWriter(abc.ABC):
     @abc.abstractmethod
     def dump(self) -> dict[str, Any]:
         """Everything as plain data: ``hist``, ``co``, ``pop``, ``trend``, ``meta``,
-        ``offsets`` and ``stats`` (see ``consumer.store.RedisState.dump`` for the shapes)."""
+        ``offsets`` and ``stats`` (see ``consumer.store.RedisStateWriter.dump`` for the shapes)."""
 
     def apply(self, topic: str, batches: Sequence[PartitionBatch]) -> ApplyResult:
         """Apply partition batches exactly once each; safe to call again after any failure."""

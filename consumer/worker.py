@@ -1,10 +1,10 @@
 """The consumer-group worker: poll, batch, dead-letter, apply, commit; rebalance; shutdown.
 
 Redis is the source of truth for progress: every partition batch is applied
-with its offset in one script (see store.py), and on assignment the worker seeks
-each partition to the offset Redis holds. Kafka's committed offsets are kept in
-step for tooling (lag), but a lost Kafka commit costs nothing but a redelivery
-that the store skips.
+with its offset in one atomic write (consumer/state.py, consumer/store.py), and
+on assignment the worker seeks each partition to the offset Redis holds.
+Kafka's committed offsets are kept in step for tooling (lag), but a lost Kafka
+commit costs nothing but a redelivery that the store skips.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ Callers catch at the level they can act on::
     └── ServiceUnavailable         Redis or the broker cannot be reached (exit 5)
         retriable = True           the loop may wait and try again
 
-Every error carries ``retriable``: the worker loop decides retry versus skip from
-data rather than by guessing from the exception type (the aiokafka habit).
+Every error carries ``retriable``: the consumer's loop decides retry versus give
+up from it (``consumer.worker.retriable``), not from a list of exception types.
 """
 
 from __future__ import annotations

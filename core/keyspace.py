@@ -9,9 +9,9 @@ several deployments or tests can share one server without touching each other.
 | {ns}:co:{item}       | ZSET   | neighbour -> co-count, top ``co_top_m``  | none       | consumer   | serving |
 | {ns}:pop             | ZSET   | item -> total events, top ``pop_max``    | none       | consumer   | serving |
 | {ns}:trend           | ZSET   | item -> forward-decayed score, top ``pop_max`` | none | consumer   | serving |
-| {ns}:meta            | HASH   | trend_ref, clock (event-time ms)         | none       | consumer   | consumer, serving |
+| {ns}:meta            | HASH   | trend_ref, half_life_ms, clock (event-time ms) | none | consumer   | consumer, tools |
 | {ns}:offsets         | HASH   | "{topic}:{partition}" -> next offset to apply | none  | consumer   | consumer |
-| {ns}:stats           | HASH   | counters: events, pairs, dlq:{reason}    | none       | consumer   | serving, cli |
+| {ns}:stats           | HASH   | counters: events, pairs, dlq:{reason}    | none       | consumer   | harness, tools |
 
 History entries are JSON arrays ``[ts_ms, item_id, session_id_or_null]``.
 
@@ -25,8 +25,10 @@ the consumer moves ``trend_ref`` forward and rescales the set in the same
 transaction. The decayed count "as of" the stream clock is
 ``score * 2 ** ((trend_ref - clock) / half_life)``.
 
-Single-node Redis only: a batch touches many keys atomically (MULTI/EXEC), which
-Redis Cluster allows only within one hash slot.
+Single-node Redis only: a batch's script touches many keys atomically, and its
+history and co-occurrence keys are built inside the scripts, which Redis Cluster
+allows only within one hash slot. What a backend must do with these keys is
+the state contract (consumer/state.py for writes, serving/reader.py for reads).
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from evaluation.memory import MemoryState
 from evaluation.metrics import KS, MethodResult, SessionSplit
 from offline.embeddings import build_embeddings
 from offline.index import ItemIndex
+from offline.job import OfflineSettings
 from serving.blend import BlendConfig, Candidates, Scored, blend
 from serving.reader import ReadSpec
 from serving.settings import ServingSettings
@@ -80,6 +81,7 @@ class EvalSetup:
 
     consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
     serving: ServingSettings = field(default_factory=ServingSettings)
+    offline: OfflineSettings = field(default_factory=OfflineSettings)
     # Items asked for per prediction: the largest k measured. It also sets the
     # trending head read (ServingSettings.read_spec), as it would on the server.
     request_k: int = max(KS)
@@ -126,6 +128,7 @@ class EvalSetup:
                 "request_k": self.request_k,
             },
             "reindex_every": self.reindex_every,
+            "dim": self.offline.dim,
         }
 
 
@@ -230,14 +233,14 @@ def prequential(
     )
 
 
-def build_item_index(df: pd.DataFrame, before_ts: int, dim: int = 64, seed: int = 0) -> ItemIndex:
+def build_item_index(df: pd.DataFrame, before_ts: int, settings: OfflineSettings) -> ItemIndex:
     """The offline job's embeddings from events strictly before ``before_ts`` (no peeking)."""
     part = df[df["ts"] < before_ts]
-    item_ids, vectors = build_embeddings(part, dim=dim, seed=seed)
+    item_ids, vectors = build_embeddings(part, dim=settings.dim, seed=settings.seed)
     return ItemIndex.from_vectors(
         item_ids,
         vectors,
-        params={"dim": dim, "seed": seed, "interactions": len(part)},
+        params={"dim": settings.dim, "seed": settings.seed, "interactions": len(part)},
         before_ts=before_ts,
     )
 
@@ -251,13 +254,13 @@ def split_points(n: int, valid: float, test: float) -> tuple[int, int]:
     return valid_start, test_start
 
 
-def index_builder_for(df: pd.DataFrame, dim: int = 64) -> IndexBuilder:
+def index_builder_for(df: pd.DataFrame, settings: OfflineSettings) -> IndexBuilder:
     """Builds from ``df`` rows before a time; memoised per cut-off time."""
     cache: dict[int, ItemIndex] = {}
 
     def build(before_ts: int) -> ItemIndex:
         if before_ts not in cache:
-            cache[before_ts] = build_item_index(df, before_ts, dim=dim)
+            cache[before_ts] = build_item_index(df, before_ts, settings)
         return cache[before_ts]
 
     return build

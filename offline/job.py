@@ -37,19 +37,21 @@ class OfflineSettings(ServiceSettings):
 def build_index(
     df: pd.DataFrame,
     artifacts_dir: Path,
+    settings: OfflineSettings | None = None,
     *,
-    dim: int = 64,
-    seed: int = 0,
     before_ts: int | None = None,
     titles: Mapping[str, str] | None = None,
     source: str = "",
-    keep: int = 3,
 ) -> ItemIndex:
     """Embed the interactions, index them and publish the index as the current version.
 
-    ``before_ts`` (epoch ms) keeps only events with ``ts < before_ts``, so an
-    evaluation that predicts events from that time on never trains on them.
+    ``settings`` (default: from the environment) gives the dimension, the seed
+    and how many versions to keep. ``before_ts`` (epoch ms) keeps only events
+    with ``ts < before_ts``, so an evaluation that predicts events from that
+    time on never trains on them.
     """
+    cfg = settings if settings is not None else OfflineSettings()
+    dim, seed = cfg.dim, cfg.seed
     started = time.perf_counter()
     if before_ts is not None:
         if "ts" not in df.columns:
@@ -74,7 +76,7 @@ def build_index(
         source=source,
         before_ts=before_ts,
     )
-    version_dir = publish(index, artifacts_dir, keep=keep)
+    version_dir = publish(index, artifacts_dir, keep=cfg.keep_versions)
     log.info(
         "published index %s: %d items, dim %d, %.2f s, at %s",
         index.version,

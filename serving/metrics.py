@@ -1,7 +1,7 @@
 """In-process counters behind GET /metrics.
 
 Plain counters on the app state rather than a metrics library: the service is
-one process per worker, and a JSON snapshot is all the brief asks for. Updates
+one process per worker, and each worker answers with its own JSON snapshot. Updates
 run on the event loop thread only, so no locking is needed.
 """
 

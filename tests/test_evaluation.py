@@ -27,6 +27,7 @@ from evaluation.prequential import (
     split_points,
 )
 from evaluation.tune import Candidate, default_grid
+from offline.job import OfflineSettings
 from producer.movielens import load_ratings, to_events
 from serving.blend import BlendConfig
 from serving.reader import ReadSpec, UserState
@@ -145,7 +146,11 @@ def _slice_run(movielens_dir: Path, limit: int) -> dict[str, Any]:
         test_start,
         len(events),
         default_methods(BlendConfig()),
-        EvalSetup(index_builder=index_builder_for(df, dim=32), catalog=catalog_size(df)),
+        EvalSetup(
+            offline=(offline := OfflineSettings(dim=32)),
+            index_builder=index_builder_for(df, offline),
+            catalog=catalog_size(df),
+        ),
     )
     return run.methods
 
@@ -174,7 +179,7 @@ def test_full_run_clears_the_bar(movielens_dir: Path) -> None:
     _, test_start = split_points(len(events), 0.1, 0.2)
     setup = EvalSetup(
         consumer=ConsumerSettings(),
-        index_builder=index_builder_for(df),
+        index_builder=index_builder_for(df, OfflineSettings()),
         catalog=catalog_size(df),
     )
     run = prequential(events, test_start, len(events), default_methods(BlendConfig()), setup)
@@ -196,8 +201,7 @@ def test_live_stack_agrees_with_in_process(movielens_dir: Path) -> None:
         events,
         range(start, len(events)),
         default_methods(BlendConfig()),
-        EvalSetup(catalog=catalog_size(df)),
-        dim=32,
+        EvalSetup(offline=OfflineSettings(dim=32), catalog=catalog_size(df)),
     )
     assert out["live"]["predictions"] == 1000
     assert out["agreement"]["relative_difference"]["hr@10"] <= 0.02

@@ -140,7 +140,7 @@ def test_split_keeps_time_order() -> None:
 
 def test_summary_tells_shedding_from_server_failures() -> None:
     from streamrec.loadtest.http import Record
-    from streamrec.loadtest.report import summarise
+    from streamrec.loadtest.report import Observed, Phase, summarise
 
     records = [
         Record(0.0, 5.0, 200, "a", ["y"]),
@@ -148,7 +148,7 @@ def test_summary_tells_shedding_from_server_failures() -> None:
         Record(0.2, 9.0, 500, "b"),  # a failure
         Record(0.3, 2000.0, 0, "b"),  # timed out
     ]
-    s = summarise(records, [], [], NextClicks(timeline()), duration_s=1.0, k=10, config={})
+    s = summarise(Observed(records, [], [], NextClicks(timeline())), Phase(duration_s=1.0, k=10))
     req = s["requests"]
     assert (req["ok"], req["errors"], req["server_errors_5xx"], req["server_failures"]) == (
         1,

@@ -13,6 +13,7 @@ from core.errors import DatasetError, IndexNotFound
 from offline import (
     ItemIndex,
     Manifest,
+    OfflineSettings,
     build_embeddings,
     build_index,
     current_version,
@@ -283,7 +284,11 @@ def test_build_index_excludes_events_at_or_after_before_ts(
         }
     ).astype({"ts": "int64", "rating": "float32"})
     index = build_index(
-        pd.concat([df, late], ignore_index=True), tmp_path, dim=4, before_ts=cut, source="mem"
+        pd.concat([df, late], ignore_index=True),
+        tmp_path,
+        OfflineSettings(dim=4),
+        before_ts=cut,
+        source="mem",
     )
     assert "late" not in index and "at-cut" not in index
     assert len(index) == df["item_id"].nunique()
@@ -291,7 +296,7 @@ def test_build_index_excludes_events_at_or_after_before_ts(
     assert index.manifest.params["interactions"] == len(df)
     assert current_version(tmp_path) == index.version
 
-    everything = build_index(pd.concat([df, late]), tmp_path / "all", dim=4)
+    everything = build_index(pd.concat([df, late]), tmp_path / "all", OfflineSettings(dim=4))
     assert "late" in everything and "at-cut" in everything
 
 

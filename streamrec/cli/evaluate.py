@@ -21,6 +21,7 @@ from evaluation.prequential import (
 )
 from evaluation.report import write_report
 from evaluation.tune import default_grid, tune
+from offline.job import OfflineSettings
 from producer.movielens import load_ratings, to_events
 from serving.settings import ServingSettings
 from streamrec.cli.options import add_dataset_args, resolve_dataset_arg
@@ -54,7 +55,9 @@ def register(sub: Any) -> None:
         default=0,
         help="rebuild the embedding index every N test events from the events before (0: never)",
     )
-    p.add_argument("--dim", type=int, default=64, help="embedding dimension (default: %(default)s)")
+    p.add_argument(
+        "--dim", type=int, help="embedding dimension (default: STREAMREC_OFFLINE_DIM or 64)"
+    )
     p.add_argument(
         "--live",
         action="store_true",
@@ -81,10 +84,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # The shipped (or environment-given) consumer and serving settings. Serving
     # excludes only the history it reads; the protocol excludes every item the
     # user rated, which the loop does from its own record.
+    offline = OfflineSettings()
+    if args.dim:
+        offline = offline.model_copy(update={"dim": args.dim})
     setup = EvalSetup(
         consumer=ConsumerSettings(),
         serving=ServingSettings(),
-        index_builder=index_builder_for(df, dim=args.dim),
+        offline=offline,
+        index_builder=index_builder_for(df, offline),
         reindex_every=args.reindex_every,
         catalog=catalog_size(df),
     )
@@ -123,11 +130,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "index_builds": test.index_builds,
         "methods": test.methods,
     }
-    result["settings"] = {**setup.describe(), "dim": args.dim}
+    result["settings"] = setup.describe()
 
     if args.live:
         span = range(test_start, min(len(events), test_start + args.live_events))
-        result.update(live_compare(df, events, span, methods, setup, dim=args.dim))
+        result.update(live_compare(df, events, span, methods, setup))
 
     paths = write_report(result, args.out)
     for name, block in (("validation", result.get("validation")), ("test", result["test"])):

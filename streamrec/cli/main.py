@@ -49,17 +49,17 @@ def cmd_build_index(args: argparse.Namespace) -> int:
     from producer.movielens import load_ratings, load_titles
 
     settings = OfflineSettings()
+    if args.dim:
+        settings = settings.model_copy(update={"dim": args.dim})
     data = resolve_dataset_arg(args)
     df = load_ratings(args.path or data, limit=args.limit)
     index = build_index(
         df,
         args.artifacts_dir or PathSettings().artifacts_dir,
-        dim=args.dim or settings.dim,
-        seed=settings.seed,
+        settings,
         before_ts=args.before_ts,
         titles=load_titles(data),
         source=str(args.path or data),
-        keep=settings.keep_versions,
     )
     m = index.manifest
     print(f"index {m.version}: {m.item_count} items x {m.dim} dims ({m.method}) from {m.source}")

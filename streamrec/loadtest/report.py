@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +26,33 @@ from streamrec.loadtest.stats import (
 PLOTS = ("latency_over_time.png", "latency_histogram.png", "lag_over_time.png")
 
 
+@dataclass(frozen=True)
+class Observed:
+    """What one measured phase recorded."""
+
+    records: Sequence[Record]  # every lookup
+    fresh: Sequence[FreshnessSample]  # freshness probes
+    lag: Sequence[LagSample]  # consumer lag over time
+    next_clicks: NextClicks  # the replayed clicks, for the online hit rates
+
+
+@dataclass(frozen=True)
+class Phase:
+    """How the phase was run: its length, the page size, the session rule, its config."""
+
+    duration_s: float
+    k: int
+    config: dict[str, Any] = field(default_factory=dict)
+    session_gap_ms: int | None = None
+
+
 def summarise(
-    records: Sequence[Record],
-    fresh: Sequence[FreshnessSample],
-    lag: Sequence[LagSample],
-    next_clicks: NextClicks,
-    *,
-    duration_s: float,
-    k: int,
-    config: dict[str, Any],
-    extra: dict[str, Any] | None = None,
-    session_gap_ms: int | None = None,
+    observed: Observed, phase: Phase, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Everything the report shows, as plain JSON values."""
+    records, fresh, lag = observed.records, observed.fresh, observed.lag
+    next_clicks, k, session_gap_ms = observed.next_clicks, phase.k, phase.session_gap_ms
+    duration_s, config = phase.duration_s, phase.config
     n = len(records)
     ok = [r for r in records if r.status == 200]
     statuses: dict[str, int] = {}

@@ -34,6 +34,8 @@ from producer.replay import Pacing
 from streamrec.loadtest.http import LoadPlan, LoadProcess
 from streamrec.loadtest.probes import Counter, FreshnessProber, LagSample, sample_lag
 from streamrec.loadtest.report import (
+    Observed,
+    Phase,
     summarise,
     summary_lines,
     write_json,
@@ -190,14 +192,8 @@ def run_loadtest(opts: LoadTestOptions) -> dict[str, Any]:
         "consumer_env": opts.consumer_env,
     }
     summary = summarise(
-        records,
-        fresh.samples,
-        lag,
-        NextClicks(timeline),
-        duration_s=opts.duration_s,
-        k=opts.k,
-        config=config,
-        session_gap_ms=_session_gap_ms(opts.consumer_env),
+        Observed(records, fresh.samples, lag, NextClicks(timeline)),
+        Phase(opts.duration_s, opts.k, config, _session_gap_ms(opts.consumer_env)),
         extra={
             "events_sent": sent.value,
             "events_rate": sent.value / opts.duration_s,

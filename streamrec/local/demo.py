@@ -89,15 +89,22 @@ def run_demo(opts: DemoOptions) -> int:
                     errors += int(r.status_code != 200)
         assert run.client is not None
         raw_history: list[str] = run.client.lrange(run.redis.keys.hist(user), 0, 4)  # type: ignore[assignment]
-        summary = {
-            "index": f"{index.manifest.version} ({index.manifest.item_count:,} items)",
-            "sent": sent.sent,
-            "applied": run.applied(),
-            "replay_rate": sent.rate,
-            "end_to_end_rate": sent.sent / total_s,
-        }
-        history = [Entry.decode(x).item for x in raw_history]
-        _print_summary(summary, user, history, titles, recs, cold, latency_summary(lat), errors)
+        _print_summary(
+            DemoSummary(
+                index=f"{index.manifest.version} ({index.manifest.item_count:,} items)",
+                sent=sent.sent,
+                applied=run.applied(),
+                replay_rate=sent.rate,
+                end_to_end_rate=sent.sent / total_s,
+                user=user,
+                history=[Entry.decode(x).item for x in raw_history],
+                recs=recs,
+                cold=cold,
+                latency=latency_summary(lat),
+                errors=errors,
+            ),
+            titles,
+        )
         if opts.keep_running:
             print(
                 f"\nleft running: API {api}, Redis namespace {run.redis.namespace}, "
@@ -112,34 +119,43 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f} ms"
 
 
-def _print_summary(
-    s: dict[str, Any],
-    user: str,
-    history: list[str],
-    titles: dict[str, str],
-    recs: dict[str, Any],
-    cold: dict[str, Any],
-    lat: dict[str, float | None],
-    errors: int,
-) -> None:
+@dataclass(frozen=True)
+class DemoSummary:
+    """What the demo measured and showed, for the printed summary."""
+
+    index: str
+    sent: int
+    applied: int
+    replay_rate: float
+    end_to_end_rate: float
+    user: str
+    history: list[str]  # the user's newest items
+    recs: dict[str, Any]  # the API's answer for the user
+    cold: dict[str, Any]  # ... and for a user never seen
+    latency: dict[str, float | None]
+    errors: int
+
+
+def _print_summary(s: DemoSummary, titles: dict[str, str]) -> None:
+    lat = s.latency
     print()
     print("streamrec demo summary")
     print("----------------------")
-    print(f"index            {s['index']}")
+    print(f"index            {s.index}")
     print(
-        f"events           sent {s['sent']:,}, applied {s['applied']:,} "
-        f"(replay {s['replay_rate']:,.0f}/s; "
-        f"replay until all applied {s['end_to_end_rate']:,.0f}/s)"
+        f"events           sent {s.sent:,}, applied {s.applied:,} "
+        f"(replay {s.replay_rate:,.0f}/s; "
+        f"replay until all applied {s.end_to_end_rate:,.0f}/s)"
     )
     print(
         f"API latency      p50 {_ms(lat['p50'])}, p95 {_ms(lat['p95'])}, "
-        f"p99 {_ms(lat['p99'])}, max {_ms(lat['max'])} ({errors} errors)"
+        f"p99 {_ms(lat['p99'])}, max {_ms(lat['max'])} ({s.errors} errors)"
     )
-    print(f"\nuser {user} recently rated:")
-    for item in history:
+    print(f"\nuser {s.user} recently rated:")
+    for item in s.history:
         print(f"    {titles.get(item, item)}")
-    print(f"recommendations for user {user}:")
-    for it in recs.get("items", []):
+    print(f"recommendations for user {s.user}:")
+    for it in s.recs.get("items", []):
         why = it["reason"]
         because = why.get("because_of_title") or why.get("because_of") or ""
         print(
@@ -147,5 +163,5 @@ def _print_summary(
             f"[{why['kind']}{': ' + because if because else ''}]"
         )
     print("a user never seen before gets:")
-    for it in cold.get("items", []):
+    for it in s.cold.get("items", []):
         print(f"    {it.get('title') or it['item_id']}  [{it['reason']['kind']}]")

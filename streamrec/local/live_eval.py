@@ -59,8 +59,6 @@ def live_run(
     span: range,
     method: Method,
     setup: EvalSetup,
-    *,
-    dim: int,
 ) -> dict[str, Any]:
     """``method`` on ``events[span]`` through Kafka, a consumer process and the HTTP API."""
     began = time.perf_counter()
@@ -74,7 +72,7 @@ def live_run(
     with LiveRun(partitions=1) as run:
         # One partition: events of different users keep their global order, as
         # in-process (co rows and trending depend on it, not only sessions).
-        build_index(df, run.artifacts, dim=dim, before_ts=events[start].ts, source="evaluate")
+        build_index(df, run.artifacts, setup.offline, before_ts=events[start].ts, source="evaluate")
         env = live_env(setup, method)
         run.start_consumer(extra_env=env)
         api = run.start_api(extra_env=env)
@@ -133,20 +131,18 @@ def live_compare(
     span: range,
     methods: Sequence[Method],
     setup: EvalSetup,
-    *,
-    dim: int,
 ) -> dict[str, Any]:
     """The blend on ``events[span]``, live and in process; their relative differences."""
     method = next(m for m in methods if m.name == "blend")
     setup = replace(setup, request_k=LIVE_REQUEST_K)
-    live = live_run(df, events, span, method, setup, dim=dim)
+    live = live_run(df, events, span, method, setup)
     ref = prequential(
         events,
         span.start,
         span.stop,
         [method],
         # One index built before the span, as the live run publishes one.
-        replace(setup, index_builder=index_builder_for(df, dim=dim), reindex_every=0),
+        replace(setup, index_builder=index_builder_for(df, setup.offline), reindex_every=0),
     )
     diff = agreement(live["methods"]["blend"], ref.methods["blend"])
     return {
