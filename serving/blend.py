@@ -144,10 +144,7 @@ def blend(
     banned = set(exclude)
     banned.update(sources)
 
-    top_trend = max((s for _, s in trending), default=0.0)
-    trend_norm: dict[str, float] = (
-        {item: max(s, 0.0) / top_trend for item, s in trending} if top_trend > 0 else {}
-    )
+    trend_norm = trend_norms(trending)
 
     total: dict[str, float] = {}
     best: dict[str, tuple[float, Reason]] = {}
@@ -201,16 +198,37 @@ def blend(
         prior = w_trend * trend_norm.get(item, 0.0)
         top_term, reason = best[item]
         out.append(Scored(item, -neg_score, _TRENDING_REASON if prior > top_term else reason))
+    return fill_with_trending(out, trending, trend_norm, banned, k, w_trend)
+
+
+def trend_norms(trending: Sequence[tuple[str, float]]) -> dict[str, float]:
+    """Each trending item's score over the top score (negatives clipped to 0)."""
+    top_trend = max((s for _, s in trending), default=0.0)
+    if top_trend <= 0:
+        return {}
+    return {item: max(s, 0.0) / top_trend for item, s in trending}
+
+
+def fill_with_trending(
+    out: list[Scored],
+    trending: Sequence[tuple[str, float]],
+    trend_norm: Mapping[str, float],
+    banned: Collection[str],
+    k: int,
+    w_trend: float,
+) -> list[Scored]:
+    """Append trending filler to ``out`` (the personalised items) until it holds ``k``.
+
+    The filler is the trending items not already shown, best first. Their score
+    is the prior alone, so it may exceed a weak personalised score; they still
+    rank after every personalised item because a personal signal beats none.
+    """
     if len(out) >= k:
         return out
-
-    # Filler: trending items not already shown, best first. Their score is the
-    # prior alone, so it may exceed a weak personalised score; they still rank
-    # after every personalised item because a personal signal beats none.
     chosen = {s.item_id for s in out}
     filler = sorted(
         (
-            Scored(item, cfg.w_trend * trend_norm.get(item, 0.0), _TRENDING_REASON, False)
+            Scored(item, w_trend * trend_norm.get(item, 0.0), _TRENDING_REASON, False)
             for item, _ in trending
             if item not in banned and item not in chosen
         ),
