@@ -10,10 +10,11 @@
 -- rest of the batch. History and co-occurrence keys are built here from the
 -- namespace (single-node Redis; see core/keyspace.py).
 --
--- KEYS: 1 offsets, 2 meta, 3 stats, 4 pop, 5 trend
+-- KEYS: 1 offsets, 2 meta, 3 stats, 4 pop, 5 trend, 6 change sequence, 7 change feed
 -- ARGV: 1 offset field, 2 expected next offset ('' = none), 3 new next offset,
 --       4 expected landmark ('' = none), 5 new landmark ('' = leave), 6 rescale factor ('' = none),
---       7 batch max ts ('' = none), 8 half-life ms, 9 namespace, 10 limits "topm popmax histlen ttl",
+--       7 batch max ts ('' = none), 8 half-life ms, 9 namespace,
+--       10 limits "topm popmax histlen ttl feedkeep",
 --       11 delta JSON {h: [[user, [entry, ...oldest first]]], c: [[item, [nb, inc, ...]]],
 --                      p: [item, inc, ...], t: [item, weight, ...], s: [field, inc, ...]}
 local stored = redis.call('HGET', KEYS[1], ARGV[1]) or ''
@@ -33,8 +34,10 @@ if ARGV[5] ~= '' then
 end
 
 local ns = ARGV[9]
-local topm, popmax, histlen, ttl = string.match(ARGV[10], '(%d+) (%d+) (%d+) (%d+)')
+local topm, popmax, histlen, ttl, feedkeep =
+  string.match(ARGV[10], '(%d+) (%d+) (%d+) (%d+) (%d+)')
 topm, popmax, histlen, ttl = tonumber(topm), tonumber(popmax), tonumber(histlen), tonumber(ttl)
+feedkeep = tonumber(feedkeep)
 local d = cjson.decode(ARGV[11])
 
 for _, uh in ipairs(d.h) do
@@ -78,6 +81,28 @@ if #p > 0 then
       redis.call('ZREMRANGEBYRANK', key, 0, card - popmax - 1)
     end
   end
+end
+
+-- The change feed the API's item caches follow (serving/items.py): every item
+-- whose co row or popularity this write changed, scored with the write's
+-- sequence number, so a reader asks "what changed since sequence s?" in one
+-- ZRANGEBYSCORE. Each item is held once (its latest change); entries more than
+-- feedkeep writes old are dropped, and a reader that far behind starts afresh.
+if #d.c > 0 or #p > 0 then
+  local seq = redis.call('INCR', KEYS[6])
+  local changed = {}
+  for _, row in ipairs(d.c) do
+    changed[#changed + 1] = seq
+    changed[#changed + 1] = row[1]
+  end
+  for j = 1, #p, 2 do
+    changed[#changed + 1] = seq
+    changed[#changed + 1] = p[j]
+  end
+  for lo = 1, #changed, 1000 do
+    redis.call('ZADD', KEYS[7], unpack(changed, lo, math.min(lo + 999, #changed)))
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. (seq - feedkeep))
 end
 
 if ARGV[7] ~= '' then

@@ -18,7 +18,7 @@ import redis
 
 from consumer.logic import Entry
 from consumer.state import PartitionWrite, Snapshot, StateWriter, StoreConfig
-from core.keyspace import Keyspace
+from core.keyspace import FEED_KEEP, Keyspace
 
 _APPLY_LUA = resources.files("consumer").joinpath("apply.lua").read_text()
 
@@ -122,7 +122,8 @@ class RedisStateWriter(StateWriter):
                 "s": [x for name, n in w.stats().items() for x in (name, n)],
             }
         )
-        keys = [self.keys.offsets, self.keys.meta, self.keys.stats, self.keys.pop, self.keys.trend]
+        ks = self.keys
+        keys = [ks.offsets, ks.meta, ks.stats, ks.pop, ks.trend, ks.seq, ks.changed]
         mark = w.landmark
         args: list[str | int | bytes] = [
             Keyspace.offset_field(w.topic, w.partition),
@@ -134,7 +135,7 @@ class RedisStateWriter(StateWriter):
             "" if delta.max_ts is None else delta.max_ts,
             cfg.half_life_ms,
             self.keys.namespace,
-            f"{cfg.co_top_m} {cfg.pop_max} {cfg.rules.history_len} {cfg.idle_ttl_s}",
+            f"{cfg.co_top_m} {cfg.pop_max} {cfg.rules.history_len} {cfg.idle_ttl_s} {FEED_KEEP}",
             payload,
         ]
         self._apply(keys=keys, args=args, client=pipe)

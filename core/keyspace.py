@@ -12,6 +12,11 @@ several deployments or tests can share one server without touching each other.
 | {ns}:meta            | HASH   | trend_ref, half_life_ms, clock (event-time ms) | none | consumer   | consumer, tools |
 | {ns}:offsets         | HASH   | "{topic}:{partition}" -> next offset to apply | none  | consumer   | consumer |
 | {ns}:stats           | HASH   | counters: events, pairs, dlq:{reason}    | none       | consumer   | harness, tools |
+| {ns}:seq             | STRING | writes that changed item state so far    | none       | consumer   | serving |
+| {ns}:changed         | ZSET   | item -> seq of its latest change; the last ``FEED_KEEP`` writes | none | consumer | serving |
+
+The change feed (``seq``, ``changed``) is how the API's item caches stay within
+their staleness bound without re-reading every row: see serving/items.py.
 
 History entries are JSON arrays ``[ts_ms, item_id, session_id_or_null]``.
 
@@ -35,6 +40,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Writes of item state the change feed remembers. A reader further behind than
+# this cannot tell what it missed and drops its cache. 100,000 writes is
+# minutes to hours of a busy stream (one write per partition batch).
+FEED_KEEP = 100_000
+
 
 @dataclass(frozen=True, slots=True)
 class Keyspace:
@@ -57,6 +67,14 @@ class Keyspace:
     @property
     def meta(self) -> str:
         return f"{self.namespace}:meta"
+
+    @property
+    def seq(self) -> str:
+        return f"{self.namespace}:seq"
+
+    @property
+    def changed(self) -> str:
+        return f"{self.namespace}:changed"
 
     @property
     def offsets(self) -> str:

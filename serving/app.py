@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from serving import index_watch
 from serving.errors import install_handlers
 from serving.ingest import EventSink
+from serving.items import CachedStateReader, ItemCache
 from serving.limits import ConcurrencyLimitMiddleware
 from serving.routes import bench_router, router
 from serving.settings import ServingSettings
@@ -62,29 +63,68 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+async def refresh_items(state: AppState) -> bool:
+    """One item-cache round, bounded like a request; a failure is logged, never fatal."""
+    assert state.cached is not None
+    items = state.cached.items
+    try:
+        async with asyncio.timeout(state.settings.request_timeout_s * 2):
+            await items.refresh()
+        return True
+    except Exception as exc:  # Redis away: requests get 503s; the next round retries
+        items.stats.refresh_failures += 1
+        log.warning("item cache refresh failed: %r", exc)
+        return False
+
+
+async def keep_items_fresh(state: AppState) -> None:
+    """Refresh the item cache every item_staleness_s, until cancelled."""
+    interval = state.settings.item_staleness_s
+    while True:
+        await asyncio.sleep(interval)
+        await refresh_items(state)
+
+
 def create_app(settings: ServingSettings | None = None) -> FastAPI:
     cfg = settings if settings is not None else ServingSettings()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, AppState]]:
         client = _redis_client(cfg)
+        store = RedisStateReader(client, cfg.redis.keys)
+        cached = None
+        if cfg.item_staleness_s > 0:
+            items = ItemCache(
+                store,
+                cfg.blend,
+                row_len=cfg.blend.candidates_per_item,
+                trend_len=cfg.trend_head_len,
+                max_rows=cfg.item_cache_rows,
+                max_vocab=cfg.item_vocab_max,
+            )
+            cached = CachedStateReader(store, items)
         state = AppState(
             settings=cfg,
             redis=client,
-            store=RedisStateReader(client, cfg.redis.keys),
+            store=store,
+            cached=cached,
             events=EventSink(cfg.kafka),
         )
         # Start even when Redis is down: /health reports it and requests get
         # 503s until it is back, which beats a crash loop under an orchestrator.
         await index_watch.load_initial(state)
         settle_heap()
-        watcher = asyncio.create_task(index_watch.watch(state), name="index-watch")
+        tasks = [asyncio.create_task(index_watch.watch(state), name="index-watch")]
+        if cached is not None:
+            await refresh_items(state)
+            tasks.append(asyncio.create_task(keep_items_fresh(state), name="item-refresh"))
         try:
             yield {STATE_KEY: state}
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             try:
                 await state.events.close()
             except Exception:

@@ -66,6 +66,18 @@ class AcceptedOut(BaseModel):
     accepted: int
 
 
+class ItemCacheOut(BaseModel):
+    hits: int = Field(description="source rows a request found in the worker's item cache")
+    misses: int = Field(description="source rows read from Redis in the request")
+    refreshes: int
+    refresh_failures: int
+    rows_refreshed: int
+    resets: int
+    evictions: int
+    rows: int = Field(description="rows held now")
+    staleness_s: float | None = Field(description="seconds since the last good refresh")
+
+
 class MetricsOut(BaseModel):
     pid: int = Field(description="the worker process that answered; each counts on its own")
     requests: dict[str, int]
@@ -76,6 +88,9 @@ class MetricsOut(BaseModel):
     events_accepted: int
     index_swaps: int
     index_load_failures: int
+    item_cache: ItemCacheOut | None = Field(
+        default=None, description="this worker's item cache (null: item_staleness_s = 0)"
+    )
 
 
 # The event body is documented here but parsed by core.events.validate, the one

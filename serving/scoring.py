@@ -4,32 +4,40 @@
 time, and what the evaluation runs. This module computes the same list from
 item rows held as numpy arrays (``serving.items`` keeps them in each API
 worker), with the same floating-point operations in the same order, so the
-scores are equal, not just close; tests/test_scoring.py holds the two equal on
-thousands of random and real cases.
+scores are equal, not merely close; tests/test_scoring.py holds the two equal
+on thousands of random and real cases.
 
-How the reference's steps map onto arrays, for one request:
+The work that depends only on an item is done once per row, not per request:
 
-1. every (source, signal) row is a segment of one concatenated array of item
-   codes and values, in the reference's visiting order (source p = 0, 1, ...;
-   co-occurrence before embedding);
-2. popularity damping divides the co values by ``max(pop, 1) ** β`` (pop 0 =
-   unknown: not damped); each co segment is scaled by its own maximum;
-3. entries that are not positive or belong to the user are dropped; each
-   entry's contribution is ``(decay**p · w) / scale · value``;
-4. ``np.unique`` + ``np.bincount`` sum the contributions per item in array
-   order (the reference's ``total`` dict adds in that same order), and a
-   lexsort picks each item's largest term, the earliest on ties (the
-   reference's strict ``>``): that term is the reason;
-5. the top k by (-score, item id), and trending filler as in the reference.
+- :func:`scale_row`: a co-occurrence row cut to ``candidates_per_item``, each
+  count divided by ``max(pop, 1) ** β`` (pop unknown: not damped) in plain
+  Python, as the reference does, and its maximum;
+- :func:`trend_prior`: ``w_trend · score / top`` of each item of a trending
+  list, indexed by item code.
 
-Inputs must hold what Redis and FAISS give: each row and the trending list
-have distinct members.
+Per request, for the user's sources:
+
+1. every (source, signal) row is a segment of one concatenated array, in the
+   reference's visiting order (source p = 0, 1, ...; co-occurrence first);
+2. entries that are not positive or belong to the user are dropped; each
+   entry's term is ``(decay**p · w) / scale · value``, the reference's
+   ``factor`` times its value;
+3. ``np.add.at`` sums the terms per item in array order (the reference's
+   ``total`` dict adds in that order), ``np.maximum.at``/``np.minimum.at``
+   find each item's largest term and the earliest entry holding it (the
+   reference's strict ``>``): that term's signal and source are the reason;
+4. the top k by (-score, item id), then trending filler as in the reference.
+
+Inputs must be what Redis and FAISS give: every row and the trending list have
+distinct members.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from bisect import bisect_right
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 import numpy as np
 
@@ -50,12 +58,35 @@ _EMPTY_VALUES = np.zeros(0, dtype=np.float64)
 _TRENDING_REASON = Reason(TRENDING, None)
 
 
+class Scratch:
+    """Code-indexed work arrays for one scoring call at a time, left zeroed after it.
+
+    Allocating and clearing arrays the size of the catalogue per request would
+    cost more than the scoring (62,000 items x 8 bytes x 4 arrays); each call
+    resets only the entries it touched.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.unset = np.iinfo(np.int64).max
+        self.total = np.zeros(size, dtype=np.float64)
+        self.best = np.zeros(size, dtype=np.float64)
+        self.first = np.full(size, self.unset, dtype=np.int64)
+        self.banned = np.zeros(size, dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.total)
+
+
 class Vocab:
-    """Item id <-> dense integer code, shared by every array the fast path scores."""
+    """Item id <-> dense integer code, shared by every array the fast path scores.
+
+    Not thread-safe: one per API worker, used from its event loop only.
+    """
 
     def __init__(self) -> None:
         self._codes: dict[str, int] = {}
         self.names: list[str] = []
+        self._scratch = Scratch(1024)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -69,17 +100,19 @@ class Vocab:
 
     def codes(self, items: Sequence[str]) -> np.ndarray:
         """Codes of ``items``, assigning new ones where needed."""
-        get, code = self._codes.get, self.code
-        return np.fromiter(
-            (c if (c := get(i)) is not None else code(i) for i in items),
-            dtype=np.int64,
-            count=len(items),
-        )
+        code = self.code
+        return np.array([code(i) for i in items], dtype=np.int64)
 
-    def known(self, items: Collection[str]) -> np.ndarray:
+    def known(self, items: Collection[str]) -> list[int]:
         """Codes of the ``items`` that have one (an item without a code is in no row)."""
         get = self._codes.get
-        return np.fromiter((c for i in items if (c := get(i)) is not None), dtype=np.int64)
+        return [c for i in items if (c := get(i)) is not None]
+
+    def scratch(self) -> Scratch:
+        """Work arrays covering every code assigned so far (grown by doubling)."""
+        if len(self._scratch) < len(self.names):
+            self._scratch = Scratch(max(2 * len(self._scratch), len(self.names)))
+        return self._scratch
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,158 +126,182 @@ class Row:
     def of(cls, vocab: Vocab, pairs: Sequence[tuple[str, float]]) -> Row:
         if not pairs:
             return EMPTY_ROW
-        items = [item for item, _ in pairs]
-        values = np.fromiter((v for _, v in pairs), dtype=np.float64, count=len(pairs))
-        return cls(vocab.codes(items), values)
+        values = np.array([v for _, v in pairs], dtype=np.float64)
+        return cls(vocab.codes([item for item, _ in pairs]), values)
 
     def __len__(self) -> int:
         return len(self.codes)
 
     def pairs(self, vocab: Vocab) -> list[tuple[str, float]]:
         names = vocab.names
-        return [
-            (names[c], v) for c, v in zip(self.codes.tolist(), self.values.tolist(), strict=True)
-        ]
+        codes, values = self.codes.tolist(), self.values.tolist()
+        return [(names[c], v) for c, v in zip(codes, values, strict=True)]
 
 
 EMPTY_ROW = Row(_EMPTY_CODES, _EMPTY_VALUES)
 
 
 @dataclass(frozen=True, slots=True)
+class ScaledRow:
+    """A co-occurrence row ready to score: cut, damped, and its largest value."""
+
+    codes: np.ndarray
+    values: np.ndarray  # damped counts
+    scale: float  # their maximum (0 for an empty row)
+
+
+def scale_row(
+    row: Row, popularity: Mapping[str, float] | None, beta: float, per_item: int, vocab: Vocab
+) -> ScaledRow:
+    """``serving.blend``'s damping and row maximum for one row, in plain Python floats.
+
+    ``popularity`` (item -> all-time clicks) is read only when ``beta`` > 0;
+    missing items, and a count of 0, are not damped, as in the reference.
+    """
+    codes, values = row.codes[:per_item], row.values[:per_item]
+    if not len(codes):
+        return ScaledRow(codes, values, 0.0)
+    if beta > 0 and popularity is not None:
+        names, get = vocab.names, popularity.get
+        damped = []
+        for c, v in zip(codes.tolist(), values.tolist(), strict=True):
+            p = get(names[c])
+            damped.append(v / max(p, 1.0) ** beta if p else v)
+        values = np.array(damped, dtype=np.float64)
+    return ScaledRow(codes, values, float(values.max()))
+
+
+@dataclass(frozen=True, slots=True)
+class TrendPrior:
+    """A request's trending list and each listed item's prior, indexed by code."""
+
+    row: Row
+    # w_trend · score / top for listed codes, 0 elsewhere; one extra trailing 0
+    # answers for codes assigned after it was built (they are not listed).
+    prior: np.ndarray
+
+    def of(self, codes: np.ndarray) -> np.ndarray:
+        return self.prior[np.minimum(codes, len(self.prior) - 1)]
+
+
+def trend_prior(row: Row, w_trend: float, vocab: Vocab) -> TrendPrior:
+    """The prior of each item of ``row`` (``serving.blend.trend_norms`` times ``w_trend``)."""
+    prior = np.zeros(len(vocab) + 1, dtype=np.float64)
+    if len(row):
+        top = float(row.values.max())
+        if top > 0:
+            prior[row.codes] = w_trend * (np.maximum(row.values, 0.0) / top)
+    return TrendPrior(row, prior)
+
+
+@dataclass(frozen=True, slots=True)
 class ArrayCandidates:
-    """``serving.blend.Candidates`` with every list as a :class:`Row`."""
+    """``serving.blend.Candidates`` as prepared arrays."""
 
     sources: Sequence[str]
-    co: Sequence[Row]  # aligned with sources; EMPTY_ROW where a source has none
+    co: Sequence[ScaledRow]  # aligned with sources (an empty row where none)
     emb: Sequence[Row]
-    trending: Row
-    # Popularity by item code (0 = not in the pop set); None: no damping.
-    popularity: np.ndarray | None = None
+    trending: TrendPrior
 
 
 def fast_blend(
-    cands: ArrayCandidates,
-    exclude: Collection[str],
-    k: int,
-    cfg: BlendConfig,
-    vocab: Vocab,
+    cands: ArrayCandidates, exclude: Collection[str], k: int, cfg: BlendConfig, vocab: Vocab
 ) -> list[Scored]:
-    """``serving.blend.blend`` over arrays; see the module docstring."""
+    """``serving.blend.blend`` over prepared arrays; see the module docstring."""
     if k <= 0:
         return []
     banned = set(exclude)
     banned.update(cands.sources)
-    banned_codes = vocab.known(banned)
-    per_item = cfg.candidates_per_item
-    beta = cfg.pop_damping
-    pop = cands.popularity if beta > 0 else None
-
-    # 1-3: the segments, their factors and the kept entries.
+    # 1: the segments in the reference's visiting order with their factors,
+    # (decay**p · weight) / scale as Python floats, as the reference has them.
     seg_codes: list[np.ndarray] = []
     seg_values: list[np.ndarray] = []
     factors: list[float] = []
-    reasons: list[Reason] = []
+    kinds: list[ReasonKind] = []
+    srcs: list[str] = []
+    w_co, w_emb = cfg.w_co, cfg.w_emb
     for p, src in enumerate(cands.sources):
         recency = cfg.recency_decay**p
-        signals: tuple[tuple[ReasonKind, Row, float], ...] = (
-            (CO_CLICKED, cands.co[p], cfg.w_co),
-            (SIMILAR, cands.emb[p], cfg.w_emb),
-        )
-        for kind, row, weight in signals:
-            if weight <= 0 or not len(row):
-                continue
-            codes, values = row.codes[:per_item], row.values[:per_item]
-            factor = recency * weight
-            if kind == CO_CLICKED:
-                if pop is not None:
-                    p_of = pop[codes]
-                    values = np.where(p_of > 0, values / np.maximum(p_of, 1.0) ** beta, values)
-                scale = float(values.max())
-                if scale <= 0:
-                    continue
-                factor /= scale
-            seg_codes.append(codes)
-            seg_values.append(values)
-            factors.append(factor)
-            reasons.append(Reason(kind, src))
-    trending = cands.trending
-    trend_norm = _trend_norm(trending)
+        co = cands.co[p]
+        if w_co > 0 and co.scale > 0:
+            seg_codes.append(co.codes)
+            seg_values.append(co.values)
+            factors.append(recency * w_co / co.scale)
+            kinds.append(CO_CLICKED)
+            srcs.append(src)
+        emb = cands.emb[p]
+        if w_emb > 0 and emb.codes.size:
+            seg_codes.append(emb.codes[: cfg.candidates_per_item])
+            seg_values.append(emb.values[: cfg.candidates_per_item])
+            factors.append(recency * w_emb)
+            kinds.append(SIMILAR)
+            srcs.append(src)
     out: list[Scored] = []
     if seg_codes:
-        segments = _Segments(seg_codes, seg_values, factors, reasons)
-        out = _personal(segments, banned_codes, trending, trend_norm, k, cfg, vocab)
+        out = _personal(seg_codes, seg_values, factors, kinds, srcs, banned, cands, k, vocab)
     if len(out) >= k:
         return out
-    pairs = trending.pairs(vocab)
+    pairs = cands.trending.row.pairs(vocab)
     return fill_with_trending(out, pairs, trend_norms(pairs), banned, k, cfg.w_trend)
 
 
-def _trend_norm(trending: Row) -> np.ndarray:
-    """Each trending entry's normalised score, as ``serving.blend.trend_norms``."""
-    if not len(trending):
-        return _EMPTY_VALUES
-    top = float(trending.values.max())
-    if top <= 0:
-        return np.zeros(len(trending), dtype=np.float64)
-    return np.maximum(trending.values, 0.0) / top
-
-
-@dataclass(frozen=True, slots=True)
-class _Segments:
-    """The (source, signal) rows of one request, in the reference's visiting order."""
-
-    codes: list[np.ndarray]
-    values: list[np.ndarray]
-    factors: list[float]  # (decay**p · weight) / scale of each segment
-    reasons: list[Reason]
-
-
 def _personal(
-    seg: _Segments,
-    banned_codes: np.ndarray,
-    trending: Row,
-    trend_norm: np.ndarray,
+    seg_codes: list[np.ndarray],
+    seg_values: list[np.ndarray],
+    factors: list[float],
+    kinds: list[ReasonKind],
+    srcs: list[str],
+    banned: set[str],
+    cands: ArrayCandidates,
     k: int,
-    cfg: BlendConfig,
     vocab: Vocab,
 ) -> list[Scored]:
-    """Steps 3-5 for the personalised candidates."""
-    lengths = [len(c) for c in seg.codes]
-    codes = np.concatenate(seg.codes)
-    values = np.concatenate(seg.values)
-    segment = np.repeat(np.arange(len(lengths)), lengths)
+    """Steps 2-4 for the personalised candidates."""
+    lengths = [len(c) for c in seg_codes]
+    codes = np.concatenate(seg_codes)
+    values = np.concatenate(seg_values)
+    # ``factor`` per segment times the value: the reference's product, exactly.
+    contrib = np.repeat(factors, lengths) * values
     keep = values > 0
-    if len(banned_codes):
-        keep &= ~np.isin(codes, banned_codes)
-    codes, values, segment = codes[keep], values[keep], segment[keep]
-    if not len(codes):
+    buf = vocab.scratch()
+    banned_codes = vocab.known(banned)
+    if banned_codes:
+        buf.banned[banned_codes] = True
+        keep &= ~buf.banned[codes]
+        buf.banned[banned_codes] = False
+    at = np.flatnonzero(keep)  # positions in the concatenation, in visiting order
+    if not len(at):
         return []
-    contrib = np.asarray(seg.factors, dtype=np.float64)[segment] * values
-    uniq, inverse = np.unique(codes, return_inverse=True)
-    total = np.bincount(inverse, weights=contrib, minlength=len(uniq))
-    # Each item's largest term, the earliest on ties: sort by item, then by
-    # descending term, then by position; the first of each item's run wins.
-    order = np.lexsort((np.arange(len(codes)), -contrib, inverse))
-    runs = np.flatnonzero(np.r_[True, inverse[order][1:] != inverse[order][:-1]])
-    best = order[runs]
-    best_term, best_segment = contrib[best], segment[best]
-    # The trending prior of each candidate that is in the trending list.
-    prior = np.zeros(len(uniq), dtype=np.float64)
-    if len(trending):
-        at = np.searchsorted(uniq, trending.codes)
-        hit = at < len(uniq)
-        hit[hit] = uniq[at[hit]] == trending.codes[hit]
-        prior[at[hit]] = cfg.w_trend * trend_norm[hit]
+    codes, contrib = codes[at], contrib[at]
+    # 3: sums and largest terms in code-indexed scratch arrays, reset after.
+    np.add.at(buf.total, codes, contrib)
+    np.maximum.at(buf.best, codes, contrib)
+    tops = np.flatnonzero(contrib == buf.best[codes])
+    np.minimum.at(buf.first, codes[tops], tops)
+    winners = tops[buf.first[codes[tops]] == tops]  # each item's first largest term
+    uniq = codes[winners]
+    total = buf.total[uniq]
+    buf.total[codes] = 0.0
+    buf.best[codes] = 0.0
+    buf.first[codes] = buf.unset
+    prior = cands.trending.of(uniq)
     score = total + prior
-    # Top k by (-score, item id): everything tied with the k-th best is a
-    # candidate, then the exact order in Python on that handful.
+    # 4: top k by (-score, item id): everything tied with the k-th best is in
+    # the pool, whose exact order is then settled in Python.
     n = len(uniq)
     pool = np.arange(n) if n <= k else np.flatnonzero(score >= np.partition(score, n - k)[n - k])
     names = vocab.names
-    scores, codes_u = score.tolist(), uniq.tolist()
-    ranked = sorted((-scores[i], names[codes_u[i]], i) for i in pool.tolist())[:k]
+    negs = (-score[pool]).tolist()
+    items = [names[c] for c in uniq[pool].tolist()]
+    ranked = sorted(zip(negs, items, pool.tolist(), strict=True))[:k]
+    ends = list(accumulate(lengths))  # segment s holds positions [ends[s-1], ends[s])
+    terms, positions = contrib[winners], at[winners]
     out: list[Scored] = []
     for neg, item, i in ranked:
-        reason = _TRENDING_REASON if prior[i] > best_term[i] else seg.reasons[best_segment[i]]
+        if prior[i] > terms[i]:
+            reason = _TRENDING_REASON
+        else:
+            s = bisect_right(ends, int(positions[i]))
+            reason = Reason(kinds[s], srcs[s])
         out.append(Scored(item, -neg, reason))
     return out

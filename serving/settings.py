@@ -44,6 +44,17 @@ class ServingSettings(ServiceSettings):
     # still reaches k after every history item is excluded. 100 also gives the
     # prior to personalised candidates that sit in the trending head.
     trend_candidates: int = Field(default=100, ge=0, le=10_000)
+    # Item-level state (co rows, popularity, trending) is held in each worker and
+    # refreshed from Redis's change feed this often: answers reflect other users'
+    # clicks within this bound (plus one round trip), the user's own at once.
+    # 0 reads everything from Redis on every request (one Lua script).
+    item_staleness_s: float = Field(default=1.0, ge=0.0, le=60.0)
+    # Rows held per worker, least recently used dropped first. A row is ~50
+    # neighbours: ~2 KB as arrays, so 100,000 rows is ~200 MB at most.
+    item_cache_rows: int = Field(default=100_000, ge=1)
+    # Item ids a worker codes before it starts its cache afresh (a memory bound
+    # for catalogues that only grow; 2,000,000 ids ~ 200 MB of dicts and names).
+    item_vocab_max: int = Field(default=2_000_000, ge=1000)
     index_poll_s: float = Field(default=2.0, gt=0.0)
     request_timeout_s: float = Field(default=1.0, gt=0.0)
     # Per POST /events body; 1000 events of ~100 bytes is ~100 KB.
@@ -78,6 +89,11 @@ class ServingSettings(ServiceSettings):
         if self.default_k > self.max_k:
             raise ValueError(f"default_k={self.default_k} exceeds max_k={self.max_k}")
         return self
+
+    @property
+    def trend_head_len(self) -> int:
+        """The longest trending list any request reads (k = max_k)."""
+        return self.read_spec(self.max_k).n_trend
 
     def read_spec(self, k: int) -> ReadSpec:
         """What a request for ``k`` items reads."""

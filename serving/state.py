@@ -8,6 +8,7 @@ import redis.asyncio as aioredis
 
 from offline.index import ItemIndex
 from serving.ingest import EventSink
+from serving.items import CachedStateReader
 from serving.metrics import Metrics
 from serving.reader import StateReader
 from serving.settings import ServingSettings
@@ -21,6 +22,8 @@ class AppState:
     settings: ServingSettings
     redis: aioredis.Redis
     store: StateReader
+    # The item cache and the fast path (None: item_staleness_s = 0, read everything per request).
+    cached: CachedStateReader | None
     events: EventSink
     metrics: Metrics = field(default_factory=Metrics)
     # Replaced wholesale by the index watcher; read it once per request.

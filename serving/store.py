@@ -11,6 +11,7 @@ module only reads.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 
 
 FETCH_LUA = resources.files("serving").joinpath("fetch.lua").read_text(encoding="utf-8")
+ROWS_LUA = resources.files("serving").joinpath("rows.lua").read_text(encoding="utf-8")
+
+Pairs = list[tuple[str, float]]
 
 
 def _text(value: Any) -> str:
@@ -96,6 +100,7 @@ class RedisStateReader(StateReader):
         self._keys = keys
         # register_script hashes locally; the first call EVALSHAs and loads on NOSCRIPT.
         self._fetch = client.register_script(FETCH_LUA)
+        self._rows = client.register_script(ROWS_LUA)
 
     async def user_state(self, user_id: str, spec: ReadSpec) -> UserState:
         reply = await self._fetch(
@@ -106,6 +111,50 @@ class RedisStateReader(StateReader):
         if state.skipped:
             log.warning("user %r: %d history entries did not parse", user_id, state.skipped)
         return state
+
+    # -- what serving.items reads: the user alone, and item state in bulk ----------
+    async def history(self, user_id: str, n: int) -> tuple[list[tuple[int, str]], int]:
+        """The user's newest ``n`` entries as (ts, item), and how many did not parse."""
+        if n <= 0:
+            return [], 0
+        return parse_history(await self._client.lrange(self._keys.hist(user_id), 0, n - 1))
+
+    async def rows(
+        self, items: Sequence[str], per_item: int
+    ) -> tuple[list[Pairs], dict[str, float]]:
+        """Each item's ``per_item`` best neighbours, and the all-time popularity of
+        the items and of every neighbour the popularity set holds (rows.lua)."""
+        if not items:
+            return [], {}
+        reply = await self._rows(keys=[self._keys.pop], args=[self._keys.co(""), per_item, *items])
+        raw_rows, raw_pop = orjson.loads(reply)
+        return [_pairs(row) for row in _list(raw_rows)], dict(_pairs(raw_pop))
+
+    async def popularity_of(self, items: Sequence[str]) -> dict[str, float]:
+        """The all-time popularity of those ``items`` the popularity set holds."""
+        if not items:
+            return {}
+        scores = await self._client.zmscore(self._keys.pop, list(items))
+        return {i: float(sc) for i, sc in zip(items, scores, strict=True) if sc is not None}
+
+    async def trending(self, n: int) -> Pairs:
+        if n <= 0:
+            return []
+        rows: list[tuple[Any, float]] = await self._client.zrevrange(  # type: ignore[assignment]
+            self._keys.trend, 0, n - 1, withscores=True
+        )
+        return [(_text(m), float(sc)) for m, sc in rows]
+
+    async def changes(self, since: int | None) -> tuple[int, list[str]]:
+        """The change sequence now, and the items whose row or popularity changed
+        after ``since`` (none asked: only the sequence), read together."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.get(self._keys.seq)
+        if since is not None:
+            pipe.zrangebyscore(self._keys.changed, f"({since}", "+inf")
+        replies = await pipe.execute()
+        seq = int(replies[0]) if replies[0] is not None else 0
+        return seq, [_text(m) for m in replies[1]] if since is not None else []
 
     async def hot_items(self, n: int) -> list[str]:
         if n <= 0:

@@ -11,7 +11,6 @@ import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,23 +22,30 @@ from offline.job import OfflineSettings
 from producer.movielens import load_ratings, to_events
 from serving.blend import BlendConfig, Candidates, Scored, blend
 from serving.reader import ReadSpec
-from serving.scoring import EMPTY_ROW, ArrayCandidates, Row, Vocab, fast_blend
+from serving.scoring import (
+    EMPTY_ROW,
+    ArrayCandidates,
+    Row,
+    Vocab,
+    fast_blend,
+    scale_row,
+    trend_prior,
+)
 
 Pairs = list[tuple[str, float]]
 ITEMS = [f"i{n}" for n in range(30)]
 
 
-def as_arrays(cands: Candidates, vocab: Vocab) -> ArrayCandidates:
-    """The reference's inputs as the fast path's arrays (what serving.items keeps)."""
-    co = [Row.of(vocab, cands.co.get(s, [])) for s in cands.sources]
+def as_arrays(cands: Candidates, cfg: BlendConfig, vocab: Vocab) -> ArrayCandidates:
+    """The reference's inputs prepared as serving.items prepares its rows."""
+    per_item, beta = cfg.candidates_per_item, cfg.pop_damping
+    co = [
+        scale_row(Row.of(vocab, cands.co.get(s, [])), cands.popularity, beta, per_item, vocab)
+        for s in cands.sources
+    ]
     emb = [Row.of(vocab, cands.emb.get(s, [])) for s in cands.sources]
-    trending = Row.of(vocab, list(cands.trending))
-    popularity = None
-    if cands.popularity is not None:
-        codes = vocab.codes(list(cands.popularity))
-        popularity = np.zeros(len(vocab), dtype=np.float64)
-        popularity[codes] = list(cands.popularity.values())
-    return ArrayCandidates(cands.sources, co, emb, trending, popularity)
+    trending = trend_prior(Row.of(vocab, list(cands.trending)), cfg.w_trend, vocab)
+    return ArrayCandidates(cands.sources, co, emb, trending)
 
 
 def assert_same(reference: list[Scored], fast: list[Scored]) -> None:
@@ -55,7 +61,7 @@ def check(cands: Candidates, exclude: set[str], k: int, cfg: BlendConfig) -> lis
     # Some ids are known before the request (a warm vocabulary), like a worker's.
     vocab.codes(ITEMS[::3])
     reference = blend(cands, exclude, k, cfg)
-    assert_same(reference, fast_blend(as_arrays(cands, vocab), exclude, k, cfg, vocab))
+    assert_same(reference, fast_blend(as_arrays(cands, cfg, vocab), exclude, k, cfg, vocab))
     return reference
 
 
@@ -166,8 +172,10 @@ def test_known_answers_carry_over() -> None:
 
 def test_an_empty_row_and_no_trending() -> None:
     vocab = Vocab()
-    cands = ArrayCandidates(["A"], [EMPTY_ROW], [EMPTY_ROW], EMPTY_ROW)
-    assert fast_blend(cands, set(), 5, BlendConfig(), vocab) == []
+    cfg = BlendConfig()
+    empty = scale_row(EMPTY_ROW, None, cfg.pop_damping, cfg.candidates_per_item, vocab)
+    cands = ArrayCandidates(["A"], [empty], [EMPTY_ROW], trend_prior(EMPTY_ROW, 0.2, vocab))
+    assert fast_blend(cands, set(), 5, cfg, vocab) == []
 
 
 # -- real cases ------------------------------------------------------------------------------
@@ -190,7 +198,7 @@ def test_fast_blend_equals_the_reference_on_movielens_state(movielens_dir: Path)
             emb = index.similar_many(us.sources, cfg.candidates_per_item) if us.sources else {}
             cands = Candidates(us.sources, us.co, emb, us.trending, us.pop)
             reference = blend(cands, us.history_items, 20, cfg)
-            fast = fast_blend(as_arrays(cands, vocab), us.history_items, 20, cfg, vocab)
+            fast = fast_blend(as_arrays(cands, cfg, vocab), us.history_items, 20, cfg, vocab)
             assert_same(reference, fast)
             compared += 1
             personalised += any(s.personalised for s in reference)

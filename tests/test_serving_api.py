@@ -21,6 +21,7 @@ from offline.index import ItemIndex, publish
 from serving.app import create_app
 from serving.blend import BlendConfig
 from serving.errors import install_handlers
+from serving.schemas import RecommendationsOut
 from serving.settings import ServingSettings
 from streamrec.local.stack import free_port
 
@@ -133,6 +134,16 @@ def test_known_user_gets_co_clicked_item_first_and_no_history(
     # Item 3 is reached only through embeddings: its reason says so.
     three = next(i for i in items if i["item_id"] == "3")
     assert three["reason"]["kind"] == "similar" and three["reason"]["because_of"] == "1"
+
+
+def test_recommendation_bodies_follow_the_documented_schema(client: TestClient) -> None:
+    """The route writes its body with orjson; it must still be the model /docs shows."""
+    for user, k in [("u1", 4), ("u1", 1), ("nobody", 3), ("u1", 100)]:
+        resp = client.get(f"/recommendations/{user}", params={"k": k})
+        assert resp.status_code == 200 and resp.headers["content-type"] == "application/json"
+        body = RecommendationsOut.model_validate_json(resp.text, strict=True)
+        assert body.model_dump() == resp.json()
+        assert body.k == k and len(body.items) <= k
 
 
 @pytest.mark.parametrize("k", ["0", "101", "x", "-1"])

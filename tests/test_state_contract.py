@@ -29,6 +29,8 @@ from core.errors import InvalidEvent
 from core.events import ClickEvent
 from core.settings import RedisSettings
 from evaluation.memory import MemoryState
+from serving.blend import BlendConfig
+from serving.items import CachedStateReader, ItemCache
 from serving.reader import ReadSpec, StateReader, UserState
 from serving.store import RedisStateReader
 
@@ -38,7 +40,9 @@ MIN = 60_000
 TOPIC = "clicks"
 # Pairs are easy to count by hand with flat weights, no asymmetry and one big session.
 FLAT = SessionRules(gap_ms=10**12, pair_window=1, linear_pair_weights=False, forward_weight=1)
-BACKENDS = ["redis", "memory"]
+# "redis-cached": the Redis writer read through the API's item cache
+# (serving.items), refreshed from the change feed before each read.
+BACKENDS = ["redis", "redis-cached", "memory"]
 WIDE = ReadSpec(history_len=50, n_sources=10, per_item=50, n_trend=100)
 
 
@@ -96,6 +100,35 @@ def _factory(name: str, settings: RedisSettings) -> Factory:
                 await client.aclose()
 
         return Backend(name, writer, reading)
+
+    if name == "redis-cached":
+
+        def on_redis_cached(config: StoreConfig) -> Backend:
+            writer = RedisStateWriter(redis.Redis.from_url(settings.url), settings.keys, config)
+            # Kept across reads (each read runs in its own event loop, with its
+            # own client), so every refresh after the first is incremental.
+            cache = ItemCache(
+                RedisStateReader(aioredis.Redis(), settings.keys),
+                BlendConfig(),
+                row_len=200,
+                trend_len=200,
+                max_rows=10_000,
+                max_vocab=1_000_000,
+            )
+
+            @contextlib.asynccontextmanager
+            async def reading() -> AsyncIterator[StateReader]:
+                client = aioredis.Redis.from_url(settings.url, decode_responses=True)
+                try:
+                    cache.store = RedisStateReader(client, settings.keys)
+                    await cache.refresh()
+                    yield CachedStateReader(cache.store, cache)
+                finally:
+                    await client.aclose()
+
+            return Backend(name, writer, reading)
+
+        return on_redis_cached
 
     return on_redis
 
@@ -397,6 +430,16 @@ def _close(a: dict[str, float], b: dict[str, float]) -> None:
         assert b[key] == pytest.approx(value, rel=1e-12)
 
 
+def _reads(b: Backend, spec: ReadSpec) -> list[Any]:
+    """Everything the read side answers for the stream's users."""
+    out: list[Any] = []
+    for user in [f"u{i}" for i in range(8)] + ["nobody"]:
+        r = b.user(user, spec)
+        out.append((r.history, r.sources, r.co, r.pop, [i for i, _ in r.trending]))
+    out.append(b.read(lambda r: r.popular(20)))
+    return out
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_backends_hold_and_read_the_same_state(redis_settings: RedisSettings, seed: int) -> None:
     config = StoreConfig(
@@ -406,23 +449,19 @@ def test_backends_hold_and_read_the_same_state(redis_settings: RedisSettings, se
         half_life_ms=24 * 3_600_000,  # the 40-day jumps force landmark rescales
     )
     backends = [_factory(name, redis_settings)(config) for name in BACKENDS]
-    for poll in random_polls(seed):
-        results = [b.writer.apply(TOPIC, poll) for b in backends]
+    redis_b, cached_b, memory_b = backends
+    spec = ReadSpec(history_len=5, n_sources=3, per_item=3, n_trend=6)
+    for n, poll in enumerate(random_polls(seed)):
+        # The cached reader shares the Redis writer's state.
+        results = [b.writer.apply(TOPIC, poll) for b in (redis_b, memory_b)]
         assert results[0] == results[1]
-    dumps = [b.writer.dump() for b in backends]
+        if n % 7 == 0:  # reads along the way: the cache refreshes incrementally
+            assert _reads(cached_b, spec) == _reads(redis_b, spec) == _reads(memory_b, spec)
+    dumps = [b.writer.dump() for b in (redis_b, memory_b)]
     for key in ("hist", "co", "pop", "meta", "offsets", "stats"):
         assert dumps[0][key] == dumps[1][key], key
     _close(dumps[0]["trend"], dumps[1]["trend"])
-    spec = ReadSpec(history_len=5, n_sources=3, per_item=3, n_trend=6)
-    for user in [f"u{i}" for i in range(8)] + ["nobody"]:
-        redis_read, memory_read = (b.user(user, spec) for b in backends)
-        assert redis_read.history == memory_read.history
-        assert redis_read.sources == memory_read.sources
-        assert redis_read.co == memory_read.co
-        assert redis_read.pop == memory_read.pop
-        assert [i for i, _ in redis_read.trending] == [i for i, _ in memory_read.trending]
-    heads: list[Any] = [b.read(lambda r: r.popular(20)) for b in backends]
-    assert heads[0] == heads[1]
+    assert _reads(cached_b, spec) == _reads(redis_b, spec) == _reads(memory_b, spec)
 
 
 def test_random_polls_cover_what_they_should() -> None:

@@ -1,0 +1,288 @@
+"""Item-level state held in each API worker, within a staleness bound.
+
+A user's history changes with their every click and is read from Redis on
+every request. Everything else a recommendation needs (co-occurrence rows,
+all-time popularity, the trending head, embedding neighbours) is shared by all
+users and moves slowly, so each worker keeps it here, as the arrays
+``serving.scoring`` ranks, and refreshes it in bulk:
+
+- every ``item_staleness_s`` seconds (default 1), :meth:`ItemCache.refresh`
+  asks Redis which items changed since the last round (the consumer's change
+  feed, ``{ns}:changed``: see consumer/apply.lua), re-reads the cached rows and
+  popularities among them and the trending head, in two round trips, however
+  many rows are cached;
+- a row a request needs and the cache lacks is read in the request, all its
+  sources' missing rows in one round trip (rows.lua), with the popularity of
+  their members;
+- at most ``item_cache_rows`` rows are kept (least recently used go first),
+  and the whole cache starts afresh if Redis's sequence went backwards (a
+  restart or a restore), if it fell further behind than the feed remembers,
+  or if more than ``item_vocab_max`` item ids were seen.
+
+So an answer reflects the user's own clicks at once, and everyone else's
+within the staleness bound plus one round trip. Damping a row by its members'
+popularity (``serving.scoring.scale_row``) is redone lazily, the first time a
+row is used after a refresh changed any popularity.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from core.keyspace import FEED_KEEP
+from offline.index import ItemIndex
+from serving.blend import BlendConfig, recent_sources
+from serving.reader import ReadSpec, StateReader, UserState
+from serving.scoring import (
+    EMPTY_ROW,
+    ArrayCandidates,
+    Row,
+    ScaledRow,
+    TrendPrior,
+    Vocab,
+    scale_row,
+    trend_prior,
+)
+from serving.store import RedisStateReader
+
+log = logging.getLogger(__name__)
+
+Pairs = list[tuple[str, float]]
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0  # source rows found in the cache
+    misses: int = 0  # ... read in the request
+    refreshes: int = 0
+    refresh_failures: int = 0
+    rows_refreshed: int = 0
+    resets: int = 0
+    evictions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UserView:
+    """What the fast path ranks for one request: the user's part and the item arrays."""
+
+    history: list[tuple[int, str]]
+    candidates: ArrayCandidates
+    skipped: int = 0  # history entries that did not parse
+
+    @property
+    def sources(self) -> Sequence[str]:
+        return self.candidates.sources
+
+    @property
+    def history_items(self) -> list[str]:
+        return [item for _, item in self.history]
+
+
+class ItemCache:
+    """Rows, popularity and the trending head for one API worker (one event loop)."""
+
+    def __init__(
+        self,
+        store: RedisStateReader,
+        cfg: BlendConfig,
+        *,
+        row_len: int,
+        trend_len: int,
+        max_rows: int,
+        max_vocab: int,
+    ) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.row_len = row_len  # neighbours kept per row (>= every request's per_item)
+        self.trend_len = trend_len  # trending head kept (>= every request's n_trend)
+        self.max_rows = max_rows
+        self.max_vocab = max_vocab
+        self.stats = CacheStats()
+        self.refreshed_at: float | None = None  # time.monotonic() of the last good round
+        self._clear()
+
+    def _clear(self) -> None:
+        self.vocab = Vocab()
+        self._rows: OrderedDict[str, Row] = OrderedDict()  # least recently used first
+        self._scaled: dict[str, tuple[int, ScaledRow]] = {}  # item -> (pop epoch, row)
+        self._pop: dict[str, float] = {}
+        self._epoch = 0  # bumped whenever a popularity changes
+        self._trending: Row = EMPTY_ROW
+        self._priors: dict[int, TrendPrior] = {}
+        self._emb: dict[str, Row] = {}
+        self._emb_version: str | None = None
+        self.seq: int | None = None
+
+    # -- refresh -------------------------------------------------------------------------
+    async def refresh(self) -> None:
+        """One round: what changed since the last one, re-read; the trending head."""
+        seq, changed = await self.store.changes(self.seq)
+        if self.seq is not None and (seq < self.seq or seq - self.seq > FEED_KEEP):
+            log.warning(
+                "item cache starts afresh: change sequence %s -> %s (%s)",
+                self.seq,
+                seq,
+                "went back: Redis restarted or restored" if seq < self.seq else "fell behind",
+            )
+            self.stats.resets += 1
+            self._clear()
+        rows = [i for i in changed if i in self._rows]
+        pops = [i for i in changed if i in self._pop and i not in self._rows]
+        fresh_rows, row_pop = await self.store.rows(rows, self.row_len)
+        fresh_pop = await self.store.popularity_of(pops)
+        trending = await self.store.trending(self.trend_len)
+        for item, row in zip(rows, fresh_rows, strict=True):
+            self._rows[item] = Row.of(self.vocab, row)
+            self._scaled.pop(item, None)
+        updates = {**row_pop, **fresh_pop}
+        # An asked item missing from the answer has left the popularity set.
+        # (Members dropped when the consumer prunes the popularity set to pop_max
+        # are not in the feed: their last count stays until their row is re-read.)
+        gone = [i for i in (*rows, *pops) if i not in updates and i in self._pop]
+        self._update_pop(updates, gone)
+        self._trending = Row.of(self.vocab, trending)
+        self._priors = {}
+        self.seq = seq
+        self.refreshed_at = time.monotonic()
+        self.stats.refreshes += 1
+        self.stats.rows_refreshed += len(rows)
+        self._bound()
+
+    def _update_pop(self, counts: dict[str, float], gone: Sequence[str] = ()) -> None:
+        """New popularity counts; rows are re-damped only if a count a row may use changed
+        (a count seen for the first time belongs to no cached row: each row's
+        members' counts arrive with the row)."""
+        pop = self._pop
+        if gone or any(v != pop.get(i, v) for i, v in counts.items()):
+            self._epoch += 1
+        pop.update(counts)
+        for item in gone:
+            del pop[item]
+
+    @property
+    def rows_held(self) -> int:
+        return len(self._rows)
+
+    def staleness_s(self) -> float | None:
+        """Seconds since the last good refresh (None: never refreshed)."""
+        return None if self.refreshed_at is None else time.monotonic() - self.refreshed_at
+
+    # -- what requests read ----------------------------------------------------------------
+    async def ensure(self, items: Sequence[str]) -> None:
+        """Read the rows of ``items`` the cache lacks, in one round trip."""
+        missing = [i for i in items if i not in self._rows]
+        self.stats.hits += len(items) - len(missing)
+        if not missing:
+            return
+        self.stats.misses += len(missing)
+        rows, pop = await self.store.rows(missing, self.row_len)
+        for item, row in zip(missing, rows, strict=True):
+            self._rows[item] = Row.of(self.vocab, row)
+        self._update_pop(pop)
+        self._bound()
+
+    def scaled(self, item: str) -> ScaledRow:
+        """The item's row damped and scaled as the blend needs it (ensure() it first)."""
+        self._rows.move_to_end(item)
+        held = self._scaled.get(item)
+        if held is not None and held[0] == self._epoch:
+            return held[1]
+        cfg = self.cfg
+        row = scale_row(
+            self._rows[item], self._pop, cfg.pop_damping, cfg.candidates_per_item, self.vocab
+        )
+        self._scaled[item] = (self._epoch, row)
+        return row
+
+    def pairs(self, item: str, n: int) -> Pairs:
+        """The item's ``n`` best neighbours with their counts (ensure() it first)."""
+        return self._rows[item].pairs(self.vocab)[:n]
+
+    def popularity(self, item: str) -> float | None:
+        return self._pop.get(item)
+
+    def trending(self, n: int) -> TrendPrior:
+        """The first ``n`` of the trending head, with each listed item's prior."""
+        prior = self._priors.get(n)
+        if prior is None:
+            head = self._trending
+            row = Row(head.codes[:n], head.values[:n])
+            prior = self._priors[n] = trend_prior(row, self.cfg.w_trend, self.vocab)
+        return prior
+
+    def trending_pairs(self, n: int) -> Pairs:
+        return self._trending.pairs(self.vocab)[:n]
+
+    def emb(self, index: ItemIndex | None, sources: Sequence[str]) -> list[Row]:
+        """Embedding neighbours of each source as arrays (per index version)."""
+        if index is None:
+            return [EMPTY_ROW] * len(sources)
+        if index.version != self._emb_version:
+            self._emb, self._emb_version = {}, index.version
+        missing = [s for s in sources if s not in self._emb]
+        if missing:
+            found = index.similar_many(missing, self.cfg.candidates_per_item)
+            for src in missing:
+                self._emb[src] = Row.of(self.vocab, found.get(src, []))
+            self._bound()
+        return [self._emb[s] for s in sources]
+
+    def _bound(self) -> None:
+        while len(self._rows) > self.max_rows:
+            item, _ = self._rows.popitem(last=False)
+            self._scaled.pop(item, None)
+            self.stats.evictions += 1
+        if len(self._emb) > self.max_rows:
+            self._emb = {}
+        if len(self.vocab) > self.max_vocab:
+            log.info("item cache starts afresh: more than %d item ids seen", self.max_vocab)
+            self.stats.resets += 1
+            self._clear()
+
+
+class CachedStateReader(StateReader):
+    """The reader contract over Redis (the user) and an :class:`ItemCache` (items)."""
+
+    def __init__(self, store: RedisStateReader, items: ItemCache) -> None:
+        self.store = store
+        self.items = items
+
+    async def view(self, user_id: str, spec: ReadSpec, index: ItemIndex | None) -> UserView:
+        """The fast path's input: the user's history from Redis, item arrays from the cache."""
+        history, skipped = await self.store.history(user_id, spec.history_len)
+        sources = recent_sources([item for _, item in history], spec.n_sources)
+        items = self.items
+        await items.ensure(sources)
+        cands = ArrayCandidates(
+            sources=sources,
+            co=[items.scaled(s) for s in sources],
+            emb=items.emb(index, sources),
+            trending=items.trending(spec.n_trend),
+        )
+        return UserView(history, cands, skipped)
+
+    async def user_state(self, user_id: str, spec: ReadSpec) -> UserState:
+        history, skipped = await self.store.history(user_id, spec.history_len)
+        sources = recent_sources([item for _, item in history], spec.n_sources)
+        items = self.items
+        await items.ensure(sources)
+        co = {s: items.pairs(s, spec.per_item) for s in sources}
+        pop = {}
+        for row in co.values():
+            for member, _ in row:
+                if (count := items.popularity(member)) is not None:
+                    pop[member] = count
+        return UserState(history, sources, co, items.trending_pairs(spec.n_trend), pop, skipped)
+
+    async def hot_items(self, n: int) -> list[str]:
+        return await self.store.hot_items(n)
+
+    async def popular(self, n: int) -> list[tuple[str, float]]:
+        return await self.store.popular(n)
+
+    async def ping(self) -> bool:
+        return await self.store.ping()
