@@ -10,12 +10,13 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -23,10 +24,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from serving import index_watch
 from serving.errors import install_handlers
+from serving.fastpath import FastRecommendations
 from serving.ingest import EventSink
 from serving.items import CachedStateReader, ItemCache
 from serving.limits import ConcurrencyLimitMiddleware
-from serving.routes import bench_router, router
+from serving.routes import bench_router, recommendations, router
 from serving.settings import ServingSettings
 from serving.state import STATE_KEY, AppState
 from serving.store import RedisStateReader
@@ -137,6 +139,9 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    if cfg.fast_path:
+        # Added before the guard, so inside it: counted, and a 500 is still JSON.
+        app.add_middleware(FastRecommendations, route=_route(recommendations))
     install_handlers(app)
     # Added last, so outermost: a shed request costs no routing or validation.
     app.add_middleware(
@@ -150,6 +155,11 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         app.include_router(bench_router)
     _document_page_bound(app, cfg)
     return app
+
+
+def _route(endpoint: Callable[..., Any]) -> APIRoute:
+    """The APIRoute of a module-level route function."""
+    return next(r for r in router.routes if isinstance(r, APIRoute) and r.endpoint is endpoint)
 
 
 def _document_page_bound(app: FastAPI, cfg: ServingSettings) -> None:

@@ -49,7 +49,7 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def _app_state(scope: Scope) -> AppState | None:
+def app_state(scope: Scope) -> AppState | None:
     state = scope.get("state")
     if isinstance(state, dict):
         found = state.get(STATE_KEY)
@@ -65,7 +65,7 @@ def error_response(
     message: str,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    state = _app_state(scope)
+    state = app_state(scope)
     if state is not None:
         state.metrics.errors[code] += 1
     return JSONResponse(
@@ -102,26 +102,37 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _on_unavailable(request: Request, exc: Exception) -> JSONResponse:
+# What a backing service failing looks like; each becomes a 503 with Retry-After.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    ServiceUnavailable,
+    RedisConnectionError,
+    RedisTimeoutError,
+    TimeoutError,
+)
+
+
+def unavailable_response(scope: Scope, exc: Exception) -> JSONResponse:
+    """The 503 for an exception in UNAVAILABLE (the handler's, and the fast path's)."""
     # The message names the dependency, never the host or the trace: the log has those.
+    path = scope.get("path")
     if isinstance(exc, ServiceUnavailable):
-        log.warning("service unavailable on %s: %s", request.url.path, exc)
+        log.warning("service unavailable on %s: %s", path, exc)
         message = "a backing service is unavailable; retry shortly"
-    elif isinstance(exc, RedisConnectionError | RedisTimeoutError | TimeoutError):
-        log.warning("redis unavailable on %s: %r", request.url.path, exc)
+    else:
+        log.warning("redis unavailable on %s: %r", path, exc)
         message = "redis is unavailable or too slow; retry shortly"
-    else:  # pragma: no cover - registered only for the types above
-        message = "unavailable"
-    return error_response(
-        request.scope, 503, "unavailable", message, {"Retry-After": str(RETRY_AFTER_S)}
-    )
+    return error_response(scope, 503, "unavailable", message, {"Retry-After": str(RETRY_AFTER_S)})
+
+
+async def _on_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return unavailable_response(request.scope, exc)
 
 
 def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(StarletteHTTPException, _on_http)
-    for exc_type in (ServiceUnavailable, RedisConnectionError, RedisTimeoutError, TimeoutError):
+    for exc_type in UNAVAILABLE:
         app.add_exception_handler(exc_type, _on_unavailable)
     app.add_middleware(GuardMiddleware)
 
@@ -158,7 +169,7 @@ class GuardMiddleware:
             response = error_response(scope, 500, "internal", "internal error")
             await response(scope, receive, send)
         finally:
-            state = _app_state(scope)
+            state = app_state(scope)
             if state is not None:
                 state.metrics.requests[_route_name(scope)] += 1
 

@@ -8,21 +8,23 @@ users and moves slowly, so each worker keeps it here, as the arrays
 
 - every ``item_staleness_s`` seconds (default 1), :meth:`ItemCache.refresh`
   asks Redis which items changed since the last round (the consumer's change
-  feed, ``{ns}:changed``: see consumer/apply.lua), re-reads the cached rows and
-  popularities among them and the trending head, in two round trips, however
-  many rows are cached;
+  feed, ``{ns}:changed``: see consumer/apply.lua), re-reads those rows that
+  requests used since the last round and the popularities among the changed
+  items, drops the other changed rows, and re-reads the trending head: a
+  round costs what the working set holds, not what the cache holds;
 - a row a request needs and the cache lacks is read in the request, all its
   sources' missing rows in one round trip (rows.lua), with the popularity of
   their members;
 - at most ``item_cache_rows`` rows are kept (least recently used go first),
   and the whole cache starts afresh if Redis's sequence went backwards (a
   restart or a restore), if it fell further behind than the feed remembers,
-  or if more than ``item_vocab_max`` item ids were seen.
+  or if more than ``item_vocab_max`` item ids were seen (checked at a
+  refresh, never while a request holds arrays coded by the old ids).
 
 So an answer reflects the user's own clicks at once, and everyone else's
 within the staleness bound plus one round trip. Damping a row by its members'
-popularity (``serving.scoring.scale_row``) is redone lazily, the first time a
-row is used after a refresh changed any popularity.
+popularity is a division by each member's damping factor, kept per item code
+(``serving.scoring.damping_factor``) and updated with the counts.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from core.keyspace import FEED_KEEP
 from offline.index import ItemIndex
 from serving.blend import BlendConfig, recent_sources
@@ -41,10 +45,9 @@ from serving.scoring import (
     EMPTY_ROW,
     ArrayCandidates,
     Row,
-    ScaledRow,
     TrendPrior,
     Vocab,
-    scale_row,
+    damping_factor,
     trend_prior,
 )
 from serving.store import RedisStateReader
@@ -52,6 +55,9 @@ from serving.store import RedisStateReader
 log = logging.getLogger(__name__)
 
 Pairs = list[tuple[str, float]]
+# Reads of a request's missing rows before it gives up (each read can only be
+# undone by a refresh that runs while it is in flight: one more almost always does).
+MAX_READS = 4
 
 
 @dataclass
@@ -108,9 +114,10 @@ class ItemCache:
     def _clear(self) -> None:
         self.vocab = Vocab()
         self._rows: OrderedDict[str, Row] = OrderedDict()  # least recently used first
-        self._scaled: dict[str, tuple[int, ScaledRow]] = {}  # item -> (pop epoch, row)
+        self._used: set[str] = set()  # rows read by a request since the last refresh
         self._pop: dict[str, float] = {}
-        self._epoch = 0  # bumped whenever a popularity changes
+        # Each code's damping factor (serving.scoring.damping_factor), 1 = none.
+        self._damping = np.ones(1024, dtype=np.float64)
         self._trending: Row = EMPTY_ROW
         self._priors: dict[int, TrendPrior] = {}
         self._emb: dict[str, Row] = {}
@@ -120,7 +127,14 @@ class ItemCache:
     # -- refresh -------------------------------------------------------------------------
     async def refresh(self) -> None:
         """One round: what changed since the last one, re-read; the trending head."""
+        if len(self.vocab) > self.max_vocab:
+            # Here, between requests' reads, never inside one: a request holds
+            # arrays coded by the vocabulary it started with.
+            log.info("item cache starts afresh: more than %d item ids seen", self.max_vocab)
+            self.stats.resets += 1
+            self._clear()
         seq, changed = await self.store.changes(self.seq)
+        used, self._used = self._used, set()
         if self.seq is not None and (seq < self.seq or seq - self.seq > FEED_KEEP):
             log.warning(
                 "item cache starts afresh: change sequence %s -> %s (%s)",
@@ -130,14 +144,20 @@ class ItemCache:
             )
             self.stats.resets += 1
             self._clear()
-        rows = [i for i in changed if i in self._rows]
+        # Changed rows that requests used since the last round are re-read; the
+        # others are dropped (a request that needs one again reads it then), so
+        # a round costs what the working set holds, not what the cache does.
+        rows = [i for i in changed if i in used and i in self._rows]
+        for item in changed:
+            if item not in used:
+                self._rows.pop(item, None)
         pops = [i for i in changed if i in self._pop and i not in self._rows]
         fresh_rows, row_pop = await self.store.rows(rows, self.row_len)
         fresh_pop = await self.store.popularity_of(pops)
         trending = await self.store.trending(self.trend_len)
-        for item, row in zip(rows, fresh_rows, strict=True):
-            self._rows[item] = Row.of(self.vocab, row)
-            self._scaled.pop(item, None)
+        vocab = self.vocab
+        for item, (members, counts) in zip(rows, fresh_rows, strict=True):
+            self._rows[item] = Row(vocab.codes(members), counts)
         updates = {**row_pop, **fresh_pop}
         # An asked item missing from the answer has left the popularity set.
         # (Members dropped when the consumer prunes the popularity set to pop_max
@@ -153,15 +173,23 @@ class ItemCache:
         self._bound()
 
     def _update_pop(self, counts: dict[str, float], gone: Sequence[str] = ()) -> None:
-        """New popularity counts; rows are re-damped only if a count a row may use changed
-        (a count seen for the first time belongs to no cached row: each row's
-        members' counts arrive with the row)."""
+        """New popularity counts, and their damping factors."""
         pop = self._pop
-        if gone or any(v != pop.get(i, v) for i, v in counts.items()):
-            self._epoch += 1
         pop.update(counts)
         for item in gone:
             del pop[item]
+        beta = self.cfg.pop_damping
+        if beta <= 0:
+            return
+        vocab = self.vocab
+        codes = vocab.codes([*counts, *gone])
+        factors = [damping_factor(c, beta) for c in counts.values()] + [1.0] * len(gone)
+        damping = self._damping
+        if len(codes) and int(codes.max()) >= len(damping):
+            damping = np.ones(2 * (int(codes.max()) + 1), dtype=np.float64)
+            damping[: len(self._damping)] = self._damping
+            self._damping = damping
+        damping[codes] = factors
 
     @property
     def rows_held(self) -> int:
@@ -172,35 +200,41 @@ class ItemCache:
         return None if self.refreshed_at is None else time.monotonic() - self.refreshed_at
 
     # -- what requests read ----------------------------------------------------------------
-    async def ensure(self, items: Sequence[str]) -> None:
-        """Read the rows of ``items`` the cache lacks, in one round trip."""
+    async def rows(self, items: Sequence[str]) -> list[Row]:
+        """The co-occurrence rows of ``items``; those the cache lacks are read in one
+        round trip. A refresh may drop rows while that read is in flight, so the
+        rows are collected after the last read, with no await in between."""
         missing = [i for i in items if i not in self._rows]
         self.stats.hits += len(items) - len(missing)
-        if not missing:
-            return
         self.stats.misses += len(missing)
-        rows, pop = await self.store.rows(missing, self.row_len)
-        for item, row in zip(missing, rows, strict=True):
-            self._rows[item] = Row.of(self.vocab, row)
-        self._update_pop(pop)
-        self._bound()
+        for _ in range(MAX_READS):
+            if not missing:
+                break
+            fetched, pop = await self.store.rows(missing, self.row_len)
+            vocab = self.vocab
+            for item, (members, counts) in zip(missing, fetched, strict=True):
+                self._rows[item] = Row(vocab.codes(members), counts)
+            self._update_pop(pop)
+            missing = [i for i in items if i not in self._rows]
+        else:
+            raise RuntimeError(f"rows of {missing} dropped {MAX_READS} times while being read")
+        out = []
+        for item in items:
+            self._rows.move_to_end(item)
+            self._used.add(item)
+            out.append(self._rows[item])
+        self._bound(keep=len(items))
+        return out
 
-    def scaled(self, item: str) -> ScaledRow:
-        """The item's row damped and scaled as the blend needs it (ensure() it first)."""
-        self._rows.move_to_end(item)
-        held = self._scaled.get(item)
-        if held is not None and held[0] == self._epoch:
-            return held[1]
-        cfg = self.cfg
-        row = scale_row(
-            self._rows[item], self._pop, cfg.pop_damping, cfg.candidates_per_item, self.vocab
-        )
-        self._scaled[item] = (self._epoch, row)
-        return row
-
-    def pairs(self, item: str, n: int) -> Pairs:
-        """The item's ``n`` best neighbours with their counts (ensure() it first)."""
-        return self._rows[item].pairs(self.vocab)[:n]
+    def damping(self) -> np.ndarray | None:
+        """Each code's damping factor, covering every code assigned (None: β = 0)."""
+        if self.cfg.pop_damping <= 0:
+            return None
+        if len(self._damping) < len(self.vocab):
+            grown = np.ones(2 * len(self.vocab), dtype=np.float64)
+            grown[: len(self._damping)] = self._damping
+            self._damping = grown
+        return self._damping
 
     def popularity(self, item: str) -> float | None:
         return self._pop.get(item)
@@ -231,17 +265,13 @@ class ItemCache:
             self._bound()
         return [self._emb[s] for s in sources]
 
-    def _bound(self) -> None:
-        while len(self._rows) > self.max_rows:
-            item, _ = self._rows.popitem(last=False)
-            self._scaled.pop(item, None)
+    def _bound(self, keep: int = 0) -> None:
+        """Evict least recently used rows beyond max_rows, never the ``keep`` newest."""
+        while len(self._rows) > max(self.max_rows, keep):
+            self._rows.popitem(last=False)
             self.stats.evictions += 1
         if len(self._emb) > self.max_rows:
             self._emb = {}
-        if len(self.vocab) > self.max_vocab:
-            log.info("item cache starts afresh: more than %d item ids seen", self.max_vocab)
-            self.stats.resets += 1
-            self._clear()
 
 
 class CachedStateReader(StateReader):
@@ -256,12 +286,12 @@ class CachedStateReader(StateReader):
         history, skipped = await self.store.history(user_id, spec.history_len)
         sources = recent_sources([item for _, item in history], spec.n_sources)
         items = self.items
-        await items.ensure(sources)
         cands = ArrayCandidates(
             sources=sources,
-            co=[items.scaled(s) for s in sources],
+            co=await items.rows(sources),
             emb=items.emb(index, sources),
             trending=items.trending(spec.n_trend),
+            damping=items.damping(),
         )
         return UserView(history, cands, skipped)
 
@@ -269,11 +299,13 @@ class CachedStateReader(StateReader):
         history, skipped = await self.store.history(user_id, spec.history_len)
         sources = recent_sources([item for _, item in history], spec.n_sources)
         items = self.items
-        await items.ensure(sources)
-        co = {s: items.pairs(s, spec.per_item) for s in sources}
+        rows = await items.rows(sources)
+        co = {
+            s: row.pairs(items.vocab)[: spec.per_item] for s, row in zip(sources, rows, strict=True)
+        }
         pop = {}
-        for row in co.values():
-            for member, _ in row:
+        for pairs in co.values():
+            for member, _ in pairs:
                 if (count := items.popularity(member)) is not None:
                     pop[member] = count
         return UserState(history, sources, co, items.trending_pairs(spec.n_trend), pop, skipped)

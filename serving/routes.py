@@ -160,6 +160,11 @@ def rank(
     summary="What next for this user",
 )
 async def recommendations(user_id: UserId, state: State, size: Size) -> Response:
+    return await recommend(state, user_id, size)
+
+
+async def recommend(state: AppState, user_id: str, size: int) -> Response:
+    """The recommendation for a validated request (the route's body, and serving.fastpath's)."""
     index = state.index  # read once: a concurrent swap must not change it mid-request
     user = await fetch_user(state, user_id, size, index)
     ranked = rank(state, user, size, index)

@@ -9,9 +9,9 @@ on thousands of random and real cases.
 
 The work that depends only on an item is done once per row, not per request:
 
-- :func:`scale_row`: a co-occurrence row cut to ``candidates_per_item``, each
-  count divided by ``max(pop, 1) ** β`` (pop unknown: not damped) in plain
-  Python, as the reference does, and its maximum;
+- :func:`damping_factor`: ``max(pop, 1) ** β`` of an item (1 when its
+  popularity is unknown), in plain Python as the reference computes it, kept
+  per item code (dividing by it then gives the reference's damped count);
 - :func:`trend_prior`: ``w_trend · score / top`` of each item of a trending
   list, indexed by item code.
 
@@ -19,9 +19,10 @@ Per request, for the user's sources:
 
 1. every (source, signal) row is a segment of one concatenated array, in the
    reference's visiting order (source p = 0, 1, ...; co-occurrence first);
-2. entries that are not positive or belong to the user are dropped; each
-   entry's term is ``(decay**p · w) / scale · value``, the reference's
-   ``factor`` times its value;
+2. co counts are divided by their items' damping factors and each co segment
+   is scaled by its own maximum; entries that are not positive or belong to
+   the user are dropped; each entry's term is ``(decay**p · w) / scale ·
+   value``, the reference's ``factor`` times its value;
 3. ``np.add.at`` sums the terms per item in array order (the reference's
    ``total`` dict adds in that order), ``np.maximum.at``/``np.minimum.at``
    find each item's largest term and the earliest entry holding it (the
@@ -141,34 +142,22 @@ class Row:
 EMPTY_ROW = Row(_EMPTY_CODES, _EMPTY_VALUES)
 
 
-@dataclass(frozen=True, slots=True)
-class ScaledRow:
-    """A co-occurrence row ready to score: cut, damped, and its largest value."""
-
-    codes: np.ndarray
-    values: np.ndarray  # damped counts
-    scale: float  # their maximum (0 for an empty row)
+def damping_factor(count: float | None, beta: float) -> float:
+    """What ``serving.blend`` divides a co count by: ``max(pop, 1) ** β``; 1 (not
+    damped) for an item the popularity set does not hold. Computed in Python, as
+    the reference computes it, so dividing by it gives the reference's value."""
+    return max(count, 1.0) ** beta if count else 1.0
 
 
-def scale_row(
-    row: Row, popularity: Mapping[str, float] | None, beta: float, per_item: int, vocab: Vocab
-) -> ScaledRow:
-    """``serving.blend``'s damping and row maximum for one row, in plain Python floats.
-
-    ``popularity`` (item -> all-time clicks) is read only when ``beta`` > 0;
-    missing items, and a count of 0, are not damped, as in the reference.
-    """
-    codes, values = row.codes[:per_item], row.values[:per_item]
-    if not len(codes):
-        return ScaledRow(codes, values, 0.0)
-    if beta > 0 and popularity is not None:
-        names, get = vocab.names, popularity.get
-        damped = []
-        for c, v in zip(codes.tolist(), values.tolist(), strict=True):
-            p = get(names[c])
-            damped.append(v / max(p, 1.0) ** beta if p else v)
-        values = np.array(damped, dtype=np.float64)
-    return ScaledRow(codes, values, float(values.max()))
+def damping_array(popularity: Mapping[str, float], beta: float, vocab: Vocab) -> np.ndarray:
+    """Each code's damping factor (1 where none), for ``ArrayCandidates.damping``."""
+    out = np.ones(len(vocab), dtype=np.float64)
+    for item, count in popularity.items():
+        code = vocab.code(item)
+        if code >= len(out):
+            out = np.concatenate([out, np.ones(code + 1 - len(out))])
+        out[code] = damping_factor(count, beta)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +188,12 @@ class ArrayCandidates:
     """``serving.blend.Candidates`` as prepared arrays."""
 
     sources: Sequence[str]
-    co: Sequence[ScaledRow]  # aligned with sources (an empty row where none)
+    co: Sequence[Row]  # aligned with sources (EMPTY_ROW where none)
     emb: Sequence[Row]
     trending: TrendPrior
+    # Each code's damping factor (see damping_factor), covering every code in
+    # the co rows; None: no damping (β = 0 or no popularity known).
+    damping: np.ndarray | None = None
 
 
 def fast_blend(
@@ -219,48 +211,63 @@ def fast_blend(
     factors: list[float] = []
     kinds: list[ReasonKind] = []
     srcs: list[str] = []
-    w_co, w_emb = cfg.w_co, cfg.w_emb
+    w_co, w_emb, per_item = cfg.w_co, cfg.w_emb, cfg.candidates_per_item
     for p, src in enumerate(cands.sources):
         recency = cfg.recency_decay**p
-        co = cands.co[p]
-        if w_co > 0 and co.scale > 0:
-            seg_codes.append(co.codes)
-            seg_values.append(co.values)
-            factors.append(recency * w_co / co.scale)
-            kinds.append(CO_CLICKED)
-            srcs.append(src)
-        emb = cands.emb[p]
-        if w_emb > 0 and emb.codes.size:
-            seg_codes.append(emb.codes[: cfg.candidates_per_item])
-            seg_values.append(emb.values[: cfg.candidates_per_item])
-            factors.append(recency * w_emb)
-            kinds.append(SIMILAR)
-            srcs.append(src)
+        signals: tuple[tuple[ReasonKind, Row, float], ...] = (
+            (CO_CLICKED, cands.co[p], w_co),
+            (SIMILAR, cands.emb[p], w_emb),
+        )
+        for kind, row, weight in signals:
+            if weight > 0 and row.codes.size:
+                seg_codes.append(row.codes[:per_item])
+                seg_values.append(row.values[:per_item])
+                factors.append(recency * weight)
+                kinds.append(kind)
+                srcs.append(src)
     out: list[Scored] = []
     if seg_codes:
-        out = _personal(seg_codes, seg_values, factors, kinds, srcs, banned, cands, k, vocab)
+        damping = cands.damping if cfg.pop_damping > 0 else None
+        segs = _Segments(seg_codes, seg_values, factors, kinds, srcs)
+        out = _personal(segs, banned, cands.trending, damping, k, vocab)
     if len(out) >= k:
         return out
     pairs = cands.trending.row.pairs(vocab)
     return fill_with_trending(out, pairs, trend_norms(pairs), banned, k, cfg.w_trend)
 
 
+@dataclass(frozen=True, slots=True)
+class _Segments:
+    """The (source, signal) rows of one request, in the reference's visiting order."""
+
+    codes: list[np.ndarray]
+    values: list[np.ndarray]
+    bases: list[float]  # decay**p · weight
+    kinds: list[ReasonKind]
+    sources: list[str]
+
+
 def _personal(
-    seg_codes: list[np.ndarray],
-    seg_values: list[np.ndarray],
-    factors: list[float],
-    kinds: list[ReasonKind],
-    srcs: list[str],
+    seg: _Segments,
     banned: set[str],
-    cands: ArrayCandidates,
+    trending: TrendPrior,
+    damping: np.ndarray | None,
     k: int,
     vocab: Vocab,
 ) -> list[Scored]:
     """Steps 2-4 for the personalised candidates."""
-    lengths = [len(c) for c in seg_codes]
-    codes = np.concatenate(seg_codes)
-    values = np.concatenate(seg_values)
-    # ``factor`` per segment times the value: the reference's product, exactly.
+    lengths = [len(c) for c in seg.codes]
+    codes = np.concatenate(seg.codes)
+    values = np.concatenate(seg.values)
+    co = np.array([kind == CO_CLICKED for kind in seg.kinds])
+    starts = np.array([0, *accumulate(lengths[:-1])])
+    if damping is not None and co.any():
+        on_co = np.repeat(co, lengths)
+        values[on_co] /= damping[codes[on_co]]
+    # The reference's factor: decay**p · weight, over the row's largest (damped)
+    # value for co rows; a co row with no positive value has nothing to score.
+    scale = np.where(co, np.maximum.reduceat(values, starts), 1.0)
+    factors = np.asarray(seg.bases) / np.where(scale > 0, scale, 1.0)
     contrib = np.repeat(factors, lengths) * values
     keep = values > 0
     buf = vocab.scratch()
@@ -284,7 +291,7 @@ def _personal(
     buf.total[codes] = 0.0
     buf.best[codes] = 0.0
     buf.first[codes] = buf.unset
-    prior = cands.trending.of(uniq)
+    prior = trending.of(uniq)
     score = total + prior
     # 4: top k by (-score, item id): everything tied with the k-th best is in
     # the pool, whose exact order is then settled in Python.
@@ -302,6 +309,6 @@ def _personal(
             reason = _TRENDING_REASON
         else:
             s = bisect_right(ends, int(positions[i]))
-            reason = Reason(kinds[s], srcs[s])
+            reason = Reason(seg.kinds[s], seg.sources[s])
         out.append(Scored(item, -neg, reason))
     return out

@@ -51,10 +51,13 @@ class ServingSettings(ServiceSettings):
     item_staleness_s: float = Field(default=1.0, ge=0.0, le=60.0)
     # Rows held per worker, least recently used dropped first. A row is ~50
     # neighbours: ~2 KB as arrays, so 100,000 rows is ~200 MB at most.
-    item_cache_rows: int = Field(default=100_000, ge=1)
+    item_cache_rows: int = Field(default=100_000, ge=100)
     # Item ids a worker codes before it starts its cache afresh (a memory bound
     # for catalogues that only grow; 2,000,000 ids ~ 200 MB of dicts and names).
-    item_vocab_max: int = Field(default=2_000_000, ge=1000)
+    item_vocab_max: int = Field(default=2_000_000, ge=10_000)
+    # Answer well-formed GET /recommendations beside FastAPI's router
+    # (serving.fastpath); off: every request goes through the router.
+    fast_path: bool = True
     index_poll_s: float = Field(default=2.0, gt=0.0)
     request_timeout_s: float = Field(default=1.0, gt=0.0)
     # Per POST /events body; 1000 events of ~100 bytes is ~100 KB.

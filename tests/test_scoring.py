@@ -11,6 +11,7 @@ import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,8 +28,8 @@ from serving.scoring import (
     ArrayCandidates,
     Row,
     Vocab,
+    damping_array,
     fast_blend,
-    scale_row,
     trend_prior,
 )
 
@@ -37,15 +38,15 @@ ITEMS = [f"i{n}" for n in range(30)]
 
 
 def as_arrays(cands: Candidates, cfg: BlendConfig, vocab: Vocab) -> ArrayCandidates:
-    """The reference's inputs prepared as serving.items prepares its rows."""
-    per_item, beta = cfg.candidates_per_item, cfg.pop_damping
-    co = [
-        scale_row(Row.of(vocab, cands.co.get(s, [])), cands.popularity, beta, per_item, vocab)
-        for s in cands.sources
-    ]
+    """The reference's inputs prepared as serving.items prepares its arrays."""
+    co = [Row.of(vocab, cands.co.get(s, [])) for s in cands.sources]
     emb = [Row.of(vocab, cands.emb.get(s, [])) for s in cands.sources]
     trending = trend_prior(Row.of(vocab, list(cands.trending)), cfg.w_trend, vocab)
-    return ArrayCandidates(cands.sources, co, emb, trending)
+    damping = None
+    if cands.popularity is not None:
+        damping = damping_array(cands.popularity, cfg.pop_damping, vocab)
+        damping = np.concatenate([damping, np.ones(len(vocab) - len(damping))])
+    return ArrayCandidates(cands.sources, co, emb, trending, damping)
 
 
 def assert_same(reference: list[Scored], fast: list[Scored]) -> None:
@@ -173,8 +174,7 @@ def test_known_answers_carry_over() -> None:
 def test_an_empty_row_and_no_trending() -> None:
     vocab = Vocab()
     cfg = BlendConfig()
-    empty = scale_row(EMPTY_ROW, None, cfg.pop_damping, cfg.candidates_per_item, vocab)
-    cands = ArrayCandidates(["A"], [empty], [EMPTY_ROW], trend_prior(EMPTY_ROW, 0.2, vocab))
+    cands = ArrayCandidates(["A"], [EMPTY_ROW], [EMPTY_ROW], trend_prior(EMPTY_ROW, 0.2, vocab))
     assert fast_blend(cands, set(), 5, cfg, vocab) == []
 
 
