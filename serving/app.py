@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -28,7 +28,14 @@ from serving.fastpath import FastRecommendations
 from serving.ingest import EventSink
 from serving.items import CachedStateReader, ItemCache
 from serving.limits import ConcurrencyLimitMiddleware
-from serving.routes import bench_router, recommendations, router
+from serving.routes import (
+    bench_fetch,
+    bench_router,
+    fetch_only,
+    recommend,
+    recommendations,
+    router,
+)
 from serving.settings import ServingSettings
 from serving.state import STATE_KEY, AppState
 from serving.store import RedisStateReader
@@ -141,7 +148,19 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     )
     if cfg.fast_path:
         # Added before the guard, so inside it: counted, and a 500 is still JSON.
-        app.add_middleware(FastRecommendations, route=_route(recommendations))
+        app.add_middleware(
+            FastRecommendations,
+            route=_route(router, recommendations),
+            prefix="/recommendations/",
+            handler=recommend,
+        )
+        if cfg.bench_routes:
+            app.add_middleware(
+                FastRecommendations,
+                route=_route(bench_router, bench_fetch),
+                prefix="/bench/fetch/",
+                handler=fetch_only,
+            )
     install_handlers(app)
     # Added last, so outermost: a shed request costs no routing or validation.
     app.add_middleware(
@@ -157,9 +176,9 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     return app
 
 
-def _route(endpoint: Callable[..., Any]) -> APIRoute:
+def _route(of: APIRouter, endpoint: Callable[..., Any]) -> APIRoute:
     """The APIRoute of a module-level route function."""
-    return next(r for r in router.routes if isinstance(r, APIRoute) and r.endpoint is endpoint)
+    return next(r for r in of.routes if isinstance(r, APIRoute) and r.endpoint is endpoint)
 
 
 def _document_page_bound(app: FastAPI, cfg: ServingSettings) -> None:

@@ -155,9 +155,8 @@ class ItemCache:
         fresh_rows, row_pop = await self.store.rows(rows, self.row_len)
         fresh_pop = await self.store.popularity_of(pops)
         trending = await self.store.trending(self.trend_len)
-        vocab = self.vocab
         for item, (members, counts) in zip(rows, fresh_rows, strict=True):
-            self._rows[item] = Row(vocab.codes(members), counts)
+            self.put(item, members, counts)
         updates = {**row_pop, **fresh_pop}
         # An asked item missing from the answer has left the popularity set.
         # (Members dropped when the consumer prunes the popularity set to pop_max
@@ -211,9 +210,8 @@ class ItemCache:
             if not missing:
                 break
             fetched, pop = await self.store.rows(missing, self.row_len)
-            vocab = self.vocab
             for item, (members, counts) in zip(missing, fetched, strict=True):
-                self._rows[item] = Row(vocab.codes(members), counts)
+                self.put(item, members, counts)
             self._update_pop(pop)
             missing = [i for i in items if i not in self._rows]
         else:
@@ -225,6 +223,13 @@ class ItemCache:
             out.append(self._rows[item])
         self._bound(keep=len(items))
         return out
+
+    def put(self, item: str, members: Sequence[str], counts: np.ndarray) -> None:
+        """Hold the item's row (its neighbours best first, and their counts)."""
+        self._rows[item] = Row(self.vocab.codes(members), counts)
+
+    def put_popularity(self, counts: dict[str, float]) -> None:
+        self._update_pop(counts)
 
     def damping(self) -> np.ndarray | None:
         """Each code's damping factor, covering every code assigned (None: β = 0)."""

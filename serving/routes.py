@@ -181,6 +181,11 @@ async def recommend(state: AppState, user_id: str, size: int) -> Response:
     include_in_schema=False,
 )
 async def bench_fetch(user_id: UserId, state: State, size: Size) -> Response:
+    return await fetch_only(state, user_id, size)
+
+
+async def fetch_only(state: AppState, user_id: str, size: int) -> Response:
+    """The recommendation's reads without scoring (the benchmark's baseline)."""
     user = await fetch_user(state, user_id, size, state.index)
     return Response(f'{{"sources":{len(user.sources)}}}', media_type="application/json")
 

@@ -32,6 +32,8 @@ PATHS = [
     "/recommendations/",  # no id: 404
     "/recommendations/a%2Fb",  # an encoded slash
     "/recommendations/u1/more",
+    "/bench/fetch/u1?k=3",  # the benchmark's baseline, dispatched the same way
+    "/bench/fetch/u1?k=0",
 ]
 
 
@@ -55,7 +57,7 @@ def test_fast_path_answers_like_the_route(
     seed(redis_client, redis_settings)
     publish(make_index(), tmp_path)
     settings = settings_for(redis_settings, tmp_path).model_copy(
-        update={"item_staleness_s": staleness}
+        update={"item_staleness_s": staleness, "bench_routes": True}
     )
     fast, slow = answers(settings, True), answers(settings, False)
     assert fast == slow
