@@ -44,12 +44,17 @@ def live_env(setup: EvalSetup, method: Method) -> dict[str, str]:
     """The environment that makes the live stack run ``method`` on ``setup``'s state model."""
     # A tiny poll wait: the loop waits for each single event to be applied.
     consumer = setup.consumer.model_copy(update={"poll_timeout_ms": 20})
+    # Item state read per request (no worker cache): each answer must see every
+    # event before it, as in process, where a cache would lag by up to its
+    # staleness bound. The cache's reads and the vectorised blend are held equal
+    # to this path by tests/test_state_contract.py and tests/test_scoring.py.
     serving = setup.serving.model_copy(
-        update={"blend": method.cfg, "max_k": max(setup.request_k, 1)}
+        update={"blend": method.cfg, "max_k": max(setup.request_k, 1), "item_staleness_s": 0.0}
     )
+    fields = ["blend", "history_len", "trend_candidates", "max_k", "item_staleness_s"]
     return {
         **settings_env(consumer, ["state", "poll_timeout_ms"]),
-        **settings_env(serving, ["blend", "history_len", "trend_candidates", "max_k"]),
+        **settings_env(serving, fields),
     }
 
 
