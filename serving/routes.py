@@ -34,6 +34,7 @@ from serving.schemas import (
     RecommendationsOut,
     SimilarItem,
     SimilarOut,
+    SimilarReason,
 )
 from serving.scoring import fast_blend
 from serving.settings import MAX_K_LIMIT
@@ -194,26 +195,47 @@ async def fetch_only(state: AppState, user_id: str, size: int) -> Response:
     "/items/{item_id}/similar",
     response_model=SimilarOut,
     responses={
-        404: {"model": ErrorOut, "description": "item not in the index"},
+        404: {"model": ErrorOut, "description": "neither in the index nor co-clicked"},
         **ERROR_RESPONSES,
     },
-    summary="Items whose embeddings are closest to this one",
+    summary="Items like this one: co-clicked with it, and close to it in the embedding",
 )
 async def similar(item_id: ItemId, state: State, size: Size) -> SimilarOut:
+    """The blend with the item as the one source: its co-occurrence row (fresh from
+    Redis, so an item the index has never seen answers as soon as anyone clicked
+    it with something) and its embedding neighbours, each item with its reason."""
     index = state.index
-    if index is None:
-        raise ApiError(503, "index_unavailable", "no embedding index is loaded")
-    if item_id not in index:
-        raise ApiError(404, "item_not_found", f"item {item_id!r} is not in the index")
-    neighbours = index.similar(item_id, size)
+    cfg = state.settings.blend
+    async with asyncio.timeout(state.settings.request_timeout_s):
+        rows, pop = await state.store.rows([item_id], cfg.candidates_per_item)
+    members, counts = rows[0]
+    co = list(zip(members, counts.tolist(), strict=True))
+    in_index = index is not None and item_id in index
+    if not co and not in_index:
+        if index is None:
+            raise ApiError(
+                503,
+                "index_unavailable",
+                "no embedding index is loaded, and the item has no co-clicks",
+            )
+        raise ApiError(
+            404, "item_not_found", f"item {item_id!r} is neither in the index nor co-clicked"
+        )
+    emb = {item_id: index.similar(item_id, cfg.candidates_per_item)} if index and in_index else {}
+    ranked = blend(Candidates([item_id], {item_id: co}, emb, [], pop), {item_id}, size, cfg)
     return SimilarOut(
         item_id=item_id,
-        title=index.title(item_id),
+        title=_title(index, item_id),
         items=[
-            SimilarItem(item_id=other, title=index.title(other), score=score)
-            for other, score in neighbours
+            SimilarItem(
+                item_id=s.item_id,
+                title=_title(index, s.item_id),
+                score=s.score,
+                reason=cast(SimilarReason, s.reason.kind),
+            )
+            for s in ranked
         ],
-        index_version=index.version,
+        index_version=None if index is None else index.version,
     )
 
 

@@ -40,17 +40,28 @@ class RecommendationsOut(BaseModel):
     index_version: str | None = Field(description="embedding index used; null if none loaded")
 
 
+SimilarReason = Literal["co_clicked", "similar"]
+
+
 class SimilarItem(BaseModel):
     item_id: str
     title: str | None = None
-    score: float = Field(description="cosine similarity")
+    score: float = Field(
+        description="the blend's score with the item as the one source: its co-occurrence "
+        "row normalised by its largest count (weight w_co), plus the embedding cosine "
+        "(weight w_emb)"
+    )
+    reason: SimilarReason = Field(
+        description="the larger term: co_clicked (clicked in the same sessions) or "
+        "similar (close in the embedding)"
+    )
 
 
 class SimilarOut(BaseModel):
     item_id: str
     title: str | None = None
     items: list[SimilarItem]
-    index_version: str
+    index_version: str | None = Field(description="embedding index used; null if none loaded")
 
 
 class HealthOut(BaseModel):

@@ -10,8 +10,8 @@ from offline.index import ItemIndex
 from serving.ingest import EventSink
 from serving.items import CachedStateReader
 from serving.metrics import Metrics
-from serving.reader import StateReader
 from serving.settings import ServingSettings
+from serving.store import RedisStateReader
 
 # Key under which the lifespan state reaches each request (``request.state``).
 STATE_KEY = "serving"
@@ -21,7 +21,7 @@ STATE_KEY = "serving"
 class AppState:
     settings: ServingSettings
     redis: aioredis.Redis
-    store: StateReader
+    store: RedisStateReader
     # The item cache and the fast path (None: item_staleness_s = 0, read everything per request).
     cached: CachedStateReader | None
     events: EventSink

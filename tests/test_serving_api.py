@@ -153,14 +153,44 @@ def test_k_out_of_bounds_is_a_json_422(client: TestClient, k: str) -> None:
 
 
 def test_similar_known_answer(client: TestClient, published: tuple[Path, ItemIndex]) -> None:
-    body = client.get("/items/1/similar", params={"k": 3}).json()
-    assert body["item_id"] == "1" and body["title"] == "Movie 1"
+    # Item 2 has no co-occurrence row: its embedding neighbours, by cosine.
+    body = client.get("/items/2/similar", params={"k": 3}).json()
+    assert body["item_id"] == "2" and body["title"] == "Movie 2"
     assert body["index_version"] == published[1].version
-    assert [i["item_id"] for i in body["items"]] == ["2", "3", "6"]
+    assert [i["item_id"] for i in body["items"]] == ["1", "3", "6"]
+    w_emb = BlendConfig().w_emb
     assert [i["score"] for i in body["items"]] == pytest.approx(
-        [cosine("1", "2"), cosine("1", "3"), cosine("1", "6")], rel=1e-5
+        [w_emb * cosine("2", "1"), w_emb * cosine("2", "3"), w_emb * cosine("2", "6")], rel=1e-5
     )
-    assert body["items"][0]["title"] == "Movie 2"
+    assert {i["reason"] for i in body["items"]} == {"similar"}
+    assert body["items"][0]["title"] == "Movie 1"
+
+
+def test_similar_blends_co_clicks_and_embedding_with_reasons(client: TestClient) -> None:
+    # Item 1: co row {4: 50, 5: 2} and its embedding neighbours 2, 3, 6, ...
+    items = client.get("/items/1/similar", params={"k": 4}).json()["items"]
+    cfg = BlendConfig()
+    assert [(i["item_id"], i["reason"]) for i in items] == [
+        ("4", "co_clicked"),
+        ("2", "similar"),
+        ("3", "similar"),
+        ("6", "similar"),
+    ]
+    assert items[0]["score"] == pytest.approx(cfg.w_co * 1.0)
+    assert items[1]["score"] == pytest.approx(cfg.w_emb * cosine("1", "2"), rel=1e-5)
+
+
+def test_similar_answers_for_an_item_the_index_has_never_seen(
+    client: TestClient, redis_client: redis.Redis, redis_settings: RedisSettings
+) -> None:
+    redis_client.zadd(redis_settings.keys.co("new-release"), {"1": 3, "2": 1})
+    body = client.get("/items/new-release/similar", params={"k": 5}).json()
+    assert body["title"] is None
+    assert [(i["item_id"], i["reason"]) for i in body["items"]] == [
+        ("1", "co_clicked"),
+        ("2", "co_clicked"),
+    ]
+    assert [i["score"] for i in body["items"]] == pytest.approx([1.0, 1 / 3])
 
 
 def test_similar_unknown_item_is_404(client: TestClient) -> None:
@@ -213,7 +243,10 @@ def test_without_index_health_is_degraded_and_recommendations_still_served(
             "trending",
         ]
         assert body["items"][0]["title"] is None
-        assert_error(c.get("/items/1/similar"), 503, "index_unavailable")
+        # Co-clicks still answer /similar; an item with none needs the index.
+        co = c.get("/items/1/similar").json()
+        assert [i["item_id"] for i in co["items"]] == ["4", "5"] and co["index_version"] is None
+        assert_error(c.get("/items/3/similar"), 503, "index_unavailable")
 
 
 def test_hot_swap_under_load_never_fails_a_request(
@@ -225,7 +258,8 @@ def test_hot_swap_under_load_never_fails_a_request(
     new = make_index(VECTORS[[0, 3, 4, 1, 2, 5]])
     assert new.version != old.version
     with TestClient(create_app(settings_for(redis_settings, artifacts))) as c:
-        assert c.get("/items/1/similar", params={"k": 1}).json()["items"][0]["item_id"] == "2"
+        # Item 2 has no co-clicks: its neighbour is the embedding's (1, then 3).
+        assert c.get("/items/2/similar", params={"k": 1}).json()["items"][0]["item_id"] == "1"
         versions: set[str] = set()
         for _ in range(20):
             resp = c.get("/recommendations/u1")
@@ -247,7 +281,7 @@ def test_hot_swap_under_load_never_fails_a_request(
             swapped = False
             while time.monotonic() < deadline and not swapped:
                 rec = c.get("/recommendations/u1")
-                sim = c.get("/items/1/similar", params={"k": 1})
+                sim = c.get("/items/2/similar", params={"k": 1})
                 assert rec.status_code == 200 and sim.status_code == 200
                 versions.add(rec.json()["index_version"])
                 swapped = sim.json()["index_version"] == new.version
@@ -255,7 +289,7 @@ def test_hot_swap_under_load_never_fails_a_request(
             codes = [code for w in workers for code in w.result()]
         assert swapped, "the new index was not picked up within 10 s"
         assert codes and set(codes) == {200}
-        assert c.get("/items/1/similar", params={"k": 1}).json()["items"][0]["item_id"] == "4"
+        assert c.get("/items/2/similar", params={"k": 1}).json()["items"][0]["item_id"] == "3"
         assert c.get("/health").json()["index_version"] == new.version
         assert c.get("/metrics").json()["index_swaps"] == 1
         assert versions <= {old.version, new.version}
