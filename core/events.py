@@ -75,6 +75,12 @@ def _id(obj: dict[str, Any], field: str, *, required: bool) -> str | None:
     return value
 
 
+def _short(value: object, limit: int = 24) -> str:
+    """A value for an error message, cut so a huge one is never echoed back whole."""
+    text = str(value) if not isinstance(value, int) or value.bit_length() < 200 else "<huge>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def validate(obj: Any) -> ClickEvent:
     """Check a decoded JSON value against the contract; raise InvalidEvent if it breaks it."""
     if not isinstance(obj, dict):
@@ -89,7 +95,9 @@ def validate(obj: Any) -> ClickEvent:
     if isinstance(ts, bool) or not isinstance(ts, int):
         raise InvalidEvent("wrong_type", f"ts must be an integer, got {type(ts).__name__}")
     if not MIN_TS_MS <= ts <= MAX_TS_MS:
-        raise InvalidEvent("ts_out_of_range", f"ts={ts} is not epoch milliseconds in 1973..2100")
+        raise InvalidEvent(
+            "ts_out_of_range", f"ts={_short(ts)} is not epoch milliseconds in 1973..2100"
+        )
     etype = obj.get("type", DEFAULT_TYPE)
     if not isinstance(etype, str) or not etype or len(etype) > MAX_TYPE_LEN:
         raise InvalidEvent("wrong_type", f"type must be a non-empty string <= {MAX_TYPE_LEN}")
@@ -97,9 +105,12 @@ def validate(obj: Any) -> ClickEvent:
     if weight is not None:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise InvalidEvent("wrong_type", "weight must be a number")
-        weight = float(weight)
+        try:
+            weight = float(weight)
+        except OverflowError:  # an integer too large for a float: out of range too
+            raise InvalidEvent("weight_out_of_range", f"weight={_short(weight)}") from None
         if not math.isfinite(weight) or abs(weight) > MAX_WEIGHT:
-            raise InvalidEvent("weight_out_of_range", f"weight={weight}")
+            raise InvalidEvent("weight_out_of_range", f"weight={_short(weight)}")
     session_id = _id(obj, "session_id", required=False)
     return ClickEvent(user_id, item_id, ts, etype, weight, session_id)
 

@@ -168,6 +168,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         max_in_flight=cfg.max_in_flight,
         max_waiting=cfg.max_waiting,
         queue_wait_s=cfg.queue_wait_s,
+        max_body_bytes=cfg.max_body_bytes,
+        body_timeout_s=cfg.body_timeout_s,
     )
     app.include_router(router)
     if cfg.bench_routes:

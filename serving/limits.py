@@ -22,7 +22,7 @@ import asyncio
 from collections import deque
 from collections.abc import Collection
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.errors import RETRY_AFTER_S, error_response
 
@@ -84,6 +84,16 @@ class InFlightLimiter:
 
 
 class ConcurrencyLimitMiddleware:
+    """The slot pool around the app, and the body read before a slot is taken.
+
+    A request body is read whole, within ``body_timeout_s`` and at most
+    ``max_body_bytes``, *before* the request may take a slot: a client that
+    announces a body and sends it slowly, or not at all, holds only its own
+    connection, never a slot that others' requests need (408 when it runs out
+    of time, 413 when the body is too large: announced, or counted while
+    reading, never buffered past the limit).
+    """
+
     def __init__(
         self,
         app: ASGIApp,
@@ -91,17 +101,26 @@ class ConcurrencyLimitMiddleware:
         max_in_flight: int,
         max_waiting: int,
         queue_wait_s: float,
+        max_body_bytes: int,
+        body_timeout_s: float,
         exempt: Collection[str] = EXEMPT_PATHS,
     ) -> None:
         self.app = app
         self.limiter = InFlightLimiter(max_in_flight, max_waiting)
         self.queue_wait_s = queue_wait_s
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self.exempt = frozenset(exempt)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") in self.exempt:
             await self.app(scope, receive, send)
             return
+        if _may_have_body(scope):
+            body = await self._read_body(scope, receive, send)
+            if body is None:
+                return  # answered (408/413), or the client went away
+            receive = _replay(body, receive)
         if not await self.limiter.acquire(self.queue_wait_s):
             response = error_response(
                 scope,
@@ -116,3 +135,78 @@ class ConcurrencyLimitMiddleware:
             await self.app(scope, receive, send)
         finally:
             self.limiter.release()
+
+    async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The whole body, or None after answering 408/413 (or on a disconnect)."""
+        limit = self.max_body_bytes
+        announced = _content_length(scope)
+        if announced is not None and announced > limit:
+            await _too_large(scope, receive, send, limit)
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        await _too_large(scope, receive, send, limit)
+                        return None
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(chunks)
+        except TimeoutError:
+            response = error_response(
+                scope,
+                408,
+                "body_timeout",
+                f"the request body did not arrive within {self.body_timeout_s:g} s",
+                {"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return None
+
+
+def _may_have_body(scope: Scope) -> bool:
+    if scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
+        return _content_length(scope) not in (None, 0)
+    return True
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    response = error_response(
+        scope,
+        413,
+        "body_too_large",
+        f"the request body is larger than {limit:,} bytes",
+        {"Connection": "close"},
+    )
+    await response(scope, receive, send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the app the body already read, then the real channel."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -62,6 +62,11 @@ class ServingSettings(ServiceSettings):
     request_timeout_s: float = Field(default=1.0, gt=0.0)
     # Per POST /events body; 1000 events of ~100 bytes is ~100 KB.
     max_events_per_request: int = Field(default=1000, ge=1)
+    # A request body is read whole before the request takes a slot (serving.limits):
+    # at most this many bytes (1000 events at the 4 KiB per-event limit, plus
+    # JSON's brackets and commas, fit in 5 MiB) and within this many seconds.
+    max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    body_timeout_s: float = Field(default=5.0, gt=0.0)
     # Neighbour lists of this many trending items are computed when an index is
     # loaded (in the loader thread), so requests find them cached: a cold FAISS
     # search costs ~0.15-0.2 ms per item on a 10k x 64 flat index (measured),

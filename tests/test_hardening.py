@@ -1,0 +1,142 @@
+"""Hostile clients against a real API process (uvicorn on a free port, real Redis).
+
+Regression tests of the defects found by trying the running API as a hostile
+client would: each reproduces its defect against the real server.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from test_serving_api import make_index, seed
+from test_serving_workers import api_process
+
+from core.settings import RedisSettings
+from offline.index import publish
+
+BODY_TIMEOUT_S = 1.0
+MAX_BODY = 64 * 1024
+
+
+@pytest.fixture
+def api(redis_client: redis.Redis, redis_settings: RedisSettings, tmp_path: Path) -> Iterator[str]:
+    seed(redis_client, redis_settings)
+    publish(make_index(), tmp_path / "artifacts")
+    env = {
+        "STREAMREC_SERVING_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+        "STREAMREC_SERVING_MAX_BODY_BYTES": str(MAX_BODY),
+    }
+    with api_process(redis_settings, tmp_path / "artifacts", tmp_path / "api.log", env=env) as url:
+        yield url
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _post_head(length: int | None, chunked: bool = False) -> bytes:
+    head = "POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    if length is not None:
+        head += f"Content-Length: {length}\r\n"
+    if chunked:
+        head += "Transfer-Encoding: chunked\r\n"
+    return (head + "\r\n").encode()
+
+
+def _response(sock: socket.socket, timeout: float) -> tuple[int, dict[str, object]]:
+    """Status and JSON body of one HTTP/1.1 response read from a raw socket."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head.split(b" ", 2)[1]), json.loads(body[:length])
+
+
+def test_silent_request_bodies_do_not_take_the_recommendation_slots(api: str) -> None:
+    """Defect 1: four POSTs that announce a body and send one byte held all four
+    in-flight slots, and /recommendations answered 503 for as long as they waited."""
+    silent = [socket.create_connection(("127.0.0.1", _port(api))) for _ in range(8)]
+    try:
+        for s in silent:
+            s.sendall(_post_head(1000) + b"{")
+        time.sleep(0.2)  # they are all waiting for their bodies now
+        started = time.monotonic()
+        for _ in range(10):
+            resp = httpx.get(f"{api}/recommendations/u1", params={"k": 3}, timeout=2)
+            assert resp.status_code == 200, resp.text
+        assert time.monotonic() - started < BODY_TIMEOUT_S  # served while they wait
+        # Each silent body runs out of time with a JSON 408, not a hang.
+        for s in silent:
+            status, body = _response(s, timeout=BODY_TIMEOUT_S + 5)
+            assert status == 408 and body["error"]["code"] == "body_timeout"  # type: ignore[index]
+    finally:
+        for s in silent:
+            s.close()
+
+
+def test_an_announced_oversized_body_is_refused_before_it_is_read(api: str) -> None:
+    """Defect 6: a 52 MB body was read and parsed in full before any check."""
+    with socket.create_connection(("127.0.0.1", _port(api))) as s:
+        s.sendall(_post_head(52_428_800) + b"[")
+        status, body = _response(s, timeout=5)
+    assert status == 413 and body["error"]["code"] == "body_too_large"  # type: ignore[index]
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit(api: str) -> None:
+    with socket.create_connection(("127.0.0.1", _port(api))) as s:
+        s.sendall(_post_head(None, chunked=True))
+        chunk = b"x" * 16_384
+        status: int | None = None
+        for _ in range(MAX_BODY // len(chunk) + 2):
+            try:
+                s.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            except OSError:
+                break  # the server answered and closed: read what it said
+        status, body = _response(s, timeout=5)
+    assert status == 413 and body["error"]["code"] == "body_too_large"  # type: ignore[index]
+
+
+def test_a_body_within_the_limit_still_reaches_the_route(api: str) -> None:
+    # A valid event reaches validation and the (unreachable) broker: 503, not 413/408.
+    event = {"user_id": "u", "item_id": "i", "ts": 1_600_000_000_000}
+    resp = httpx.post(f"{api}/events", json=[event] * 50, timeout=15)
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "unavailable"
+    bad = httpx.post(f"{api}/events", json=[{"user_id": "u"}], timeout=5)
+    assert bad.status_code == 422
+
+
+def test_a_huge_integer_weight_is_a_422_and_a_huge_ts_is_not_echoed(api: str) -> None:
+    """Defects 5 and 11: a 400-digit weight raised OverflowError (500), and a
+    4,000-digit ts came back whole in the error message."""
+    event = {"user_id": "u", "item_id": "i", "ts": 1_600_000_000_000}
+    resp = httpx.post(
+        f"{api}/events",
+        content=json.dumps({**event, "weight": 10**400}),
+        headers={"content-type": "application/json"},
+        timeout=5,
+    )
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"]["code"] == "invalid_event"
+    assert "weight" in resp.json()["error"]["message"]
+    huge_ts = "1" * 4000
+    raw = f'{{"user_id": "u", "item_id": "i", "ts": {huge_ts}}}'
+    resp = httpx.post(
+        f"{api}/events", content=raw, headers={"content-type": "application/json"}, timeout=5
+    )
+    assert resp.status_code == 422, resp.text
+    assert huge_ts[:100] not in resp.text and len(resp.text) < 500
