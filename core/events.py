@@ -25,6 +25,14 @@ from core.errors import InvalidEvent
 
 MAX_MESSAGE_BYTES = 4096  # a click is ~100 bytes; 40x headroom, and a hard stop for junk
 MAX_ID_LEN = 128
+# The one rule for every id, written (POST /events, the topic) or read (the
+# paths of GET /recommendations/{user_id} and /items/{item_id}/similar):
+# 1..MAX_ID_LEN characters, not only blanks, no "/" (an id is one path segment,
+# so one with a slash could be written but never read) and no U+FFFD (what a
+# decoder makes of undecodable bytes: such an id was mangled on its way in).
+# The pattern is what OpenAPI documents; id_problem() says which part failed.
+_BLANK = " \t\n\v\f\r"
+ID_PATTERN = "^[^/\ufffd]*[^/\ufffd \t\n\v\f\r][^/\ufffd]*$"
 MAX_TYPE_LEN = 32
 MAX_WEIGHT = 1e6
 # 1973-03-03 .. 2100-01-01 in ms. The lower bound rejects timestamps sent in
@@ -59,6 +67,20 @@ class ClickEvent:
     def encode(self) -> bytes:
         return orjson.dumps(self.to_dict())
 
+    def to_wire(self) -> bytes:
+        """The event as it travels on the topic, or InvalidEvent if it cannot: text
+        that is not valid UTF-8 (a lone surrogate, which JSON's \\u escapes allow),
+        or more than the consumer accepts (``decode``'s limit)."""
+        try:
+            raw = self.encode()
+        except orjson.JSONEncodeError:
+            raise InvalidEvent(
+                "not_utf8", "text that is not valid UTF-8 (a lone surrogate?)"
+            ) from None
+        if len(raw) > MAX_MESSAGE_BYTES:
+            raise InvalidEvent("oversized", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")
+        return raw
+
 
 def _id(obj: dict[str, Any], field: str, *, required: bool) -> str | None:
     value = obj.get(field)
@@ -68,11 +90,21 @@ def _id(obj: dict[str, Any], field: str, *, required: bool) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidEvent("wrong_type", f"{field} must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise InvalidEvent("empty_field", field)
-    if len(value) > MAX_ID_LEN:
-        raise InvalidEvent("too_long", f"{field} longer than {MAX_ID_LEN} chars")
+    problem = id_problem(value)
+    if problem is not None:
+        raise InvalidEvent(problem, field)
     return value
+
+
+def id_problem(value: str) -> str | None:
+    """What breaks the one id rule (``ID_PATTERN``), as a reason code; None if nothing."""
+    if not value.strip(_BLANK):
+        return "empty_field"
+    if len(value) > MAX_ID_LEN:
+        return "too_long"
+    if "/" in value or "\ufffd" in value:
+        return "bad_character"
+    return None
 
 
 def _short(value: object, limit: int = 24) -> str:

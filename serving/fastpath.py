@@ -22,14 +22,13 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from core.events import id_problem
 from serving.errors import UNAVAILABLE, app_state, unavailable_response
 from serving.state import AppState
 
 # The one query string answered here: nothing, or k=<a number without leading
 # zeros>; whether it is within max_k is checked against the settings.
 _K = re.compile(rb"k=([1-9][0-9]{0,3})")
-# What the route's path parameter accepts: one segment of 1..128 characters.
-MAX_ID_LEN = 128
 
 
 Handler = Callable[[AppState, str, int], Awaitable[Response]]
@@ -51,7 +50,7 @@ class FastRecommendations:
             if path.startswith(self.prefix) and state is not None:
                 user_id = path[len(self.prefix) :]
                 k = _page(scope["query_string"], state.settings.default_k, state.settings.max_k)
-                if k is not None and 0 < len(user_id) <= MAX_ID_LEN and "/" not in user_id:
+                if k is not None and id_problem(user_id) is None:
                     scope["route"] = self.route
                     try:
                         response = await self.handler(state, user_id, k)

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from kafka.errors import KafkaError
 
 from core.errors import ServiceUnavailable
-from core.events import ClickEvent
 from core.settings import KafkaSettings
 from producer.client import ClickProducer
 
@@ -36,14 +35,15 @@ class EventSink:
                 log.info("kafka producer connected to %s", self._kafka.bootstrap)
             return self._producer
 
-    async def send(self, events: Sequence[ClickEvent]) -> int:
-        """Send and wait for the broker's acknowledgement; raise ServiceUnavailable if not."""
+    async def send(self, messages: Sequence[tuple[bytes, bytes]]) -> int:
+        """Send (key, encoded event) messages and wait for the broker's acknowledgement;
+        raise ServiceUnavailable if it does not acknowledge them all."""
         producer = await self._get()
-        await asyncio.to_thread(self._send_sync, producer, events)
-        return len(events)
+        await asyncio.to_thread(self._send_sync, producer, messages)
+        return len(messages)
 
-    def _send_sync(self, producer: ClickProducer, events: Sequence[ClickEvent]) -> None:
-        futures = [producer.send(event) for event in events]
+    def _send_sync(self, producer: ClickProducer, messages: Sequence[tuple[bytes, bytes]]) -> None:
+        futures = [producer.send_raw(value, key) for key, value in messages]
         producer.flush(timeout=self._flush_timeout_s)
         try:
             # After flush every future is done; get() surfaces a per-record failure.

@@ -17,7 +17,7 @@ import orjson
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 
 from core.errors import InvalidEvent
-from core.events import ClickEvent, validate
+from core.events import ID_PATTERN, MAX_ID_LEN, validate
 from offline.index import ItemIndex
 from serving.blend import Candidates, Scored, blend
 from serving.errors import ApiError
@@ -73,8 +73,13 @@ async def page_size(
 
 
 Size = Annotated[int, Depends(page_size)]
-UserId = Annotated[str, Path(min_length=1, max_length=128, description="the user's id")]
-ItemId = Annotated[str, Path(min_length=1, max_length=128, description="an item id")]
+UserId = Annotated[
+    str,
+    Path(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN, description="the user's id"),
+]
+ItemId = Annotated[
+    str, Path(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN, description="an item id")
+]
 EventsBody = Annotated[Any, Body(description="one click event or a list of them")]
 
 
@@ -268,6 +273,18 @@ async def health(state: State, response: Response) -> HealthOut:
     )
 
 
+@router.head("/health", include_in_schema=False)
+async def health_head(state: State, response: Response) -> Response:
+    """HEAD /health: the GET's status and headers (the server sends no body)."""
+    body = await health(state, response)
+    return Response(
+        body.model_dump_json(),
+        status_code=response.status_code or 200,
+        headers={k: v for k, v in response.headers.items() if k.lower() == "retry-after"},
+        media_type="application/json",
+    )
+
+
 @router.post(
     "/events",
     status_code=202,
@@ -292,14 +309,16 @@ async def post_events(body: EventsBody, state: State) -> AcceptedOut:
             "too_many_events",
             f"{len(raw)} events in one request; the limit is {max_events}",
         )
-    # Validate all before sending any: a batch is accepted whole or not at all.
-    events: list[ClickEvent] = []
+    # Validate and encode all before sending any: a batch is accepted whole or
+    # not at all (a lone surrogate in event 2 used to fail after event 1 was sent).
+    messages: list[tuple[bytes, bytes]] = []
     for i, obj in enumerate(raw):
         try:
-            events.append(validate(obj))
+            event = validate(obj)
+            messages.append((event.user_id.encode(), event.to_wire()))
         except InvalidEvent as exc:
             raise ApiError(422, "invalid_event", f"event {i}: {exc}") from None
-    accepted = await state.events.send(events)
+    accepted = await state.events.send(messages)
     state.metrics.events_accepted += accepted
     return AcceptedOut(accepted=accepted)
 

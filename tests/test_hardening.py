@@ -15,11 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from kafka import KafkaConsumer
 from test_serving_api import make_index, seed
 from test_serving_workers import api_process
 
-from core.settings import RedisSettings
+from core.events import ID_PATTERN
+from core.settings import KafkaSettings, RedisSettings
 from offline.index import publish
+from producer.client import ensure_topics
 
 BODY_TIMEOUT_S = 1.0
 MAX_BODY = 64 * 1024
@@ -140,3 +143,64 @@ def test_a_huge_integer_weight_is_a_422_and_a_huge_ts_is_not_echoed(api: str) ->
     )
     assert resp.status_code == 422, resp.text
     assert huge_ts[:100] not in resp.text and len(resp.text) < 500
+
+
+def test_a_batch_with_one_bad_event_sends_none_of_it(
+    redis_settings: RedisSettings, kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """Defect 4: a lone surrogate in the second event raised inside the send loop
+    after the first was queued: a 500, and event 0 applied anyway."""
+    ensure_topics(kafka_settings)
+    publish(make_index(), tmp_path / "artifacts")
+    env = {
+        "STREAMREC_KAFKA_BOOTSTRAP": kafka_settings.bootstrap,
+        "STREAMREC_KAFKA_TOPIC": kafka_settings.topic,
+    }
+    good = '{"user_id": "u", "item_id": "i", "ts": 1600000000000}'
+    lone = '{"user_id": "u", "item_id": "\\ud800", "ts": 1600000000001}'
+    headers = {"content-type": "application/json"}
+    with api_process(redis_settings, tmp_path / "artifacts", tmp_path / "api.log", env=env) as url:
+        bad = httpx.post(f"{url}/events", content=f"[{good}, {lone}]", headers=headers, timeout=10)
+        assert bad.status_code == 422, bad.text
+        assert bad.json()["error"]["message"].startswith("event 1: not_utf8")
+        ok = httpx.post(f"{url}/events", content=f"[{good}]", headers=headers, timeout=10)
+        assert ok.status_code == 202, ok.text
+    consumer = KafkaConsumer(
+        kafka_settings.topic,
+        bootstrap_servers=kafka_settings.bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=4000,
+    )
+    try:
+        values = [json.loads(m.value) for m in consumer]
+    finally:
+        consumer.close()
+    # Only the accepted batch reached the topic (as the wire contract spells it).
+    assert values == [{**json.loads(good), "type": "click"}]
+
+
+def test_head_health_answers_like_get(api: str) -> None:
+    """Defect 11: HEAD /health was a 405."""
+    head = httpx.head(f"{api}/health", timeout=5)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == httpx.get(f"{api}/health").headers["content-type"]
+
+
+def test_one_id_rule_for_reads_and_writes(api: str) -> None:
+    """Defect 10: POST took a user id with "/" that GET could never read; GET took
+    blank ids that POST refused; undecodable path bytes became U+FFFD silently."""
+    ts = 1_600_000_000_000
+    for user in ["a/b", "   ", "x\ufffdy", "x" * 129]:
+        resp = httpx.post(
+            f"{api}/events", json={"user_id": user, "item_id": "i", "ts": ts}, timeout=5
+        )
+        assert resp.status_code == 422, (user, resp.text)
+    for path in ["%20%20", "%FF", "x%EF%BF%BDy", "x" * 129]:
+        resp = httpx.get(f"{api}/recommendations/{path}", timeout=5)
+        assert resp.status_code == 422, (path, resp.text)
+        assert resp.json()["error"]["code"] == "invalid_request"
+        assert httpx.get(f"{api}/items/{path}/similar", timeout=5).status_code == 422
+    assert httpx.get(f"{api}/recommendations/%C3%A9l%C3%A8ve", timeout=5).status_code == 200
+    params = httpx.get(f"{api}/openapi.json").json()["paths"]["/recommendations/{user_id}"]
+    user_param = next(p for p in params["get"]["parameters"] if p["name"] == "user_id")
+    assert user_param["schema"]["pattern"] == ID_PATTERN
