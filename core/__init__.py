@@ -1,5 +1,8 @@
 """Contracts shared by every streamrec component: the event, the keyspace, settings, errors."""
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
 from core.errors import (
     ConfigError,
     DatasetError,
@@ -11,6 +14,11 @@ from core.errors import (
 from core.events import ClickEvent, decode, validate
 from core.keyspace import Keyspace
 from core.settings import KafkaSettings, PathSettings, RedisSettings
+
+try:  # one source: the version pyproject.toml gives the installed distribution
+    __version__ = _version("streamrec")
+except PackageNotFoundError:  # pragma: no cover - run from a tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ClickEvent",
@@ -24,6 +32,7 @@ __all__ = [
     "RedisSettings",
     "ServiceUnavailable",
     "StreamrecError",
+    "__version__",
     "decode",
     "validate",
 ]

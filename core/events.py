@@ -123,6 +123,9 @@ def validate(obj: Any) -> ClickEvent:
     ts = obj.get("ts")
     if ts is None:
         raise InvalidEvent("missing_field", "ts")
+    # A number with no fraction is an integer in JSON Schema (1.6e12 included).
+    if isinstance(ts, float) and ts.is_integer():
+        ts = int(ts)
     # bool is an int subclass in Python; a JSON true is not a timestamp.
     if isinstance(ts, bool) or not isinstance(ts, int):
         raise InvalidEvent("wrong_type", f"ts must be an integer, got {type(ts).__name__}")

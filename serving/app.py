@@ -22,6 +22,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from core import __version__
 from serving import index_watch
 from serving.errors import install_handlers
 from serving.fastpath import FastRecommendations
@@ -143,7 +144,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     app = FastAPI(
         title="streamrec",
         summary="Real-time session recommendations from a click stream",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
     )
     if cfg.fast_path:
@@ -174,7 +175,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     app.include_router(router)
     if cfg.bench_routes:
         app.include_router(bench_router)
-    _document_page_bound(app, cfg)
+    _document_limits(app, cfg)
     return app
 
 
@@ -183,8 +184,9 @@ def _route(of: APIRouter, endpoint: Callable[..., Any]) -> APIRoute:
     return next(r for r in of.routes if isinstance(r, APIRoute) and r.endpoint is endpoint)
 
 
-def _document_page_bound(app: FastAPI, cfg: ServingSettings) -> None:
-    """Write the configured ``max_k`` into the schema of every ``k`` query parameter.
+def _document_limits(app: FastAPI, cfg: ServingSettings) -> None:
+    """Write the configured limits into the schema: ``max_k`` on every ``k`` query
+    parameter, ``max_events_per_request`` on the POST /events batch.
 
     The routes are module-level, so their ``Query`` carries only the hard limit
     (MAX_K_LIMIT); ``serving.routes.page_size`` enforces the configured bound,
@@ -207,6 +209,9 @@ def _document_page_bound(app: FastAPI, cfg: ServingSettings) -> None:
                             param["description"] = (
                                 f"how many items (default {cfg.default_k}, at most {max_k})"
                             )
+            body = schema["paths"]["/events"]["post"]["requestBody"]["content"]
+            batch = body["application/json"]["schema"]["oneOf"][1]
+            batch["maxItems"] = cfg.max_events_per_request
             app.openapi_schema = schema
         return app.openapi_schema
 

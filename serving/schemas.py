@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from core.events import ID_PATTERN, MAX_ID_LEN, MAX_TS_MS, MAX_TYPE_LEN, MAX_WEIGHT, MIN_TS_MS
+
 
 class ErrorDetail(BaseModel):
     code: str = Field(examples=["invalid_request"])
@@ -106,22 +108,36 @@ class MetricsOut(BaseModel):
 
 # The event body is documented here but parsed by core.events.validate, the one
 # implementation of the wire contract, so its reasons reach the client verbatim.
+# Every bound here is core.events' own constant, so the schema says what
+# validate() enforces (serving.app writes the configured batch limit in).
+_ID_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_ID_LEN,
+    "pattern": ID_PATTERN,
+    "description": "not only blanks, no '/', no U+FFFD (the one id rule, core/events.py)",
+}
 CLICK_EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["user_id", "item_id", "ts"],
     "properties": {
-        "user_id": {"type": "string", "minLength": 1, "maxLength": 128},
-        "item_id": {"type": "string", "minLength": 1, "maxLength": 128},
-        "ts": {"type": "integer", "description": "epoch milliseconds, UTC"},
-        "type": {"type": "string", "default": "click"},
-        "weight": {"type": "number"},
-        "session_id": {"type": "string"},
+        "user_id": _ID_SCHEMA,
+        "item_id": _ID_SCHEMA,
+        "ts": {
+            "type": "integer",
+            "minimum": MIN_TS_MS,
+            "maximum": MAX_TS_MS,
+            "description": "epoch milliseconds, UTC (1.6e12, a number with no fraction, is one)",
+        },
+        "type": {"type": "string", "minLength": 1, "maxLength": MAX_TYPE_LEN, "default": "click"},
+        "weight": {"type": "number", "minimum": -MAX_WEIGHT, "maximum": MAX_WEIGHT},
+        "session_id": _ID_SCHEMA,
     },
 }
 EVENTS_BODY_SCHEMA: dict[str, Any] = {
     "oneOf": [
         CLICK_EVENT_SCHEMA,
-        {"type": "array", "items": CLICK_EVENT_SCHEMA, "maxItems": 1000},
+        {"type": "array", "items": CLICK_EVENT_SCHEMA, "minItems": 1},
     ]
 }
 

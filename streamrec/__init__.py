@@ -5,4 +5,6 @@
 - ``streamrec.loadtest``: the load test.
 """
 
-__version__ = "0.1.0"
+from core import __version__
+
+__all__ = ["__version__"]

@@ -19,7 +19,7 @@ from kafka import KafkaConsumer
 from test_serving_api import make_index, seed
 from test_serving_workers import api_process
 
-from core.events import ID_PATTERN
+from core.events import ID_PATTERN, MAX_TS_MS, MIN_TS_MS
 from core.settings import KafkaSettings, RedisSettings
 from offline.index import publish
 from producer.client import ensure_topics
@@ -204,3 +204,21 @@ def test_one_id_rule_for_reads_and_writes(api: str) -> None:
     params = httpx.get(f"{api}/openapi.json").json()["paths"]["/recommendations/{user_id}"]
     user_param = next(p for p in params["get"]["parameters"] if p["name"] == "user_id")
     assert user_param["schema"]["pattern"] == ID_PATTERN
+
+
+def test_the_schema_says_what_the_api_accepts(api: str) -> None:
+    """Defect 9 (part): the documented event schema lacked the bounds the API
+    enforces, and an integral number such as 402622531387.0 was refused."""
+    schema = httpx.get(f"{api}/openapi.json").json()
+    body = schema["paths"]["/events"]["post"]["requestBody"]["content"]["application/json"]
+    one, batch = body["schema"]["oneOf"]
+    assert batch["minItems"] == 1 and batch["maxItems"] == 1000  # the configured limit
+    props = one["properties"]
+    assert (props["ts"]["minimum"], props["ts"]["maximum"]) == (MIN_TS_MS, MAX_TS_MS)
+    assert props["user_id"]["pattern"] == ID_PATTERN and props["type"]["maxLength"] == 32
+    assert props["weight"]["maximum"] == 1e6
+    # Valid per that schema, and so accepted (the broker is away: 503, not 422).
+    event = {"user_id": "u", "item_id": "i", "ts": 402622531387.0}
+    assert httpx.post(f"{api}/events", json=event, timeout=15).status_code == 503
+    for wrong in [{**event, "ts": 402622531387.5}, []]:
+        assert httpx.post(f"{api}/events", json=wrong, timeout=5).status_code == 422

@@ -6,6 +6,9 @@ large share of the CPU it was profiled at; the fallback must fail here instead.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 
 def test_kafka_checksums_records_in_c() -> None:
     from kafka.record import util
@@ -26,3 +29,13 @@ def test_the_api_server_runs_on_uvloop_and_httptools() -> None:
     # uvicorn[standard]; plain uvicorn falls back to asyncio and h11.
     missing = [name for name in ("uvloop", "httptools") if find_spec(name) is None]
     assert not missing, f"install uvicorn[standard] (missing {missing})"
+
+
+def test_version_is_the_distributions() -> None:
+    from importlib.metadata import version
+
+    out = subprocess.run(
+        [sys.executable, "-m", "streamrec.cli", "--version"], capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"streamrec {version('streamrec')}"

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from core import __version__
 from core.errors import ConfigError, StreamrecError
 from core.settings import KafkaSettings, PathSettings, RedisSettings
 from streamrec.cli import evaluate, loadtest
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Streaming real-time session recommender.",
         epilog="Settings come from STREAMREC_* environment variables; see README.md.",
     )
+    parser.add_argument("--version", action="version", version=f"streamrec {__version__}")
     parser.add_argument(
         "--log-level",
         default=os.environ.get("STREAMREC_LOG_LEVEL", "INFO"),
