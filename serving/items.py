@@ -55,8 +55,8 @@ from serving.store import RedisStateReader
 log = logging.getLogger(__name__)
 
 Pairs = list[tuple[str, float]]
-# Reads of a request's missing rows before it gives up (each read can only be
-# undone by a refresh that runs while it is in flight: one more almost always does).
+# Reads of a request's missing rows before it gives up (a read is redone only
+# when a refresh ran while it was in flight: one more almost always does).
 MAX_READS = 4
 
 
@@ -109,16 +109,22 @@ class ItemCache:
         self.max_vocab = max_vocab
         self.stats = CacheStats()
         self.refreshed_at: float | None = None  # time.monotonic() of the last good round
+        self._generation = 0  # refreshes that consumed the change feed
+        self.vocab = Vocab()
+        self._trending: Row = EMPTY_ROW
         self._clear()
 
     def _clear(self) -> None:
+        # The trending head is kept through a reset (re-coded): until the next
+        # good refresh, cold users still get it.
+        kept = self._trending.pairs(self.vocab)
         self.vocab = Vocab()
         self._rows: OrderedDict[str, Row] = OrderedDict()  # least recently used first
         self._used: set[str] = set()  # rows read by a request since the last refresh
         self._pop: dict[str, float] = {}
         # Each code's damping factor (serving.scoring.damping_factor), 1 = none.
         self._damping = np.ones(1024, dtype=np.float64)
-        self._trending: Row = EMPTY_ROW
+        self._trending = Row.of(self.vocab, kept)
         self._priors: dict[int, TrendPrior] = {}
         self._emb: dict[str, Row] = {}
         self._emb_version: str | None = None
@@ -134,6 +140,9 @@ class ItemCache:
             self.stats.resets += 1
             self._clear()
         seq, changed = await self.store.changes(self.seq)
+        # A request whose row read was in flight across this point may hold a row
+        # older than a change this round now consumes: it reads again (rows()).
+        self._generation += 1
         used, self._used = self._used, set()
         if self.seq is not None and (seq < self.seq or seq - self.seq > FEED_KEEP):
             log.warning(
@@ -209,13 +218,23 @@ class ItemCache:
         for _ in range(MAX_READS):
             if not missing:
                 break
+            generation = self._generation
             fetched, pop = await self.store.rows(missing, self.row_len)
+            if self._generation != generation:
+                # A refresh consumed the change feed while this read was in
+                # flight: what it read may predate a change that round skipped
+                # (the row was not cached yet). Read it again, after that round.
+                missing = [
+                    *missing,
+                    *(i for i in items if i not in self._rows and i not in missing),
+                ]
+                continue
             for item, (members, counts) in zip(missing, fetched, strict=True):
                 self.put(item, members, counts)
             self._update_pop(pop)
             missing = [i for i in items if i not in self._rows]
-        else:
-            raise RuntimeError(f"rows of {missing} dropped {MAX_READS} times while being read")
+        if missing:
+            raise RuntimeError(f"rows of {missing} not read after {MAX_READS} tries")
         out = []
         for item in items:
             self._rows.move_to_end(item)
@@ -267,8 +286,9 @@ class ItemCache:
             found = index.similar_many(missing, self.cfg.candidates_per_item)
             for src in missing:
                 self._emb[src] = Row.of(self.vocab, found.get(src, []))
-            self._bound()
-        return [self._emb[s] for s in sources]
+        out = [self._emb[s] for s in sources]
+        self._bound()
+        return out
 
     def _bound(self, keep: int = 0) -> None:
         """Evict least recently used rows beyond max_rows, never the ``keep`` newest."""

@@ -147,15 +147,14 @@ class ConcurrencyLimitMiddleware:
         size = 0
         try:
             async with asyncio.timeout(self.body_timeout_s):
-                while True:
+                while size <= limit:
                     message = await receive()
                     if message["type"] == "http.disconnect":
                         return None
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > limit:
-                        await _too_large(scope, receive, send, limit)
-                        return None
+                        break
                     chunks.append(chunk)
                     if not message.get("more_body", False):
                         return b"".join(chunks)
@@ -169,6 +168,9 @@ class ConcurrencyLimitMiddleware:
             )
             await response(scope, receive, send)
             return None
+        # Over the limit: answered outside the time bound, so it cannot also time out.
+        await _too_large(scope, receive, send, limit)
+        return None
 
 
 def _may_have_body(scope: Scope) -> bool:

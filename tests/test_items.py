@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -201,3 +202,94 @@ def test_too_many_ids_start_the_cache_afresh(redis_settings: RedisSettings) -> N
         assert row_of(cache, await cache.rows(["i5"])) == [{"i4": 1.0, "i6": 1.0}]
 
     run(redis_settings, body, max_vocab=20, trend_len=5)
+
+
+def test_a_row_read_across_a_refresh_is_read_again(redis_settings: RedisSettings) -> None:
+    """A request reads row x (not cached yet), x changes, a refresh consumes that
+    change while the read is in flight (x is not cached, so it neither re-reads
+    nor drops it): the request must not keep the old row past that round."""
+    w = Writer(redis_settings)
+    w.clicks("u", "xa")
+
+    class RefreshDuringRead(RedisStateReader):
+        cache: ItemCache | None = None
+        reads: int = 0
+
+        async def rows(
+            self, items: Sequence[str], per_item: int
+        ) -> tuple[list[tuple[list[str], np.ndarray]], dict[str, float]]:
+            self.reads += bool(items)  # (a refresh asks for no rows here)
+            out = await super().rows(items, per_item)
+            if self.reads == 1 and items and self.cache is not None:
+                w.clicks("v", "xb")  # x changes after it was read ...
+                await self.cache.refresh()  # ... and a round consumes the change
+            return out
+
+    async def go() -> None:
+        client = aioredis.Redis.from_url(redis_settings.url, decode_responses=True)
+        store = RefreshDuringRead(client, redis_settings.keys)
+        cache = ItemCache(
+            store, BlendConfig(), row_len=50, trend_len=10, max_rows=100, max_vocab=1000
+        )
+        store.cache = cache
+        try:
+            await cache.refresh()
+            assert row_of(cache, await cache.rows(["x"])) == [{"a": 1.0, "b": 1.0}]
+            assert store.reads == 2
+            assert cache.popularity("x") == 2.0  # not the count the stale read saw
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+
+
+def test_embedding_rows_past_the_bound_are_still_returned(redis_settings: RedisSettings) -> None:
+    """Caching the 4th source's neighbours past max_rows emptied the map before the
+    request collected them from it (KeyError, a 500)."""
+    from offline.index import ItemIndex
+
+    ids = [f"e{n}" for n in range(8)]
+    index = ItemIndex.from_vectors(ids, np.eye(8, dtype=np.float32))
+
+    async def body(cache: ItemCache) -> None:
+        for lo in range(0, 8, 2):
+            rows = cache.emb(index, ids[lo : lo + 2])
+            assert len(rows) == 2
+
+    run(redis_settings, body, max_rows=3)
+
+
+def test_the_trending_head_survives_a_reset_until_the_next_good_refresh(
+    redis_settings: RedisSettings,
+) -> None:
+    w = Writer(redis_settings)
+    w.clicks("u", "abc")
+
+    class FailsAfterReset(RedisStateReader):
+        failing = False
+
+        async def trending(self, n: int) -> list[tuple[str, float]]:
+            if self.failing:
+                raise ConnectionError("redis went away mid-refresh")
+            return await super().trending(n)
+
+    async def go() -> None:
+        client = aioredis.Redis.from_url(redis_settings.url, decode_responses=True)
+        store = FailsAfterReset(client, redis_settings.keys)
+        cache = ItemCache(
+            store, BlendConfig(), row_len=50, trend_len=10, max_rows=100, max_vocab=1000
+        )
+        try:
+            await cache.refresh()
+            head = cache.trending_pairs(10)
+            assert {i for i, _ in head} == {"a", "b", "c"}
+            cache.max_vocab = 1  # the next round starts afresh ...
+            store.failing = True  # ... and fails after the reset
+            with contextlib.suppress(ConnectionError):
+                await cache.refresh()
+            assert cache.stats.resets == 1
+            assert cache.trending_pairs(10) == head  # cold users still get it
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
