@@ -12,6 +12,7 @@ several deployments or tests can share one server without touching each other.
 | {ns}:meta            | HASH   | trend_ref, half_life_ms, clock (event-time ms) | none | consumer   | consumer, tools |
 | {ns}:offsets         | HASH   | "{topic}:{partition}" -> next offset to apply | none  | consumer   | consumer |
 | {ns}:stats           | HASH   | counters: events, pairs, dlq:{reason}    | none       | consumer   | harness, tools |
+| {ns}:idem:{key}      | STRING | one POST /events Idempotency-Key's claim  | the window | serving    | serving |
 | {ns}:seq             | STRING | writes that changed item state so far    | none       | consumer   | serving |
 | {ns}:changed         | ZSET   | item -> seq of its latest change; the last ``FEED_KEEP`` writes | none | consumer | serving |
 
@@ -67,6 +68,9 @@ class Keyspace:
     @property
     def meta(self) -> str:
         return f"{self.namespace}:meta"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.namespace}:idem:{key}"
 
     @property
     def seq(self) -> str:

@@ -14,13 +14,14 @@ from dataclasses import asdict
 from typing import Annotated, Any, Literal, cast
 
 import orjson
-from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 
 from core.errors import InvalidEvent
 from core.events import ID_PATTERN, MAX_ID_LEN, validate
 from offline.index import ItemIndex
 from serving.blend import Candidates, Scored, blend
 from serving.errors import ApiError
+from serving.idempotency import Claim, fingerprint
 from serving.items import UserView
 from serving.reader import UserState
 from serving.schemas import (
@@ -81,6 +82,16 @@ ItemId = Annotated[
     str, Path(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN, description="an item id")
 ]
 EventsBody = Annotated[Any, Body(description="one click event or a list of them")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=128,
+        pattern="^[!-~]+$",
+        description="send the batch at most once per key within the window (visible ASCII)",
+    ),
+]
 
 
 def _title(index: ItemIndex | None, item_id: str | None) -> str | None:
@@ -289,7 +300,10 @@ async def health_head(state: State, response: Response) -> Response:
     "/events",
     status_code=202,
     response_model=AcceptedOut,
-    responses=ERROR_RESPONSES,
+    responses={
+        409: {"model": ErrorOut, "description": "this Idempotency-Key's batch is still sending"},
+        **ERROR_RESPONSES,
+    },
     summary="Publish click events to the stream",
     openapi_extra={
         "requestBody": {
@@ -298,7 +312,9 @@ async def health_head(state: State, response: Response) -> Response:
         }
     },
 )
-async def post_events(body: EventsBody, state: State) -> AcceptedOut:
+async def post_events(
+    body: EventsBody, state: State, idempotency_key: IdempotencyKey = None
+) -> AcceptedOut:
     raw = body if isinstance(body, list) else [body]
     max_events = state.settings.max_events_per_request
     if not raw:
@@ -318,9 +334,39 @@ async def post_events(body: EventsBody, state: State) -> AcceptedOut:
             messages.append((event.user_id.encode(), event.to_wire()))
         except InvalidEvent as exc:
             raise ApiError(422, "invalid_event", f"event {i}: {exc}") from None
-    accepted = await state.events.send(messages)
+    if idempotency_key is None:
+        accepted = await state.events.send(messages)
+    else:
+        claim = Claim(
+            state.redis,
+            state.settings.redis.keys.idempotency(idempotency_key),
+            fingerprint(messages),
+            state.settings.idempotency_window_s,
+        )
+        held = await claim.take()
+        if held is not None:
+            return _replay(held, claim.batch)
+        try:
+            accepted = await state.events.send(messages)
+        except BaseException:
+            await claim.drop()  # not sent: the client's retry must send
+            raise
+        await claim.done(accepted)
     state.metrics.events_accepted += accepted
     return AcceptedOut(accepted=accepted)
+
+
+def _replay(held: str, batch: str) -> AcceptedOut:
+    """The answer to a repeat of a claimed Idempotency-Key."""
+    state, _, rest = held.partition(":")
+    held_batch, _, accepted = rest.partition(":")
+    if held_batch != batch:
+        raise ApiError(
+            422, "idempotency_key_reused", "this Idempotency-Key was used for another batch"
+        )
+    if state != "done":
+        raise ApiError(409, "in_progress", "a request with this Idempotency-Key is still sending")
+    return AcceptedOut(accepted=int(accepted), replayed=True)
 
 
 @router.get("/metrics", response_model=MetricsOut, summary="Counters since start")

@@ -77,6 +77,10 @@ class HealthOut(BaseModel):
 
 class AcceptedOut(BaseModel):
     accepted: int
+    replayed: bool = Field(
+        default=False,
+        description="true: this Idempotency-Key's batch was accepted before; nothing was sent now",
+    )
 
 
 class ItemCacheOut(BaseModel):

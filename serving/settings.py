@@ -66,6 +66,8 @@ class ServingSettings(ServiceSettings):
     # at most this many bytes (1000 events at the 4 KiB per-event limit, plus
     # JSON's brackets and commas, fit in 5 MiB) and within this many seconds.
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    # How long an Idempotency-Key on POST /events is remembered (serving.idempotency).
+    idempotency_window_s: int = Field(default=24 * 3600, ge=1)
     body_timeout_s: float = Field(default=5.0, gt=0.0)
     # Neighbour lists of this many trending items are computed when an index is
     # loaded (in the loader thread), so requests find them cached: a cold FAISS

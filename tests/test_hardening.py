@@ -222,3 +222,47 @@ def test_the_schema_says_what_the_api_accepts(api: str) -> None:
     assert httpx.post(f"{api}/events", json=event, timeout=15).status_code == 503
     for wrong in [{**event, "ts": 402622531387.5}, []]:
         assert httpx.post(f"{api}/events", json=wrong, timeout=5).status_code == 422
+
+
+def test_an_idempotency_key_sends_a_retried_batch_once(
+    redis_settings: RedisSettings, kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """Defect 8 (the header): the same batch posted twice counted twice."""
+    ensure_topics(kafka_settings)
+    publish(make_index(), tmp_path / "artifacts")
+    env = {
+        "STREAMREC_KAFKA_BOOTSTRAP": kafka_settings.bootstrap,
+        "STREAMREC_KAFKA_TOPIC": kafka_settings.topic,
+    }
+    batch = [{"user_id": "u", "item_id": f"i{n}", "ts": 1_600_000_000_000 + n} for n in range(3)]
+    key = {"Idempotency-Key": "order-7f3a"}
+    with api_process(redis_settings, tmp_path / "artifacts", tmp_path / "api.log", env=env) as url:
+        first = httpx.post(f"{url}/events", json=batch, headers=key, timeout=10)
+        again = httpx.post(f"{url}/events", json=batch, headers=key, timeout=10)
+        other = httpx.post(f"{url}/events", json=batch[:1], headers=key, timeout=10)
+        plain = httpx.post(f"{url}/events", json=batch[:1], timeout=10)
+        bad_key = httpx.post(f"{url}/events", json=batch, headers={"Idempotency-Key": "a b"})
+    assert (first.status_code, first.json()) == (202, {"accepted": 3, "replayed": False})
+    assert (again.status_code, again.json()) == (202, {"accepted": 3, "replayed": True})
+    assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
+    assert plain.status_code == 202 and bad_key.status_code == 422
+    consumer = KafkaConsumer(
+        kafka_settings.topic,
+        bootstrap_servers=kafka_settings.bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=4000,
+    )
+    try:
+        items = [json.loads(m.value)["item_id"] for m in consumer]
+    finally:
+        consumer.close()
+    assert sorted(items) == ["i0", "i0", "i1", "i2"]  # the keyed batch once, the plain one
+
+
+def test_a_failed_send_releases_its_idempotency_key(api: str) -> None:
+    """The broker is away: 503, and the retry with the same key tries again (not 409/202)."""
+    event = {"user_id": "u", "item_id": "i", "ts": 1_600_000_000_000}
+    key = {"Idempotency-Key": "retry-me"}
+    for _ in range(2):
+        resp = httpx.post(f"{api}/events", json=event, headers=key, timeout=15)
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "unavailable"

@@ -69,7 +69,7 @@ def test_invalid_batch_is_rejected_whole_and_valid_events_arrive(
         second = {"user_id": "u2", "item_id": "i9", "ts": TS + 1, "session_id": "s"}
         resp = c.post("/events", json=[good, second])
         assert resp.status_code == 202
-        assert resp.json() == {"accepted": 2}
+        assert resp.json() == {"accepted": 2, "replayed": False}
         assert c.get("/metrics").json()["events_accepted"] == 2
 
     records = consume_all(kafka_settings, expected=2)
