@@ -40,6 +40,20 @@ def api(redis_client: redis.Redis, redis_settings: RedisSettings, tmp_path: Path
         yield url
 
 
+def topic_events(kafka: KafkaSettings) -> list[dict[str, object]]:
+    """Every event on the topic so far, decoded."""
+    consumer = KafkaConsumer(
+        kafka.topic,
+        bootstrap_servers=kafka.bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=4000,
+    )
+    try:
+        return [json.loads(m.value) for m in consumer]
+    finally:
+        consumer.close()
+
+
 def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
@@ -165,16 +179,7 @@ def test_a_batch_with_one_bad_event_sends_none_of_it(
         assert bad.json()["error"]["message"].startswith("event 1: not_utf8")
         ok = httpx.post(f"{url}/events", content=f"[{good}]", headers=headers, timeout=10)
         assert ok.status_code == 202, ok.text
-    consumer = KafkaConsumer(
-        kafka_settings.topic,
-        bootstrap_servers=kafka_settings.bootstrap,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=4000,
-    )
-    try:
-        values = [json.loads(m.value) for m in consumer]
-    finally:
-        consumer.close()
+    values = topic_events(kafka_settings)
     # Only the accepted batch reached the topic (as the wire contract spells it).
     assert values == [{**json.loads(good), "type": "click"}]
 
@@ -246,16 +251,7 @@ def test_an_idempotency_key_sends_a_retried_batch_once(
     assert (again.status_code, again.json()) == (202, {"accepted": 3, "replayed": True})
     assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
     assert plain.status_code == 202 and bad_key.status_code == 422
-    consumer = KafkaConsumer(
-        kafka_settings.topic,
-        bootstrap_servers=kafka_settings.bootstrap,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=4000,
-    )
-    try:
-        items = [json.loads(m.value)["item_id"] for m in consumer]
-    finally:
-        consumer.close()
+    items = [e["item_id"] for e in topic_events(kafka_settings)]
     assert sorted(items) == ["i0", "i0", "i1", "i2"]  # the keyed batch once, the plain one
 
 
