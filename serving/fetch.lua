@@ -65,28 +65,7 @@ if n_trend > 0 then
   trending = redis.call('ZREVRANGE', KEYS[2], 0, n_trend - 1, 'WITHSCORES')
 end
 
--- All-time popularity of every distinct co-row member: one ZMSCORE of at most
--- n_sources x per_item (500 at the defaults) members, well inside unpack()'s limit.
-local members = {}
-local listed = {}
-for _, row in ipairs(co_rows) do
-  for j = 1, #row, 2 do
-    local m = row[j]
-    if not listed[m] then
-      listed[m] = true
-      members[#members + 1] = m
-    end
-  end
-end
-local pop = {}
-if #members > 0 then
-  local scores = redis.call('ZMSCORE', KEYS[3], unpack(members))
-  for j, m in ipairs(members) do
-    if scores[j] then
-      pop[#pop + 1] = m
-      pop[#pop + 1] = scores[j]
-    end
-  end
-end
+-- All-time popularity of every distinct co-row member (popularity.lua).
+local pop = popularity_of(KEYS[3], {}, co_rows)
 
 return cjson.encode({history, sources, co_rows, trending, pop})

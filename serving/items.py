@@ -50,11 +50,10 @@ from serving.scoring import (
     damping_factor,
     trend_prior,
 )
-from serving.store import RedisStateReader
+from serving.store import Pairs, RedisStateReader
 
 log = logging.getLogger(__name__)
 
-Pairs = list[tuple[str, float]]
 # Reads of a request's missing rows before it gives up (a read is redone only
 # when a refresh ran while it was in flight: one more almost always does).
 MAX_READS = 4

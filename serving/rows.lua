@@ -11,40 +11,18 @@
 -- empty table as {}, so the reader treats {} as [].
 --
 -- Like fetch.lua, the co keys are derived here: single-node Redis.
+-- popularity_of comes from popularity.lua.
 
 local prefix = ARGV[1]
 local per_item = tonumber(ARGV[2])
 local rows = {}
-local members = {}
-local listed = {}
+local items = {}
 for i = 3, #ARGV do
-  local item = ARGV[i]
   local row = {}
   if per_item > 0 then
-    row = redis.call('ZREVRANGE', prefix .. item, 0, per_item - 1, 'WITHSCORES')
+    row = redis.call('ZREVRANGE', prefix .. ARGV[i], 0, per_item - 1, 'WITHSCORES')
   end
   rows[#rows + 1] = row
-  if not listed[item] then
-    listed[item] = true
-    members[#members + 1] = item
-  end
-  for j = 1, #row, 2 do
-    local m = row[j]
-    if not listed[m] then
-      listed[m] = true
-      members[#members + 1] = m
-    end
-  end
+  items[#items + 1] = ARGV[i]
 end
-local pop = {}
-for lo = 1, #members, 1000 do
-  local chunk = {unpack(members, lo, math.min(lo + 999, #members))}
-  local scores = redis.call('ZMSCORE', KEYS[1], unpack(chunk))
-  for j, m in ipairs(chunk) do
-    if scores[j] then
-      pop[#pop + 1] = m
-      pop[#pop + 1] = scores[j]
-    end
-  end
-end
-return cjson.encode({rows, pop})
+return cjson.encode({rows, popularity_of(KEYS[1], items, rows)})

@@ -25,8 +25,15 @@ from serving.reader import ReadSpec, StateReader, UserState
 log = logging.getLogger(__name__)
 
 
-FETCH_LUA = resources.files("serving").joinpath("fetch.lua").read_text(encoding="utf-8")
-ROWS_LUA = resources.files("serving").joinpath("rows.lua").read_text(encoding="utf-8")
+def _script(name: str) -> str:
+    """A script with the shared popularity.lua in front of it."""
+    files = resources.files("serving")
+    shared = files.joinpath("popularity.lua").read_text(encoding="utf-8")
+    return shared + files.joinpath(name).read_text(encoding="utf-8")
+
+
+FETCH_LUA = _script("fetch.lua")
+ROWS_LUA = _script("rows.lua")
 
 Pairs = list[tuple[str, float]]
 
