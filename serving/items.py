@@ -320,19 +320,18 @@ class CachedStateReader(StateReader):
         return UserView(history, cands, skipped)
 
     async def user_state(self, user_id: str, spec: ReadSpec) -> UserState:
-        history, skipped = await self.store.history(user_id, spec.history_len)
-        sources = recent_sources([item for _, item in history], spec.n_sources)
-        items = self.items
-        rows = await items.rows(sources)
-        co = {
-            s: row.pairs(items.vocab)[: spec.per_item] for s, row in zip(sources, rows, strict=True)
-        }
+        """The same reads as :meth:`view`, as the contract's lists."""
+        view = await self.view(user_id, spec, None)
+        items, cands = self.items, view.candidates
+        vocab, n = items.vocab, spec.per_item
+        co = {s: row.pairs(vocab)[:n] for s, row in zip(cands.sources, cands.co, strict=True)}
         pop = {}
         for pairs in co.values():
             for member, _ in pairs:
                 if (count := items.popularity(member)) is not None:
                     pop[member] = count
-        return UserState(history, sources, co, items.trending_pairs(spec.n_trend), pop, skipped)
+        trending = cands.trending.row.pairs(vocab)
+        return UserState(view.history, list(cands.sources), co, trending, pop, view.skipped)
 
     async def hot_items(self, n: int) -> list[str]:
         return await self.store.hot_items(n)
