@@ -3,10 +3,10 @@
 from consumer.logic import Entry, SessionRules, StateDelta, fold, partners, session_window, step
 from consumer.state import (
     ApplyResult,
-    Landmark,
+    GroupWrite,
+    Ingest,
     PartitionBatch,
-    PartitionWrite,
-    Snapshot,
+    Rewind,
     StateWriter,
     StoreConfig,
 )
@@ -15,12 +15,12 @@ from consumer.store import RedisStateWriter
 __all__ = [
     "ApplyResult",
     "Entry",
-    "Landmark",
+    "GroupWrite",
+    "Ingest",
     "PartitionBatch",
-    "PartitionWrite",
     "RedisStateWriter",
+    "Rewind",
     "SessionRules",
-    "Snapshot",
     "StateDelta",
     "StateWriter",
     "StoreConfig",

@@ -1,78 +1,157 @@
--- Apply one partition's batch of state deltas and advance its offset, atomically.
+-- Apply one group's write and advance its offsets, atomically (consumer/state.py
+-- describes the contract; this is its reference).
 --
--- Compare-and-set: the batch was computed from a snapshot in which the
--- partition's stored offset was ARGV[2] and the trending landmark ARGV[4]. If
--- either moved since (another consumer took the partition, or rescaled trending
--- to another landmark) nothing is written and the caller re-reads and recomputes.
+-- Every key is in one group (one hash tag, so one Redis Cluster slot): the
+-- declared KEYS, and the history and co-occurrence keys built here from the
+-- group's tag, which share it.
 --
--- The delta travels as one JSON document (ARGV[11]) rather than as thousands of
--- arguments: packing arguments one by one in redis-py cost more than the whole
--- rest of the batch. History and co-occurrence keys are built here from the
--- namespace (single-node Redis; see core/keyspace.py).
+-- KEYS: 1 offsets, 2 change sequence, 3 change feed, 4 pop, 5 trend, 6 meta, 7 stats
+-- ARGV: 1 the write as JSON (below), 2 limits "topm slack popmax histlen window ttl feedkeep",
+--       3 the group's tag
 --
--- KEYS: 1 offsets, 2 meta, 3 stats, 4 pop, 5 trend, 6 change sequence, 7 change feed
--- ARGV: 1 offset field, 2 expected next offset ('' = none), 3 new next offset,
---       4 expected landmark ('' = none), 5 new landmark ('' = leave), 6 rescale factor ('' = none),
---       7 batch max ts ('' = none), 8 half-life ms, 9 namespace,
---       10 limits "topm popmax histlen ttl feedkeep",
---       11 delta JSON {h: [[user, [entry, ...oldest first]]], c: [[item, [nb, inc, ...]]],
---                      p: [item, inc, ...], t: [item, weight, ...], s: [field, inc, ...]}
-local stored = redis.call('HGET', KEYS[1], ARGV[1]) or ''
-local ref = redis.call('HGET', KEYS[2], 'trend_ref') or ''
-if stored ~= ARGV[2] then
-  return {0, stored, ref}
-end
-if ARGV[5] ~= '' then
-  if ref == ARGV[4] then
-    if ARGV[6] ~= '' then
-      redis.call('ZUNIONSTORE', KEYS[5], 1, KEYS[5], 'WEIGHTS', ARGV[6])
-    end
-    redis.call('HSET', KEYS[2], 'trend_ref', ARGV[5], 'half_life_ms', ARGV[8])
-  elseif ref ~= ARGV[5] then
-    return {0, stored, ref}
+-- The write travels as one JSON document rather than as thousands of arguments
+-- (packing arguments one by one in redis-py cost more than the rest of a batch):
+--   o: [[offset field, expected next offset ('' = none), new next offset], ...]
+--   h: [[user, [entry, ... oldest first]], ...]     k: {partition: keep-from offset}
+--   c: [[item, [neighbour, increment, ...]], ...]   cr, chl: row landmark, half-life
+--   p: [item, increment, ...]   t: [item, weight, ...]   tr, thl: trend landmark, half-life
+--   s: [stat, increment, ...]   clock: the largest event time of the write
+-- Floats travel as strings, so nothing is rounded on the way (Lua's tostring
+-- keeps 14 digits).
+local d = cjson.decode(ARGV[1])
+local topm, slack, popmax, histlen, window, ttl, feedkeep =
+  string.match(ARGV[2], '(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)')
+topm, slack, popmax = tonumber(topm), tonumber(slack), tonumber(popmax)
+histlen, window, ttl, feedkeep = tonumber(histlen), tonumber(window), tonumber(ttl), tonumber(feedkeep)
+local tag = ARGV[3]
+
+local function num(x) return string.format('%.17g', x) end
+
+-- 1. compare-and-set on every partition's offset
+for _, o in ipairs(d.o) do
+  if (redis.call('HGET', KEYS[1], o[1]) or '') ~= tostring(o[2]) then
+    return 0
   end
 end
 
-local ns = ARGV[9]
-local topm, popmax, histlen, ttl, feedkeep =
-  string.match(ARGV[10], '(%d+) (%d+) (%d+) (%d+) (%d+)')
-topm, popmax, histlen, ttl = tonumber(topm), tonumber(popmax), tonumber(histlen), tonumber(ttl)
-feedkeep = tonumber(feedkeep)
-local d = cjson.decode(ARGV[11])
-
-for _, uh in ipairs(d.h) do
-  local key = ns .. ':hist:' .. uh[1]
+-- 2. histories: push, then trim. Beyond histlen a history keeps the entries the
+-- item state has not got yet (at or after keep-from of their partition) and
+-- `window` before them: what a replay after a crash pairs again.
+local keep_from = d.k or {}
+for _, uh in ipairs(d.h or {}) do
+  local key = tag .. ':hist:' .. uh[1]
   local entries = uh[2]
-  -- LPUSH takes arguments oldest first and leaves the newest at the head.
   for lo = 1, #entries, 500 do
     redis.call('LPUSH', key, unpack(entries, lo, math.min(lo + 499, #entries)))
   end
-  redis.call('LTRIM', key, 0, histlen - 1)
+  local len = redis.call('LLEN', key)
+  if len > histlen then
+    local fresh = 0
+    local done = false
+    for lo = 0, len - 1, 64 do
+      for _, raw in ipairs(redis.call('LRANGE', key, lo, lo + 63)) do
+        local ok, e = pcall(cjson.decode, raw)
+        local from = ok and type(e) == 'table' and e[5] and keep_from[tostring(e[4])]
+        if from and e[5] >= from then
+          fresh = fresh + 1
+        else
+          done = true
+          break
+        end
+      end
+      if done then break end
+    end
+    redis.call('LTRIM', key, 0, math.max(histlen, fresh + window) - 1)
+  end
   redis.call('EXPIRE', key, ttl)
 end
 
-for _, row in ipairs(d.c) do
-  local key = ns .. ':co:' .. row[1]
-  local pairs_ = row[2]
-  for j = 1, #pairs_, 2 do
-    redis.call('ZINCRBY', key, pairs_[j + 1], pairs_[j])
+-- 3. co-occurrence rows (hashes): rebase, increment, prune
+local rows = d.c or {}
+local cref, chl = d.cr, d.chl
+for _, row in ipairs(rows) do
+  local key = tag .. ':co:' .. row[1]
+  local incs = row[2]
+  local scale = 1
+  if cref then
+    local rref = redis.call('HGET', key, '/ref')
+    if not rref then
+      redis.call('HSET', key, '/ref', cref)
+    else
+      rref = tonumber(rref)
+      if rref < cref then
+        local f = 2 ^ ((rref - cref) / chl)
+        local flat = redis.call('HGETALL', key)
+        local args = {'/ref', cref}
+        for j = 1, #flat, 2 do
+          if flat[j] ~= '/ref' then
+            args[#args + 1] = flat[j]
+            args[#args + 1] = num(tonumber(flat[j + 1]) * f)
+          end
+        end
+        for lo = 1, #args, 1000 do
+          redis.call('HSET', key, unpack(args, lo, math.min(lo + 999, #args)))
+        end
+      elseif rref > cref then
+        scale = 2 ^ ((cref - rref) / chl)
+      end
+    end
+    for j = 1, #incs, 2 do
+      local inc = incs[j + 1]
+      if scale ~= 1 then inc = num(tonumber(inc) * scale) end
+      redis.call('HINCRBYFLOAT', key, incs[j], inc)
+    end
+  else
+    for j = 1, #incs, 2 do
+      redis.call('HINCRBY', key, incs[j], incs[j + 1])
+    end
   end
-  -- Keep the strongest top-M neighbours; the weakest go first.
-  local card = redis.call('ZCARD', key)
-  if card > topm then
-    redis.call('ZREMRANGEBYRANK', key, 0, card - topm - 1)
+  local members = redis.call('HLEN', key)
+  if cref then members = members - 1 end
+  if members > topm + slack then
+    -- Keep the strongest top-M neighbours; the weakest (count, member) go first.
+    local flat = redis.call('HGETALL', key)
+    local all = {}
+    for j = 1, #flat, 2 do
+      if flat[j] ~= '/ref' then all[#all + 1] = {flat[j], tonumber(flat[j + 1])} end
+    end
+    table.sort(all, function(x, y)
+      if x[2] ~= y[2] then return x[2] < y[2] end
+      return x[1] < y[1]
+    end)
+    local drop = {}
+    for j = 1, #all - topm do drop[#drop + 1] = all[j][1] end
+    for lo = 1, #drop, 1000 do
+      redis.call('HDEL', key, unpack(drop, lo, math.min(lo + 999, #drop)))
+    end
   end
 end
 
-local p, t, s = d.p, d.t, d.s
+-- 4. the item group: trending landmark, popularity, trending, stats, meta
+local p, t, s = d.p or {}, d.t or {}, d.s or {}
+local tscale = 1
+if d.tr then
+  local ref = redis.call('HGET', KEYS[6], 'trend_ref')
+  if ref and tonumber(ref) < d.tr then
+    redis.call('ZUNIONSTORE', KEYS[5], 1, KEYS[5], 'WEIGHTS', num(2 ^ ((tonumber(ref) - d.tr) / d.thl)))
+    ref = false
+  end
+  if not ref then
+    redis.call('HSET', KEYS[6], 'trend_ref', d.tr, 'half_life_ms', d.thl)
+  elseif tonumber(ref) > d.tr then
+    tscale = 2 ^ ((d.tr - tonumber(ref)) / d.thl)
+  end
+end
 for j = 1, #p, 2 do
   redis.call('ZINCRBY', KEYS[4], p[j + 1], p[j])
 end
 for j = 1, #t, 2 do
-  redis.call('ZINCRBY', KEYS[5], t[j + 1], t[j])
+  local w = t[j + 1]
+  if tscale ~= 1 then w = num(tonumber(w) * tscale) end
+  redis.call('ZINCRBY', KEYS[5], w, t[j])
 end
 for j = 1, #s, 2 do
-  redis.call('HINCRBY', KEYS[3], s[j], s[j + 1])
+  redis.call('HINCRBY', KEYS[7], s[j], s[j + 1])
 end
 if #p > 0 then
   for _, key in ipairs({KEYS[4], KEYS[5]}) do
@@ -82,16 +161,23 @@ if #p > 0 then
     end
   end
 end
+if d.clock then
+  local clock = tonumber(redis.call('HGET', KEYS[6], 'clock') or '0')
+  if d.clock > clock then
+    redis.call('HSET', KEYS[6], 'clock', d.clock)
+  end
+end
 
 -- The change feed the API's item caches follow (serving/items.py): every item
--- whose co row or popularity this write changed, scored with the write's
--- sequence number, so a reader asks "what changed since sequence s?" in one
--- ZRANGEBYSCORE. Each item is held once (its latest change); entries more than
--- feedkeep writes old are dropped, and a reader that far behind starts afresh.
-if #d.c > 0 or #p > 0 then
-  local seq = redis.call('INCR', KEYS[6])
+-- whose row (row group) or popularity (item group) this write changed, scored
+-- with the write's sequence number, so a reader asks "what changed since s?"
+-- in one ZRANGEBYSCORE. Each item is held once (its latest change); entries
+-- more than feedkeep writes old are dropped, and a reader that far behind
+-- starts afresh.
+if #rows > 0 or #p > 0 then
+  local seq = redis.call('INCR', KEYS[2])
   local changed = {}
-  for _, row in ipairs(d.c) do
+  for _, row in ipairs(rows) do
     changed[#changed + 1] = seq
     changed[#changed + 1] = row[1]
   end
@@ -100,16 +186,13 @@ if #d.c > 0 or #p > 0 then
     changed[#changed + 1] = p[j]
   end
   for lo = 1, #changed, 1000 do
-    redis.call('ZADD', KEYS[7], unpack(changed, lo, math.min(lo + 999, #changed)))
+    redis.call('ZADD', KEYS[3], unpack(changed, lo, math.min(lo + 999, #changed)))
   end
-  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. (seq - feedkeep))
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (seq - feedkeep))
 end
 
-if ARGV[7] ~= '' then
-  local clock = tonumber(redis.call('HGET', KEYS[2], 'clock') or '0')
-  if tonumber(ARGV[7]) > clock then
-    redis.call('HSET', KEYS[2], 'clock', ARGV[7])
-  end
+-- 5. the offsets
+for _, o in ipairs(d.o) do
+  redis.call('HSET', KEYS[1], o[1], o[3])
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-return {1, ARGV[3], redis.call('HGET', KEYS[2], 'trend_ref') or ''}
+return 1

@@ -22,10 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.events import ClickEvent
 
-# Forward-decayed trending scores are 2 ** ((ts - ref) / half_life). A float64
-# holds up to ~2**1023; moving the landmark once ts is 512 half-lives ahead
-# keeps each term below 2**512 and leaves 2**511 of headroom for the sum.
-MAX_HALF_LIVES_AHEAD = 512
+# Forward-decayed scores are 2 ** ((ts - ref) / half_life) against a landmark
+# ref that is an epoch of the event time: a multiple of 256 half-lives. Terms
+# then stay below 2**256 (a float64 holds ~2**1023), and every writer agrees on
+# the landmark without asking anyone.
+EPOCH_HALF_LIVES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,14 +34,20 @@ class Entry:
     ts: int
     item: str
     session_id: str | None = None
+    # (partition, offset) of the event, where it came from the stream. Not part
+    # of equality: a history is the same whichever offsets delivered it.
+    pos: tuple[int, int] | None = field(default=None, compare=False)
 
     def encode(self) -> bytes:
-        return orjson.dumps([self.ts, self.item, self.session_id])
+        if self.pos is None:
+            return orjson.dumps([self.ts, self.item, self.session_id])
+        return orjson.dumps([self.ts, self.item, self.session_id, *self.pos])
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Entry:
-        ts, item, sid = orjson.loads(raw)
-        return cls(int(ts), str(item), sid)
+        value = orjson.loads(raw)
+        pos = (int(value[3]), int(value[4])) if len(value) >= 5 else None
+        return cls(int(value[0]), str(value[1]), value[2], pos)
 
 
 class SessionRules(BaseModel):
@@ -123,7 +130,9 @@ class StateDelta:
     histories: dict[str, list[Entry]] = field(default_factory=dict)
     # How many of the front entries of ``histories[user]`` the batch added.
     added: Counter[str] = field(default_factory=Counter)
-    co: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # (row item, neighbour) -> increment: an integer weight, times the event's
+    # forward-decay factor when co counts decay.
+    co: dict[tuple[str, str], float] = field(default_factory=dict)
     pop: Counter[str] = field(default_factory=Counter)
     # item -> list of event timestamps; decay weights are computed against the
     # landmark at apply time (see trend_weights), so the delta stays landmark-free.
@@ -142,6 +151,9 @@ def fold(
     histories: Mapping[str, Sequence[Entry]],
     rules: SessionRules,
     delta: StateDelta | None = None,
+    *,
+    co_decay: tuple[int, int] | None = None,
+    positions: Sequence[tuple[int, int]] | None = None,
 ) -> StateDelta:
     """Fold events (in stream order) into a delta, starting from the given histories.
 
@@ -150,6 +162,11 @@ def fold(
     may pass just those. Equivalent to calling :func:`step` per event (a test
     holds it to that), written as one loop because it is the consumer's hot path:
     histories are kept oldest-first while folding so each event is an append.
+
+    ``co_decay`` = (landmark, half_life_ms) weighs each event's pairs by
+    ``2 ** ((ts - landmark) / half_life_ms)`` (forward decay); None: plain
+    integer counts. ``positions`` gives each event's (partition, offset), kept
+    on its history entry.
     """
     out = delta if delta is not None else StateDelta()
     gap, window, cap = rules.gap_ms, rules.pair_window, rules.history_len
@@ -162,8 +179,13 @@ def fold(
     co_get = co.get
     n = pairs = 0
     max_ts = out.max_ts
-    for event in events:
+    ref, half_life = co_decay if co_decay is not None else (0, 0)
+    pos = None
+    for k, event in enumerate(events):
+        if positions is not None:
+            pos = positions[k]
         user, item, ts, sid = event.user_id, event.item_id, event.ts, event.session_id
+        scale = 2.0 ** ((ts - ref) / half_life) if half_life else 1
         h = work.get(user)
         if h is None:
             start: Sequence[Entry] | None = out.histories.get(user)
@@ -183,7 +205,7 @@ def fold(
                 break
             if e.item not in seen:
                 # The p-th distinct partner (p = len(seen) - 1, 0 = newest).
-                w = window - len(seen) + 1 if linear else 1
+                w = (window - len(seen) + 1 if linear else 1) * scale
                 seen.add(e.item)
                 pairs += 1
                 pair = (item, e.item)
@@ -192,7 +214,7 @@ def fold(
                 co[pair] = co_get(pair, 0) + w * fwd
             prev_ts, prev_sid = e.ts, e.session_id
             i -= 1
-        h.append(Entry(ts, item, sid))
+        h.append(Entry(ts, item, sid, pos))
         if len(h) > 2 * cap:  # trim in bulk: amortised O(1) per event
             del h[:-cap]
         added[user] += 1
@@ -215,17 +237,10 @@ def fold(
     return out
 
 
-def trend_landmark(ref: int | None, max_ts: int, half_life_ms: int) -> tuple[int, float | None]:
-    """The landmark to use for a batch ending at ``max_ts`` and the factor to rescale by.
-
-    Returns ``(new_ref, factor)``; ``factor`` is None when the stored scores stay as
-    they are, else every stored score must be multiplied by it first.
-    """
-    if ref is None:
-        return max_ts, None
-    if max_ts - ref <= MAX_HALF_LIVES_AHEAD * half_life_ms:
-        return ref, None
-    return max_ts, 2.0 ** ((ref - max_ts) / half_life_ms)
+def landmark(ts: int, half_life_ms: int) -> int:
+    """The forward-decay landmark for event time ``ts``: its epoch of 256 half-lives."""
+    epoch = EPOCH_HALF_LIVES * half_life_ms
+    return (ts // epoch) * epoch
 
 
 def trend_weights(

@@ -37,6 +37,13 @@ class ConsumerSettings(ServiceSettings):
     # STREAMREC_CONSUMER_STATE__HALF_LIFE_MS=..., STREAMREC_CONSUMER_STATE__CO_TOP_M=...
     # Set the half-life to hours or days for a dense live stream.
     state: StoreConfig = Field(default_factory=StoreConfig)
+    # How long item state (co-occurrence, popularity, trending) may be held back,
+    # aggregated across polls, before it is written: what the API's item cache
+    # can be behind by, on top of its own staleness. A user's own history is
+    # written every poll. 0 writes item state every poll too.
+    item_delay_ms: int = Field(default=1000, ge=0, le=60_000)
+    # ... or until this many distinct pairs are held (a memory bound).
+    item_max_pairs: int = Field(default=1_000_000, ge=1000)
     # Touched after every poll; a container healthcheck checks that it is fresh.
     heartbeat_file: Path | None = None
     # Bounded backoff while Redis or the broker is away: 0.1 s doubling to 5 s.

@@ -1,33 +1,46 @@
-"""The writer side of the state store: the contract every backend keeps, and the apply loop.
+"""The writer side of the state store: the contract every backend keeps, and the ingest loop.
 
 A backend (Redis in ``consumer.store``, the evaluation's in-memory twin in
-``evaluation.memory``) provides four primitives; everything else, the
-exactly-once loop included, is written once here on top of them:
+``evaluation.memory``) provides a few primitives over the groups of
+``core/keyspace.py`` (user groups, row groups, the item group); everything
+else, exactly-once included, is written once here, in :class:`Ingest`:
 
-- ``stored_offsets``: the next offset to apply for each partition;
-- ``snapshot``: offsets, trending landmark and the newest ``pair_window``
-  entries of some users' histories, read together;
-- ``write``: apply each :class:`PartitionWrite` atomically, *if* the stored
-  offset and landmark are still the ones its snapshot saw (compare-and-set),
-  and say which were applied;
+- ``positions``: each group's stored next offset per partition;
+- ``histories``: some users' stored history entries, newest first;
+- ``write``: apply each :class:`GroupWrite` atomically, *if* the group's stored
+  offsets are still the ones it expects (compare-and-set), and say which were;
 - ``dump`` and ``history_ttl``: the whole state as plain data, and a history's
   remaining idle time (tests, tools; never the hot path).
 
-What a write does, in this order (``consumer/apply.lua`` is the reference):
+What one write does, in this order (``consumer/apply.lua`` is the reference):
 
-1. compare-and-set: the stored offset must equal ``expected_offset``; a new
-   landmark needs the stored one to equal ``landmark.expected`` (or to be the
-   new one already); otherwise nothing is written;
-2. histories: the batch's new entries are pushed in front of each user's list,
-   which is trimmed to ``history_len`` and given the idle TTL;
-3. co-occurrence: each pair's count is incremented, then every touched row is
-   pruned to its ``co_top_m`` best, the lowest (count, member) going first;
-4. popularity (+count) and trending (+forward-decay weight against the new
-   landmark, after rescaling every stored score by ``landmark.factor``), both
-   pruned to ``pop_max`` the same way;
-5. stats (``events``, ``pairs``, ``dlq:{reason}``), the meta hash
-   (``trend_ref``, ``half_life_ms``, ``clock`` = the largest event time seen)
-   and finally the partition's offset.
+1. compare-and-set: every partition's stored offset in the group must equal
+   the expected one; otherwise nothing is written;
+2. user group: each user's new entries are pushed in front of their history,
+   which is trimmed to ``history_len`` (keeping, beyond it, the entries at or
+   after ``keep_from`` of their partition and ``pair_window`` before those) and
+   given the idle TTL;
+3. row group: each row is rebased to the write's decay landmark if it was
+   stored against an older one, its counts incremented, and, when it holds more
+   than ``co_top_m`` plus a quarter of slack, pruned to its ``co_top_m`` best,
+   the lowest (count, member) going first; its change feed notes the rows;
+4. item group: trending is rescaled to the write's landmark if needed, then
+   popularity (+count) and trending (+forward-decay weight) are incremented and
+   pruned to ``pop_max``; stats, meta (``trend_ref``, ``half_life_ms``,
+   ``clock`` = the largest event time seen) and the change feed follow;
+5. the group's offsets move to the write's next offsets.
+
+Exactly once, precisely: every group stores the offsets of the events whose
+effects it holds, in the same atomic write as those effects. A consumer that
+takes a partition resumes at the lowest offset any group holds for it
+(:meth:`Ingest.resume_offsets`) and each group skips what it already has, so
+after any crash every group holds each event's effect once. User groups are
+written every poll (a user's own click shows in their next answer); row groups
+and the item group are aggregated across polls and written at most
+``delay_s`` later (and on rebalance and shutdown). A replay after a crash pairs
+each event with the history before it: history entries carry their (partition,
+offset), the replayed ones are stripped from the snapshot, and histories keep
+what a replay needs (step 2).
 
 tests/test_state_contract.py holds every backend to this, with one suite.
 """
@@ -35,23 +48,24 @@ tests/test_state_contract.py holds every backend to this, with one suite.
 from __future__ import annotations
 
 import abc
+import itertools
 import logging
-from collections import Counter
-from collections.abc import Iterable, Sequence
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from consumer.logic import Entry, SessionRules, StateDelta, fold, trend_landmark, trend_weights
+from consumer.logic import Entry, SessionRules, StateDelta, fold, landmark, trend_weights
 from core.errors import InvalidEvent
 from core.events import ClickEvent
+from core.keyspace import Keyspace
 
 log = logging.getLogger("streamrec.consumer")
 
-# Conflicts happen only when a partition changes owner or trending is rescaled
-# concurrently; a few rounds settle either.
-MAX_CAS_ROUNDS = 8
+Offsets = dict[int, int | None]  # partition -> stored next offset (None: nothing yet)
 
 
 class StoreConfig(BaseModel):
@@ -69,20 +83,21 @@ class StoreConfig(BaseModel):
     # validation part over 7, 30, 90 and 730 (docs/evaluation.md): MovieLens's
     # timeline is sparse. A dense live stream may want hours to days.
     half_life_ms: int = Field(default=365 * 24 * 3600 * 1000, ge=1000)
+    # Half-life of co-occurrence counts (None: counts never decay). Rows follow
+    # the present: a full row admits a neighbour that is strong now, and a pair
+    # nobody clicks any more fades out. See docs/evaluation.md for the choice.
+    co_half_life_ms: int | None = Field(default=365 * 24 * 3600 * 1000, ge=1000)
     co_top_m: int = Field(default=200, ge=1)
     pop_max: int = Field(default=200_000, ge=1)
     # Wall-clock expiry of an idle user's history: a memory bound, not state
     # semantics (sessions are cut on event time).
     idle_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)
 
-
-@dataclass
-class Snapshot:
-    """What a batch is computed from: offsets, the trending landmark, recent histories."""
-
-    histories: dict[str, list[Entry]]  # newest first, at most pair_window entries
-    offsets: dict[int, int | None]
-    trend_ref: int | None
+    @property
+    def co_slack(self) -> int:
+        """Members a row may hold beyond ``co_top_m`` before it is pruned back (amortises
+        the prune, and gives a new neighbour a few flushes to prove itself)."""
+        return max(1, self.co_top_m // 4)
 
 
 @dataclass
@@ -97,14 +112,20 @@ class PartitionBatch:
 
     def since(self, offset: int | None) -> PartitionBatch:
         """The part of this batch at or after ``offset`` (None: all of it)."""
-        if offset is None or offset <= self.first_offset:
+        return self.between(offset, None)
+
+    def between(self, lo: int | None, hi: int | None) -> PartitionBatch:
+        """The part of this batch in [lo, hi) (None: unbounded)."""
+        first = self.first_offset if lo is None else max(self.first_offset, lo)
+        stop = self.next_offset if hi is None else min(self.next_offset, hi)
+        if first == self.first_offset and stop == self.next_offset:
             return self
         return PartitionBatch(
             self.partition,
-            max(self.first_offset, offset),
-            self.next_offset,
-            [(o, e) for o, e in self.events if o >= offset],
-            [(o, r) for o, r in self.rejected if o >= offset],
+            first,
+            max(first, stop),
+            [(o, e) for o, e in self.events if first <= o < stop],
+            [(o, r) for o, r in self.rejected if first <= o < stop],
         )
 
 
@@ -116,63 +137,59 @@ class ApplyResult:
     conflicts: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Landmark:
-    """The trending landmark a write expects, the one it leaves, and the rescale between."""
+@dataclass
+class GroupWrite:
+    """One group's share of a poll (user group) or a flush (row group, item group)."""
 
-    expected: int | None  # what the snapshot read
-    new: int | None  # what the write stores (None: leave it; the batch had no event)
-    factor: float | None = None  # multiply every stored trending score by this first
-
-
-@dataclass(frozen=True)
-class PartitionWrite:
-    """One partition's delta with its offsets: applied whole, or (on a CAS miss) not at all."""
-
+    tag: str
     topic: str
-    partition: int
-    expected_offset: int | None
-    next_offset: int
-    landmark: Landmark
-    delta: StateDelta
-    dead_letters: Counter[str] = field(default_factory=Counter)  # reason -> records
+    offsets: dict[int, tuple[int | None, int]]  # partition -> (expected stored, next)
+    # user group: (user, new entries oldest first); partition -> oldest offset
+    # the item state has not got yet (what a replay would need again).
+    histories: list[tuple[str, list[Entry]]] = field(default_factory=list)
+    keep_from: dict[int, int] = field(default_factory=dict)
+    # row group: item -> neighbour -> increment, against landmark co_ref (None: no decay)
+    rows: dict[str, dict[str, float]] = field(default_factory=dict)
+    co_ref: int | None = None
+    # item group: increments against trend_ref; stats; the largest event time
+    pop: dict[str, int] = field(default_factory=dict)
+    trend: dict[str, float] = field(default_factory=dict)
+    trend_ref: int | None = None
+    stats: dict[str, int] = field(default_factory=dict)
+    clock: int | None = None
 
-    def trend_increments(self, half_life_ms: int) -> dict[str, float]:
-        """Forward-decay weight per item against the new landmark."""
-        if self.landmark.new is None:
-            return {}
-        return trend_weights(self.delta.trend_ts, self.landmark.new, half_life_ms)
+    def offset_fields(self) -> list[tuple[str, int | None, int]]:
+        return [
+            (Keyspace.offset_field(self.topic, p), expected, nxt)
+            for p, (expected, nxt) in sorted(self.offsets.items())
+        ]
 
-    def stats(self) -> dict[str, int]:
-        """Counter increments: events and pairings applied, dead letters by reason."""
-        out: dict[str, int] = {}
-        if self.delta.events:
-            out["events"] = self.delta.events
-            out["pairs"] = self.delta.pairs
-        for reason, n in self.dead_letters.items():
-            out[f"dlq:{reason}"] = n
-        return out
 
-    def new_entries(self) -> Iterable[tuple[str, list[Entry]]]:
-        """Each touched user's new entries, oldest first (the order they are pushed in)."""
-        delta = self.delta
-        for user, history in delta.histories.items():
-            yield user, history[: delta.added[user]][::-1]
+class Rewind(Exception):
+    """The store moved under this consumer (another owner wrote, or events are missing):
+    seek these partitions to these offsets (None: the beginning) and poll again."""
+
+    def __init__(self, offsets: dict[int, int | None], why: str) -> None:
+        super().__init__(f"rewind {offsets}: {why}")
+        self.offsets = offsets
 
 
 class StateWriter(abc.ABC):
     """A state backend's write side. Subclasses provide the primitives; ``apply`` is shared."""
 
     config: StoreConfig
+    keys: Keyspace
 
     @abc.abstractmethod
-    def stored_offsets(self, topic: str, partitions: Iterable[int]) -> dict[int, int | None]: ...
+    def positions(self, topic: str, partitions: Sequence[int]) -> dict[str, Offsets]:
+        """Every group's (``keys.tags()``) stored next offset for each partition."""
 
     @abc.abstractmethod
-    def snapshot(self, topic: str, partitions: Sequence[int], users: Sequence[str]) -> Snapshot: ...
+    def histories(self, users: Sequence[str], n: int | None) -> dict[str, list[Entry]]:
+        """The newest ``n`` stored entries (None: all) of each user that has any."""
 
     @abc.abstractmethod
-    def write(self, writes: Sequence[PartitionWrite]) -> list[bool]:
+    def write(self, writes: Sequence[GroupWrite]) -> list[bool]:
         """Apply each write atomically if its compare-and-set holds; True where applied."""
 
     @abc.abstractmethod
@@ -184,64 +201,492 @@ class StateWriter(abc.ABC):
         """Everything as plain data: ``hist``, ``co``, ``pop``, ``trend``, ``meta``,
         ``offsets`` and ``stats`` (see ``consumer.store.RedisStateWriter.dump`` for the shapes)."""
 
+    def stored_offsets(self, topic: str, partitions: Iterable[int]) -> Offsets:
+        """Per partition, the offset every group has reached (None: some group has nothing)."""
+        parts = list(partitions)
+        return durable(self.positions(topic, parts), parts) if parts else {}
+
     def apply(self, topic: str, batches: Sequence[PartitionBatch]) -> ApplyResult:
-        """Apply partition batches exactly once each; safe to call again after any failure."""
+        """Apply partition batches exactly once each and write everything at once (no
+        delay): for tests, tools and the evaluation. The consumer runs an :class:`Ingest`."""
+        ingests: dict[str, Ingest] = self.__dict__.setdefault("_ingests", {})
+        ingest = ingests.get(topic)
+        if ingest is None:
+            ingest = ingests[topic] = Ingest(self, topic, delay_s=0.0, advance_every_s=0.0)
+        return ingest.apply(batches)
+
+
+def rows_at(
+    rows: dict[str, tuple[float | None, dict[str, float]]],
+    clock: int | None,
+    half_life_ms: int | None,
+) -> dict[str, dict[str, float]]:
+    """Co rows, each stored against its own landmark (None: undecayed), as decayed
+    counts as of the stream clock: what two states are compared by, member by member."""
+    out: dict[str, dict[str, float]] = {}
+    for item, (ref, row) in rows.items():
+        if not row:
+            continue
+        if ref is None or clock is None or half_life_ms is None:
+            out[item] = {nb: float(v) for nb, v in row.items()}
+        else:
+            factor = 2.0 ** ((ref - clock) / half_life_ms)
+            out[item] = {nb: float(v) * factor for nb, v in row.items()}
+    return out
+
+
+def keep_for_replay(
+    history: Sequence[Entry], keep_from: dict[int, int], cap: int, window: int
+) -> int:
+    """How many entries a history keeps: ``cap``, or the leading entries at or after
+    ``keep_from`` of their partition plus ``window`` before them, if more."""
+    if len(history) <= cap:
+        return len(history)
+    fresh = 0
+    for e in history:
+        pos = e.pos
+        if pos is None or pos[0] not in keep_from or pos[1] < keep_from[pos[0]]:
+            break
+        fresh += 1
+    return max(cap, fresh + window)
+
+
+def dump_offsets(by_tag: dict[str, dict[str, int]], keys: Keyspace) -> dict[str, int]:
+    """Per "topic:partition", the offset every group has reached (groups without it
+    are left out: they have nothing of that partition yet)."""
+    names = sorted({name for group in by_tag.values() for name in group})
+    out: dict[str, int] = {}
+    for name in names:
+        values = [g[name] for tag in keys.tags() if name in (g := by_tag.get(tag, {}))]
+        out[name] = min(values)
+    return out
+
+
+def durable(positions: dict[str, Offsets], partitions: Iterable[int]) -> Offsets:
+    """The lowest offset over groups per partition; None where some group has none."""
+    out: Offsets = {}
+    for p in partitions:
+        values = [group.get(p) for group in positions.values()]
+        out[p] = None if any(v is None for v in values) else min(v for v in values if v is not None)
+    return out
+
+
+@dataclass
+class Pending:
+    """Item state folded but not yet written: aggregated across polls."""
+
+    co: dict[tuple[str, str], float] = field(default_factory=dict)
+    co_ref: int | None = None
+    pop: Counter[str] = field(default_factory=Counter)
+    trend: dict[str, float] = field(default_factory=dict)
+    trend_ref: int | None = None
+    stats: Counter[str] = field(default_factory=Counter)
+    clock: int | None = None
+    since: float | None = None  # clock() when the first contribution arrived
+
+    def empty(self) -> bool:
+        return self.since is None
+
+
+class Ingest:
+    """The exactly-once ingest loop over a :class:`StateWriter`, for one topic.
+
+    ``apply`` writes each poll's histories at once and folds its item state into
+    :class:`Pending`; ``flush`` writes that (when ``due``: ``delay_s`` after its
+    first contribution, or when it grows past ``max_pairs``). The consumer calls
+    ``flush`` before it gives partitions up and when it stops.
+    """
+
+    def __init__(
+        self,
+        store: StateWriter,
+        topic: str,
+        *,
+        delay_s: float = 1.0,
+        max_pairs: int = 1_000_000,
+        advance_every_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.topic = topic
+        self.delay_s = delay_s
+        self.max_pairs = max_pairs
+        self.advance_every_s = advance_every_s
+        self.clock = clock
+        keys = store.keys
+        self._tags = keys.tags()
+        self._item_side = [*keys.row_tags(), keys.item_tag]
+        self.stored: dict[str, Offsets] = {tag: {} for tag in self._tags}
+        # partition -> the next offset whose effects every group has or pending holds
+        self.covered: dict[int, int | None] = {}
+        self.pending = Pending()
+        self._last_advance = -float("inf")
+        self._rewound: dict[int, int | None] = {}
+
+    # -- positions -------------------------------------------------------------
+    def resume_offsets(self, partitions: Sequence[int]) -> Offsets:
+        """Where to start reading each partition: the lowest offset any group holds.
+
+        None: no group holds anything (start where the consumer group would); -1:
+        some groups hold something and some nothing (start from the beginning).
+        """
+        self._load(partitions)
+        out: Offsets = {}
+        for p in partitions:
+            values = [self.stored[tag].get(p) for tag in self._tags]
+            if all(v is None for v in values):
+                out[p] = None
+            elif any(v is None for v in values):
+                out[p] = -1
+            else:
+                out[p] = min(v for v in values if v is not None)
+        return out
+
+    def durable_offsets(self) -> Offsets:
+        """Per owned partition, what every group has stored (what Kafka may commit)."""
+        return durable(self.stored, self.covered)
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Partitions given up (after a flush): their positions are read again if they return."""
+        for p in partitions:
+            self.covered.pop(p, None)
+            for group in self.stored.values():
+                group.pop(p, None)
+
+    def _load(self, partitions: Sequence[int]) -> None:
+        if not partitions:
+            return
+        fresh = self.store.positions(self.topic, partitions)
+        for tag in self._tags:
+            group = fresh.get(tag, {})
+            for p in partitions:
+                self.stored[tag][p] = group.get(p)
+        for p in partitions:
+            values = [self.stored[tag][p] for tag in self._tags]
+            self.covered[p] = (
+                None if any(v is None for v in values) else min(v for v in values if v is not None)
+            )
+
+    # -- apply -----------------------------------------------------------------
+    def apply(self, batches: Sequence[PartitionBatch]) -> ApplyResult:
+        """Write the batches' histories now and hold their item state back (flushing
+        what is due). After any failure nothing held is trusted: positions are read
+        again, and the next batch rewinds if the store is behind it."""
+        try:
+            return self._apply(batches)
+        except Rewind:
+            raise
+        except BaseException:
+            self._invalidate()
+            raise
+
+    def _invalidate(self) -> None:
+        self.pending = Pending()
+        self.forget(list(self.covered))
+
+    def _apply(self, batches: Sequence[PartitionBatch]) -> ApplyResult:
         result = ApplyResult()
-        pending = [b for b in batches if b.next_offset > b.first_offset]
-        for _ in range(MAX_CAS_ROUNDS):
-            if not pending:
-                return result
-            users = sorted({e.user_id for b in pending for _, e in b.events})
-            snap = self.snapshot(topic, [b.partition for b in pending], users)
-            todo: list[tuple[PartitionBatch, PartitionBatch]] = []
-            for batch in pending:
-                stored = snap.offsets[batch.partition]
-                if stored is not None and stored >= batch.next_offset:
-                    result.skipped_events += len(batch.events)
-                    continue
-                fresh = batch.since(stored)
-                result.skipped_events += len(batch.events) - len(fresh.events)
-                todo.append((batch, fresh))
-            if not todo:
-                return result
-            landmark = self._landmark(snap.trend_ref, (f for _, f in todo))
-            writes = [self._plan(topic, fresh, snap, landmark) for _, fresh in todo]
-            outcomes = self.write(writes)
-            pending = []
-            for (batch, fresh), applied in zip(todo, outcomes, strict=True):
-                if applied:
-                    result.applied_events += len(fresh.events)
-                    result.rejected += len(fresh.rejected)
-                else:
-                    result.conflicts += 1
-                    pending.append(batch)
-            if pending:
-                log.info(
-                    "offset/landmark moved under %d partition batch(es); re-reading", len(pending)
+        live = [b for b in batches if b.next_offset > b.first_offset]
+        self._load(sorted({b.partition for b in live if b.partition not in self.covered}))
+        todo: list[PartitionBatch] = []
+        for batch in live:
+            fresh = self._fresh_part(batch)
+            result.skipped_events += len(batch.events) - len(fresh.events)
+            if fresh.next_offset > fresh.first_offset:
+                todo.append(fresh)
+            else:  # every group has all of it
+                covered = self.covered.get(batch.partition)
+                self.covered[batch.partition] = max(covered or 0, batch.next_offset)
+        if todo:
+            writes = self._plan(todo)
+            outcomes = self.store.write(writes)
+            if not all(outcomes):
+                result.conflicts += outcomes.count(False)
+                self._conflict(
+                    [b.partition for b in todo], "a history write found its offsets moved"
                 )
-        raise RuntimeError(
-            f"could not apply {len(pending)} batch(es) after {MAX_CAS_ROUNDS} rounds"
-        )
+            for w in writes:
+                for p, (_, nxt) in w.offsets.items():
+                    self.stored[w.tag][p] = nxt
+            for batch in todo:
+                self.covered[batch.partition] = batch.next_offset
+                result.applied_events += len(batch.events)
+                result.rejected += len(batch.rejected)
+        if self.due():
+            self._flush()
+        return result
 
-    def _landmark(self, ref: int | None, batches: Iterable[PartitionBatch]) -> Landmark:
-        """One landmark for every partition written together (they share the trending set)."""
+    def _fresh_part(self, batch: PartitionBatch) -> PartitionBatch:
+        """What of the batch some group still needs; a gap in front of it rewinds."""
+        p = batch.partition
+        covered = self.covered.get(p)
+        if covered is not None and batch.first_offset > covered:
+            if self._rewound.get(p) == covered:
+                # Asked for once already and the broker still starts later: the
+                # events in between are gone (retention). Say so and go on.
+                log.error(
+                    "%s[%d]: events %d..%d are no longer on the topic; their effects are lost",
+                    self.topic,
+                    p,
+                    covered,
+                    batch.first_offset - 1,
+                )
+            else:
+                self._rewound[p] = covered
+                raise Rewind({p: covered}, f"partition {p} resumed after a gap")
+        self._rewound.pop(p, None)
+        values = [self.stored[tag].get(p) for tag in self._tags]
+        if all(v is not None and v >= batch.next_offset for v in values):
+            return batch.between(batch.next_offset, None)
+        floor = covered
+        if floor is None and all(v is not None for v in values):
+            floor = min(v for v in values if v is not None)
+        return batch.since(floor)
+
+    def _plan(self, batches: list[PartitionBatch]) -> list[GroupWrite]:
+        """Fold the batches: history writes to return, item state into pending."""
+        cfg = self.store.config
+        keys = self.store.keys
+        pend = self.pending
         max_ts = max((e.ts for b in batches for _, e in b.events), default=None)
-        if max_ts is None:
-            return Landmark(ref, ref)
-        new, factor = trend_landmark(ref, max_ts, self.config.half_life_ms)
-        return Landmark(ref, new, factor)
-
-    def _plan(
-        self, topic: str, batch: PartitionBatch, snap: Snapshot, landmark: Landmark
-    ) -> PartitionWrite:
-        delta = fold((e for _, e in batch.events), snap.histories, self.config.rules)
-        return PartitionWrite(
-            topic=topic,
-            partition=batch.partition,
-            expected_offset=snap.offsets[batch.partition],
-            next_offset=batch.next_offset,
-            # A batch without events leaves the landmark alone (and never rescales).
-            landmark=landmark if delta.events else Landmark(landmark.expected, None),
-            delta=delta,
-            dead_letters=Counter(exc.reason for _, exc in batch.rejected),
+        if max_ts is not None:
+            self._move_landmarks(max_ts)
+        # Replay: some group already holds part of a batch (a restart after a
+        # crash). Read whole histories then, and strip the replayed entries.
+        replay = {
+            b.partition
+            for b in batches
+            if any(
+                (v := self.stored[t].get(b.partition)) is not None and v > b.first_offset
+                for t in self._tags
+            )
+        }
+        users = sorted({e.user_id for b in batches for _, e in b.events})
+        window = cfg.rules.pair_window
+        base = self.store.histories(users, None if replay else window)
+        if replay:
+            firsts = {b.partition: b.first_offset for b in batches if b.partition in replay}
+            base = {u: _strip(h, firsts) for u, h in base.items()}
+        co_decay = (
+            (pend.co_ref, cfg.co_half_life_ms)
+            if cfg.co_half_life_ms is not None and pend.co_ref is not None
+            else None
         )
+        entries: dict[str, dict[str, list[Entry]]] = defaultdict(dict)  # tag -> user -> new
+        offsets: dict[str, dict[int, tuple[int | None, int]]] = defaultdict(dict)
+        histories: dict[str, list[Entry]] = dict(base)
+        for batch in batches:
+            p = batch.partition
+            for lo, hi in self._segments(batch):
+                seg = batch.between(lo, hi)
+                positions = [(p, o) for o, _ in seg.events]
+                delta = fold(
+                    [e for _, e in seg.events],
+                    histories,
+                    cfg.rules,
+                    co_decay=co_decay,
+                    positions=positions,
+                )
+                histories.update(delta.histories)
+                self._take_items(p, lo, seg, delta)
+                for user, new_hist in delta.histories.items():
+                    tag = keys.user_tag(user)
+                    stored = self.stored[tag].get(p)
+                    if stored is not None and stored > lo:
+                        continue
+                    new = new_hist[: delta.added[user]][::-1]
+                    entries[tag].setdefault(user, []).extend(new)
+            for tag in entries:
+                stored = self.stored[tag].get(p)
+                if stored is None or stored < batch.next_offset:
+                    offsets[tag][p] = (stored, batch.next_offset)
+        keep_from = {p: self._item_floor(p) for p in {b.partition for b in batches}}
+        writes = [
+            GroupWrite(
+                tag,
+                self.topic,
+                offsets[tag],
+                histories=[(u, new) for u, new in users_new.items() if new],
+                keep_from={p: keep_from[p] for p in offsets[tag]},
+            )
+            for tag, users_new in entries.items()
+            if offsets[tag]
+        ]
+        return writes
+
+    def _segments(self, batch: PartitionBatch) -> list[tuple[int, int]]:
+        """The batch cut at every group's stored offset inside it: within a segment,
+        each group either has all of it or none."""
+        p = batch.partition
+        cuts = sorted(
+            {
+                v
+                for tag in self._tags
+                if (v := self.stored[tag].get(p)) is not None
+                and batch.first_offset < v < batch.next_offset
+            }
+        )
+        bounds = [batch.first_offset, *cuts, batch.next_offset]
+        return list(itertools.pairwise(bounds))
+
+    def _move_landmarks(self, max_ts: int) -> None:
+        """Keep pending's decay landmarks at the epoch of the newest event (rescaling it)."""
+        cfg = self.store.config
+        pend = self.pending
+        if cfg.co_half_life_ms is not None:
+            ref = landmark(max_ts, cfg.co_half_life_ms)
+            if pend.co_ref is None or ref > pend.co_ref:
+                if pend.co_ref is not None and pend.co:
+                    factor = 2.0 ** ((pend.co_ref - ref) / cfg.co_half_life_ms)
+                    for pair in pend.co:
+                        pend.co[pair] *= factor
+                pend.co_ref = ref
+        ref = landmark(max_ts, cfg.half_life_ms)
+        if pend.trend_ref is None or ref > pend.trend_ref:
+            if pend.trend_ref is not None and pend.trend:
+                factor = 2.0 ** ((pend.trend_ref - ref) / cfg.half_life_ms)
+                pend.trend = {item: v * factor for item, v in pend.trend.items()}
+            pend.trend_ref = ref
+
+    def _take_items(self, p: int, lo: int, seg: PartitionBatch, delta: StateDelta) -> None:
+        """Add what the groups that lack segment [lo, ...) need to pending."""
+        keys = self.store.keys
+        pend = self.pending
+        item_stored = self.stored[keys.item_tag].get(p)
+        want_items = item_stored is None or item_stored <= lo
+        rows_behind = [
+            tag for tag in keys.row_tags() if (v := self.stored[tag].get(p)) is None or v <= lo
+        ]
+        co, co_get = pend.co, pend.co.get
+        if len(rows_behind) == keys.row_groups:
+            for pair, w in delta.co.items():
+                co[pair] = co_get(pair, 0) + w
+        elif rows_behind:
+            behind = set(rows_behind)
+            for pair, w in delta.co.items():
+                if keys.row_tag(pair[0]) in behind:
+                    co[pair] = co_get(pair, 0) + w
+        if want_items:
+            pend.pop.update(delta.pop)
+            assert pend.trend_ref is not None or not delta.trend_ts
+            if delta.trend_ts:
+                half_life = self.store.config.half_life_ms
+                weights = trend_weights(delta.trend_ts, pend.trend_ref or 0, half_life)
+                trend = pend.trend
+                for item, weight in weights.items():
+                    trend[item] = trend.get(item, 0.0) + weight
+            if delta.events:
+                pend.stats["events"] += delta.events
+                pend.stats["pairs"] += delta.pairs
+            for _, exc in seg.rejected:
+                pend.stats[f"dlq:{exc.reason}"] += 1
+            if delta.max_ts is not None and (pend.clock is None or delta.max_ts > pend.clock):
+                pend.clock = delta.max_ts
+        if pend.since is None and (seg.events or seg.rejected):
+            pend.since = self.clock()
+
+    def _item_floor(self, p: int) -> int:
+        """The oldest offset of partition p some item-side group has not stored: what a
+        replay would fold again, so histories keep entries from there on."""
+        values = [self.stored[tag].get(p) for tag in self._item_side]
+        return 0 if any(v is None for v in values) else min(v for v in values if v is not None)
+
+    def _conflict(self, partitions: Iterable[int], why: str) -> None:
+        """Someone else wrote our partitions: drop what we hold, re-read, start again."""
+        parts = sorted(set(partitions) | set(self.covered))
+        self.pending = Pending()
+        self.forget(parts)
+        raise Rewind(self.resume_offsets(parts), why)
+
+    # -- flush -----------------------------------------------------------------
+    def due(self) -> bool:
+        pend = self.pending
+        if pend.since is None:
+            return self.clock() - self._last_advance >= self.advance_every_s and self._lagging()
+        return self.clock() - pend.since >= self.delay_s or len(pend.co) >= self.max_pairs
+
+    def _lagging(self) -> bool:
+        return any(
+            self.stored[tag].get(p) != c for tag in self._tags for p, c in self.covered.items()
+        )
+
+    def flush(self) -> None:
+        """Write pending item state (and move idle groups' offsets up, now and then)."""
+        try:
+            self._flush()
+        except Rewind:
+            raise
+        except BaseException:
+            self._invalidate()
+            raise
+
+    def _flush(self) -> None:
+        keys = self.store.keys
+        pend = self.pending
+        now = self.clock()
+        advance = now - self._last_advance >= self.advance_every_s
+        owned = {p: c for p, c in self.covered.items() if c is not None}
+
+        def offsets(tag: str) -> dict[int, tuple[int | None, int]]:
+            stored = self.stored[tag]
+            return {p: (stored.get(p), c) for p, c in owned.items() if stored.get(p) != c}
+
+        rows: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+        for (a, b), inc in pend.co.items():
+            row = rows[keys.row_tag(a)].get(a)
+            if row is None:
+                row = rows[keys.row_tag(a)][a] = {}
+            row[b] = inc
+        first: list[GroupWrite] = []
+        for tag in keys.row_tags():
+            moved = offsets(tag)
+            if moved and (tag in rows or advance):
+                first.append(
+                    GroupWrite(tag, self.topic, moved, rows=rows.get(tag, {}), co_ref=pend.co_ref)
+                )
+        if advance:
+            for tag in keys.user_tags():
+                moved = offsets(tag)
+                if moved:
+                    first.append(GroupWrite(tag, self.topic, moved))
+        last: list[GroupWrite] = []
+        moved = offsets(keys.item_tag)
+        if moved and (not pend.empty() or advance):
+            last.append(
+                GroupWrite(
+                    keys.item_tag,
+                    self.topic,
+                    moved,
+                    pop=dict(pend.pop),
+                    trend=pend.trend,
+                    trend_ref=pend.trend_ref,
+                    stats=dict(pend.stats),
+                    clock=pend.clock,
+                )
+            )
+        # Rows before the item group: its stats say "applied", so a reader that
+        # waits for them finds the rows there.
+        for writes in (first, last):
+            if not writes:
+                continue
+            outcomes = self.store.write(writes)
+            for w, ok in zip(writes, outcomes, strict=True):
+                if ok:
+                    for p, (_, nxt) in w.offsets.items():
+                        self.stored[w.tag][p] = nxt
+            if not all(outcomes):
+                self._conflict(owned, "an item-state write found its offsets moved")
+        self.pending = Pending(co_ref=pend.co_ref, trend_ref=pend.trend_ref)
+        if advance:
+            self._last_advance = now
+
+
+def _strip(history: list[Entry], firsts: dict[int, int]) -> list[Entry]:
+    """A history without the entries of offsets a replay is about to fold again."""
+    out = []
+    for e in history:
+        pos = e.pos
+        if pos is not None and pos[0] in firsts and pos[1] >= firsts[pos[0]]:
+            continue
+        out.append(e)
+    return out

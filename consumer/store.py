@@ -1,15 +1,16 @@
-"""The Redis backend of the writer contract (consumer.state): one script per partition batch.
+"""The Redis backend of the writer contract (consumer.state): one script per group write.
 
-The offset stored in Redis (``{ns}:offsets``) is the next offset to read for each
-partition, written in the same script as the state it produced. So a batch is
-either wholly applied with its offset or not at all, and a consumer that seeks
-to the stored offset on assignment never applies an event twice.
+Each group (a hash tag of ``core/keyspace.py``) stores the offsets of the
+events whose effects it holds (``{tag}:offsets``), written by the same script as
+those effects, so a group either has an event's effect with its offset or has
+neither. ``consumer.state.Ingest`` builds the writes and keeps exactly-once on
+top of this; the same code runs on one Redis node and on a Redis Cluster
+(writes are pipelined, per node on a cluster).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
@@ -17,73 +18,85 @@ import orjson
 import redis
 
 from consumer.logic import Entry
-from consumer.state import PartitionWrite, Snapshot, StateWriter, StoreConfig
-from core.keyspace import FEED_KEEP, Keyspace
+from consumer.state import GroupWrite, Offsets, StateWriter, StoreConfig, dump_offsets, rows_at
+from core.keyspace import FEED_KEEP, ROW_REF, Keyspace
 
 _APPLY_LUA = resources.files("consumer").joinpath("apply.lua").read_text()
 
 
+def _num(value: float) -> int | str:
+    """An increment for the script: ints as they are, floats as their exact repr."""
+    if isinstance(value, int):
+        return value
+    return int(value) if value.is_integer() and abs(value) < 2**53 else repr(value)
+
+
 class RedisStateWriter(StateWriter):
-    """Writes the consumer's state to one Redis node (``core/keyspace.py`` has the keys)."""
+    """Writes the consumer's state to Redis (``core/keyspace.py`` has the keys)."""
 
     def __init__(self, client: redis.Redis, keys: Keyspace, config: StoreConfig) -> None:
         self.client = client
         self.keys = keys
         self.config = config
         self._apply = client.register_script(_APPLY_LUA)
-
-    # -- reads ---------------------------------------------------------------
-    def stored_offsets(self, topic: str, partitions: Iterable[int]) -> dict[int, int | None]:
-        parts = list(partitions)
-        if not parts:
-            return {}
-        fields = [Keyspace.offset_field(topic, p) for p in parts]
-        values = self.client.hmget(self.keys.offsets, fields)
-        return {p: None if v is None else int(v) for p, v in zip(parts, values, strict=True)}
-
-    def snapshot(self, topic: str, partitions: Sequence[int], users: Sequence[str]) -> Snapshot:
-        """Offsets, trending landmark and the users' histories, in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(self.keys.offsets, [Keyspace.offset_field(topic, p) for p in partitions])
-        pipe.hget(self.keys.meta, "trend_ref")
-        # Pairing only looks at the newest pair_window entries; new entries are
-        # pushed in front, so nothing older needs to travel.
-        window = self.config.rules.pair_window
-        for user in users:
-            pipe.lrange(self.keys.hist(user), 0, window - 1)
-        offsets_raw, ref_raw, *hists = pipe.execute()
-        return Snapshot(
-            histories={
-                u: [Entry.decode(x) for x in h] for u, h in zip(users, hists, strict=True) if h
-            },
-            offsets={
-                p: None if v is None else int(v)
-                for p, v in zip(partitions, offsets_raw, strict=True)
-            },
-            trend_ref=None if ref_raw is None else int(ref_raw),
+        c = config
+        self._limits = (
+            f"{c.co_top_m} {c.co_slack} {c.pop_max} {c.rules.history_len} "
+            f"{c.rules.pair_window} {c.idle_ttl_s} {FEED_KEEP}"
         )
 
+    # -- reads ---------------------------------------------------------------
+    def positions(self, topic: str, partitions: Sequence[int]) -> dict[str, Offsets]:
+        tags = self.keys.tags()
+        fields = [Keyspace.offset_field(topic, p) for p in partitions]
+        pipe = self.client.pipeline(transaction=False)
+        for tag in tags:
+            pipe.hmget(Keyspace.offsets(tag), fields)
+        return {
+            tag: {p: None if v is None else int(v) for p, v in zip(partitions, row, strict=True)}
+            for tag, row in zip(tags, pipe.execute(), strict=True)
+        }
+
+    def histories(self, users: Sequence[str], n: int | None) -> dict[str, list[Entry]]:
+        pipe = self.client.pipeline(transaction=False)
+        for user in users:
+            pipe.lrange(self.keys.hist(user), 0, -1 if n is None else n - 1)
+        return {
+            u: [Entry.decode(x) for x in h] for u, h in zip(users, pipe.execute(), strict=True) if h
+        }
+
     def dump(self) -> dict[str, Any]:
-        """The whole namespace as plain data: ``hist`` user -> [Entry] newest first, ``co``
-        item -> {neighbour: count}, ``pop``/``trend`` item -> score, ``meta`` field -> int,
-        ``offsets`` "topic:partition" -> next offset, ``stats`` counter -> int.
+        """The whole namespace as plain data: ``hist`` user -> [Entry] newest first
+        (the newest ``history_len``), ``co`` item -> {neighbour: count} (decayed
+        counts expressed against the landmark of the stream clock), ``pop``/``trend``
+        item -> score, ``meta`` field -> int, ``offsets`` "topic:partition" -> the
+        offset every group has reached, ``stats`` counter -> int.
 
         SCANs the namespace, so it is for small states and tooling, never the hot path.
         """
-        ns = self.keys.namespace
         out: dict[str, Any] = {"hist": {}, "co": {}}
+        cap = self.config.rules.history_len
+        offsets: dict[str, dict[str, int]] = {}
+        raw_rows: dict[str, dict[str, Any]] = {}
         for raw in self.client.scan_iter(match=self.keys.pattern(), count=1000):
             key = _text(raw)
-            if key.startswith(f"{ns}:hist:"):
-                out["hist"][key[len(ns) + 6 :]] = [
-                    Entry.decode(x) for x in self.client.lrange(key, 0, -1)
-                ]
-            elif key.startswith(f"{ns}:co:"):
-                out["co"][key[len(ns) + 4 :]] = _zset(self.client, key)
+            tag, _, rest = key.partition("}:")
+            if rest.startswith("hist:"):
+                entries = self.client.lrange(key, 0, cap - 1)
+                out["hist"][rest[5:]] = [Entry.decode(x) for x in entries]
+            elif rest.startswith("co:"):
+                raw_rows[rest[3:]] = {_text(k): _text(v) for k, v in self._hash(key).items()}
+            elif rest == "offsets":
+                offsets[tag + "}"] = {_text(k): int(v) for k, v in self._hash(key).items()}
+        out["meta"] = {_text(k): int(v) for k, v in self._hash(self.keys.meta).items()}
+        rows = {
+            item: (None if (ref := row.pop(ROW_REF, None)) is None else float(ref), row)
+            for item, row in raw_rows.items()
+        }
+        out["co"] = rows_at(rows, out["meta"].get("clock"), self.config.co_half_life_ms)
         out["pop"] = _zset(self.client, self.keys.pop)
         out["trend"] = _zset(self.client, self.keys.trend)
-        out["meta"] = {_text(k): int(v) for k, v in self._hash(self.keys.meta).items()}
-        out["offsets"] = {_text(k): int(v) for k, v in self._hash(self.keys.offsets).items()}
+        out["offsets"] = dump_offsets(offsets, self.keys)
         out["stats"] = {_text(k): int(v) for k, v in self._hash(self.keys.stats).items()}
         return out
 
@@ -96,49 +109,54 @@ class RedisStateWriter(StateWriter):
         return dict(self.client.hgetall(key))
 
     # -- writes --------------------------------------------------------------
-    def write(self, writes: Sequence[PartitionWrite]) -> list[bool]:
-        """One script per partition, all in one pipelined round trip."""
+    def write(self, writes: Sequence[GroupWrite]) -> list[bool]:
+        """One script per group, all in one pipelined round trip (per node on a cluster)."""
+        if not writes:
+            return []
         pipe = self.client.pipeline(transaction=False)
         for w in writes:
             self._queue(pipe, w)
-        return [int(outcome[0]) == 1 for outcome in pipe.execute()]
+        return [int(outcome) == 1 for outcome in pipe.execute()]
 
-    def _queue(self, pipe: redis.client.Pipeline, w: PartitionWrite) -> None:
+    def _queue(self, pipe: Any, w: GroupWrite) -> None:
         cfg = self.config
-        delta = w.delta
-        rows: dict[str, list[str | int]] = defaultdict(list)
-        for (a, b), n in delta.co.items():
-            rows[a] += (b, n)
-        payload = orjson.dumps(
-            {
-                # New entries only, oldest first (LPUSH order); the CAS on the
-                # offset makes the append happen exactly once.
-                "h": [[u, [e.encode().decode() for e in new]] for u, new in w.new_entries()],
-                "c": list(rows.items()),
-                "p": [x for item, n in delta.pop.items() for x in (item, n)],
-                "t": [
-                    x for item, v in w.trend_increments(cfg.half_life_ms).items() for x in (item, v)
-                ],
-                "s": [x for name, n in w.stats().items() for x in (name, n)],
-            }
-        )
-        ks = self.keys
-        keys = [ks.offsets, ks.meta, ks.stats, ks.pop, ks.trend, ks.seq, ks.changed]
-        mark = w.landmark
-        args: list[str | int | bytes] = [
-            Keyspace.offset_field(w.topic, w.partition),
-            "" if w.expected_offset is None else w.expected_offset,
-            w.next_offset,
-            "" if mark.expected is None else mark.expected,
-            "" if mark.new is None else mark.new,
-            "" if mark.factor is None else repr(mark.factor),
-            "" if delta.max_ts is None else delta.max_ts,
-            cfg.half_life_ms,
-            self.keys.namespace,
-            f"{cfg.co_top_m} {cfg.pop_max} {cfg.rules.history_len} {cfg.idle_ttl_s} {FEED_KEEP}",
-            payload,
+        doc: dict[str, Any] = {
+            "o": [
+                [name, "" if expected is None else str(expected), str(nxt)]
+                for name, expected, nxt in w.offset_fields()
+            ]
+        }
+        if w.histories:
+            doc["h"] = [[u, [e.encode().decode() for e in new]] for u, new in w.histories]
+            doc["k"] = {str(p): off for p, off in w.keep_from.items()}
+        if w.rows:
+            doc["c"] = [
+                [item, [x for nb, inc in row.items() for x in (nb, _num(inc))]]
+                for item, row in w.rows.items()
+            ]
+            if w.co_ref is not None and cfg.co_half_life_ms is not None:
+                doc["cr"], doc["chl"] = w.co_ref, cfg.co_half_life_ms
+        if w.pop:
+            doc["p"] = [x for item, n in w.pop.items() for x in (item, n)]
+        if w.trend:
+            doc["t"] = [x for item, v in w.trend.items() for x in (item, repr(v))]
+        if w.trend_ref is not None and (w.trend or w.pop):
+            doc["tr"], doc["thl"] = w.trend_ref, cfg.half_life_ms
+        if w.stats:
+            doc["s"] = [x for name, n in w.stats.items() for x in (name, n)]
+        if w.clock is not None:
+            doc["clock"] = w.clock
+        tag = w.tag
+        keys = [
+            Keyspace.offsets(tag),
+            Keyspace.seq(tag),
+            Keyspace.changed(tag),
+            f"{tag}:pop",
+            f"{tag}:trend",
+            f"{tag}:meta",
+            f"{tag}:stats",
         ]
-        self._apply(keys=keys, args=args, client=pipe)
+        self._apply(keys=keys, args=[orjson.dumps(doc), self._limits, tag], client=pipe)
 
 
 def _text(value: Any) -> str:

@@ -1,9 +1,11 @@
 """The consumer-group worker: poll, batch, dead-letter, apply, commit; rebalance; shutdown.
 
-Redis is the source of truth for progress: every partition batch is applied
-with its offset in one atomic write (consumer/state.py, consumer/store.py), and
-on assignment the worker seeks each partition to the offset Redis holds.
-Kafka's committed offsets are kept in step for tooling (lag), but a lost Kafka
+Redis is the source of truth for progress: every group of the keyspace stores
+the offsets of the events whose effects it holds, in the same atomic write
+(consumer/state.py, consumer/store.py), and on assignment the worker seeks each
+partition to the lowest of them. Histories are written every poll; item state
+is aggregated and written ``item_delay_ms`` later at most. Kafka's committed
+offsets follow what every group has stored, for tooling (lag); a lost Kafka
 commit costs nothing but a redelivery that the store skips.
 """
 
@@ -25,7 +27,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from consumer.settings import ConsumerSettings
-from consumer.state import ApplyResult, PartitionBatch
+from consumer.state import ApplyResult, Ingest, PartitionBatch, Rewind
 from consumer.store import RedisStateWriter
 from core.errors import InvalidEvent, StreamrecError
 from core.events import decode
@@ -88,10 +90,11 @@ class _Rebalance(ConsumerRebalanceListener):
         self.worker = worker
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        # Finish the batch in flight so the next owner finds its offsets in Redis.
-        # No Kafka commit here: kafka-python runs listeners on its IO thread,
-        # where a blocking consumer call raises; Redis holds the offsets anyway.
-        self.worker.drain(commit=False)
+        # Finish the batch in flight and write the item state held back, so the
+        # next owner finds everything, offsets included, in Redis. No Kafka
+        # commit here: kafka-python runs listeners on its IO thread, where a
+        # blocking consumer call raises; Redis holds the offsets anyway.
+        self.worker.hand_over([tp.partition for tp in revoked if tp.topic == self.worker.topic])
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
@@ -108,6 +111,12 @@ class Worker:
             settings.redis.url, socket_timeout=5, socket_connect_timeout=2
         )
         self.store = RedisStateWriter(self.redis, settings.redis.keys, settings.state)
+        self.ingest = Ingest(
+            self.store,
+            self.topic,
+            delay_s=settings.item_delay_ms / 1000,
+            max_pairs=settings.item_max_pairs,
+        )
         self._consumer: KafkaConsumer | None = None
         self._dlq: KafkaProducer | None = None
         self._last_beat = 0.0
@@ -115,8 +124,7 @@ class Worker:
         # fold, script) while the main thread polls and decodes batch N+1. One
         # thread keeps batches in order; each partition's CAS keeps them exact.
         self._applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-apply")
-        self._inflight: Future[tuple[ApplyResult, dict[TopicPartition, int]]] | None = None
-        self._applied_next: dict[TopicPartition, int] = {}
+        self._inflight: Future[ApplyResult] | None = None
 
     # -- lifecycle -------------------------------------------------------------
     def run(
@@ -158,7 +166,9 @@ class Worker:
                     last_data = now
                     self.handle(polled)
                 elif self._inflight is not None:
-                    self.drain()  # nothing new: finish the batch in flight, commit it
+                    self._drain_or_rewind()  # nothing new: finish the batch in flight, commit it
+                elif self.ingest.due():
+                    self._inflight = self._applier.submit(self._flush)
                 elif idle_exit_s is not None and now - last_data > idle_exit_s:
                     log.info("idle for %.1fs; stopping", idle_exit_s)
                     break
@@ -167,7 +177,8 @@ class Worker:
                 if now - last_report > 10:
                     last_report = now
                     log.info("progress %s", self.stats.as_dict())
-            self.drain()
+            self._drain_or_rewind()
+            self._finish()
         finally:
             self.close()
         log.info("stopped: %s", self.stats.as_dict())
@@ -190,6 +201,7 @@ class Worker:
         if self._inflight is not None:
             try:
                 self.drain()
+                self._finish()
             except Exception:  # e.g. stopped while Redis was away: redelivered next time
                 log.exception("the batch in flight was not applied")
         self._applier.shutdown(wait=True)
@@ -214,28 +226,79 @@ class Worker:
         self.stats.records += sum(len(r) for r in polled.values())
         if any(b.rejected for b in batches):
             self._retry(lambda: self._dead_letter(batches, polled), "the dead-letter topic")
-        self.drain()
-        nexts = {TopicPartition(self.topic, b.partition): b.next_offset for b in batches}
-        self._inflight = self._applier.submit(self._apply, batches, nexts)
+        try:
+            self.drain()
+        except Rewind as rewind:
+            # The store moved: this poll is dropped too, and read again from where
+            # it started (or from where the store says, for the partitions it names).
+            self._rewind(rewind, {b.partition: b.first_offset for b in batches})
+            return
+        self._inflight = self._applier.submit(self._apply, batches)
 
-    def _apply(
-        self, batches: list[PartitionBatch], nexts: dict[TopicPartition, int]
-    ) -> tuple[ApplyResult, dict[TopicPartition, int]]:
-        return self._retry(lambda: self.store.apply(self.topic, batches), "Redis"), nexts
+    def _apply(self, batches: list[PartitionBatch]) -> ApplyResult:
+        return self._retry(lambda: self.ingest.apply(batches), "Redis")
+
+    def _flush(self) -> ApplyResult:
+        self._retry(self.ingest.flush, "Redis")
+        return ApplyResult()
+
+    def _finish(self) -> None:
+        """Write everything held back (stopping): on this thread, nothing in flight."""
+        try:
+            self._retry(self.ingest.flush, "Redis")
+        except Rewind as rewind:  # another owner took over: nothing of ours to write
+            log.warning("not written at stop: %s", rewind)
+        self._commit()
+
+    def hand_over(self, partitions: list[int]) -> None:
+        """Partitions revoked: finish the batch in flight and write what is held back."""
+        try:
+            self.drain(commit=False)
+            self._retry(self.ingest.flush, "Redis")
+        except Rewind as rewind:
+            log.warning("partitions handed over with their last writes refused: %s", rewind)
+        self.ingest.forget(partitions)
+
+    def _drain_or_rewind(self) -> None:
+        try:
+            self.drain()
+        except Rewind as rewind:
+            self._rewind(rewind, {})
 
     def drain(self, *, commit: bool = True) -> None:
-        """Wait for the batch in flight, count it, and (by default) commit its offsets to Kafka."""
+        """Wait for the batch in flight, count it, and (by default) commit to Kafka what
+        every group has stored. Raises :class:`Rewind` when the store moved under us."""
         if self._inflight is None:
             return
         future, self._inflight = self._inflight, None
-        result, nexts = future.result()
+        result = future.result()
         self.stats.applied += result.applied_events
         self.stats.skipped += result.skipped_events
         self.stats.dead_lettered += result.rejected
         self.stats.conflicts += result.conflicts
-        self._applied_next.update(nexts)
         if commit:
             self._commit()
+
+    def _rewind(self, rewind: Rewind, dropped: dict[int, int]) -> None:
+        """Seek back: the partitions the store names to its offsets, the rest of a
+        dropped poll to where that poll started."""
+        assert self._consumer is not None
+        self.stats.conflicts += 1
+        targets: dict[int, int | None] = {**dropped, **rewind.offsets}
+        log.warning("rewinding %s: %s", targets, rewind)
+        for p, offset in targets.items():
+            # None here: no group holds anything any more; read it all again.
+            self._seek(TopicPartition(self.topic, p), -1 if offset is None else offset)
+
+    def _seek(self, tp: TopicPartition, offset: int | None) -> None:
+        """Seek to ``offset``; -1: the beginning; None: leave the consumer group's position."""
+        assert self._consumer is not None
+        if offset is None:
+            return
+        if offset < 0:
+            self._consumer.seek_to_beginning(tp)
+        else:
+            self._consumer.seek(tp, offset)
 
     def _decode(self, tp: TopicPartition, records: list[Any]) -> PartitionBatch:
         batch = PartitionBatch(tp.partition, records[0].offset, records[-1].offset + 1)
@@ -263,10 +326,12 @@ class Worker:
         self._dlq.flush(timeout=10)
 
     def _commit(self) -> None:
-        if self._consumer is None or not self._applied_next:
+        durable = {p: n for p, n in self.ingest.durable_offsets().items() if n is not None}
+        if self._consumer is None or not durable:
             return
-        offsets = {tp: OffsetAndMetadata(n, "", -1) for tp, n in self._applied_next.items()}
-        self._applied_next = {}
+        offsets = {
+            TopicPartition(self.topic, p): OffsetAndMetadata(n, "", -1) for p, n in durable.items()
+        }
         try:
             self._consumer.commit(offsets)
         except KafkaError as exc:
@@ -277,14 +342,12 @@ class Worker:
         assert self._consumer is not None
         mine = [tp for tp in assigned if tp.topic == self.topic]
         offsets = self._retry(
-            lambda: self.store.stored_offsets(self.topic, [tp.partition for tp in mine]), "Redis"
+            lambda: self.ingest.resume_offsets([tp.partition for tp in mine]), "Redis"
         )
         for tp in mine:
-            stored = offsets.get(tp.partition)
-            if stored is not None:
-                self._consumer.seek(tp, stored)
+            self._seek(tp, offsets.get(tp.partition))
         log.info(
-            "assigned %s; resuming from Redis offsets %s",
+            "assigned %s; resuming from Redis offsets %s (-1: the beginning)",
             sorted(tp.partition for tp in mine),
             offsets,
         )

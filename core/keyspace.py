@@ -1,97 +1,148 @@
 """The Redis keyspace: every key streamrec reads or writes, in one place.
 
-All keys start with a namespace (``RedisSettings.namespace``, default ``sr``) so
-several deployments or tests can share one server without touching each other.
+Keys are grouped by hash tag (the part in braces), so that what must change
+atomically lives in one Redis Cluster hash slot, and the same keys work on a
+single node (where every key is "local"). A namespace (``RedisSettings.namespace``,
+default ``sr``) starts every tag, so deployments and tests can share a server.
 
-| key                  | type   | bound                                   | TTL        | written by | read by |
-|----------------------|--------|-----------------------------------------|------------|------------|---------|
-| {ns}:hist:{user}     | LIST   | newest first, ``history_len`` entries    | idle TTL   | consumer   | consumer, serving |
-| {ns}:co:{item}       | ZSET   | neighbour -> co-count, top ``co_top_m``  | none       | consumer   | serving |
-| {ns}:pop             | ZSET   | item -> total events, top ``pop_max``    | none       | consumer   | serving |
-| {ns}:trend           | ZSET   | item -> forward-decayed score, top ``pop_max`` | none | consumer   | serving |
-| {ns}:meta            | HASH   | trend_ref, half_life_ms, clock (event-time ms) | none | consumer   | consumer, tools |
-| {ns}:offsets         | HASH   | "{topic}:{partition}" -> next offset to apply | none  | consumer   | consumer |
-| {ns}:stats           | HASH   | counters: events, pairs, dlq:{reason}    | none       | consumer   | harness, tools |
-| {ns}:idem:{key}      | STRING | one POST /events Idempotency-Key's claim  | the window | serving    | serving |
-| {ns}:seq             | STRING | writes that changed item state so far    | none       | consumer   | serving |
-| {ns}:changed         | ZSET   | item -> seq of its latest change; the last ``FEED_KEEP`` writes | none | consumer | serving |
+Three kinds of group, each holding the offsets of the events whose effects it
+holds (``{tag}:offsets``, "{topic}:{partition}" -> next offset), written in the
+same script as those effects:
 
-The change feed (``seq``, ``changed``) is how the API's item caches stay within
-their staleness bound without re-reading every row: see serving/items.py.
+| group            | tag           | keys                                              |
+|------------------|---------------|---------------------------------------------------|
+| user group u     | {ns:u<u>}     | hist:{user} LIST, newest first                    |
+| row group r      | {ns:r<r>}     | co:{item} HASH neighbour -> count; seq, changed   |
+| the item group   | {ns:p}        | pop ZSET, trend ZSET, meta HASH, stats HASH; seq, changed |
 
-History entries are JSON arrays ``[ts_ms, item_id, session_id_or_null]``.
+A user belongs to user group ``crc32(user) % user_groups``, an item's
+co-occurrence row to row group ``crc32(item) % row_groups``. Popularity and
+trending stay one sorted set each: the consumer writes them once per flush
+(aggregated), not once per event, so one slot carries them at any scale.
+
+| key                    | bound                                            | TTL      | read by |
+|------------------------|--------------------------------------------------|----------|---------|
+| {ns:u<u>}:hist:{user}  | ``history_len`` entries, plus those newer than the item state (see below) | idle TTL | consumer, serving |
+| {ns:r<r>}:co:{item}    | top ``co_top_m`` neighbours (+ a quarter of slack between prunes); field ``/ref`` = the row's decay landmark | none | serving |
+| {ns:p}:pop             | item -> all-time events, top ``pop_max``          | none     | serving |
+| {ns:p}:trend           | item -> forward-decayed score, top ``pop_max``    | none     | serving |
+| {ns:p}:meta            | trend_ref, half_life_ms, clock (largest event time) | none   | tools   |
+| {ns:p}:stats           | events, pairs, dlq:{reason}                       | none     | harness, tools |
+| {tag}:seq, {tag}:changed | the change feed of a row group or the item group: item -> seq of its latest change, last ``FEED_KEEP`` writes | none | serving |
+| {ns:i:{key}}           | one POST /events Idempotency-Key's claim          | window   | serving |
+
+History entries are JSON arrays ``[ts_ms, item_id, session_id_or_null,
+partition, offset]``: the position lets a consumer that replays after a crash
+strip what the history already holds and pair each event with what came
+before it. For the same reason a history keeps, beyond ``history_len``, the
+entries newer than the oldest item-state offset of their partition (at most the
+item flush delay's worth) plus ``pair_window`` before them; readers read the
+newest ``history_len``.
 
 The idle TTL is wall-clock (Redis expiry) and is a memory bound, not part of the
 state semantics: sessions themselves are cut on event time (``session_gap_ms``).
 
-Trending uses forward decay (Cormode et al. 2009): an event at time t adds
-``2 ** ((t - trend_ref) / half_life)``. Scores only ever grow, so ranking needs
-no rewrite as time passes; when ``t - trend_ref`` would overflow the float range
-the consumer moves ``trend_ref`` forward and rescales the set in the same
-transaction. The decayed count "as of" the stream clock is
-``score * 2 ** ((trend_ref - clock) / half_life)``.
-
-Single-node Redis only: a batch's script touches many keys atomically, and its
-history and co-occurrence keys are built inside the scripts, which Redis Cluster
-allows only within one hash slot. What a backend must do with these keys is
-the state contract (consumer/state.py for writes, serving/reader.py for reads).
+Decay is forward decay (Cormode et al. 2009) against a landmark ``ref``: an
+event at t adds ``w * 2 ** ((t - ref) / half_life)``, so stored scores only
+grow and ranking needs no rewrite as time passes. Landmarks are epochs of the
+event time (``consumer.logic.landmark``), the same for every writer; a key
+stored against an older landmark is rescaled when it is next written. Trending
+keeps its landmark in meta ``trend_ref``; a co row in its own ``/ref`` field.
+What a backend must do with these keys is the state contract (consumer/state.py
+for writes, serving/reader.py for reads).
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
-# Writes of item state the change feed remembers. A reader further behind than
-# this cannot tell what it missed and drops its cache. 100,000 writes is
-# minutes to hours of a busy stream (one write per partition batch).
+# Writes of item state a change feed remembers. A reader further behind than
+# this cannot tell what it missed and drops its cache.
 FEED_KEEP = 100_000
+# The field of a co row that holds its decay landmark: "/" is never in an item id.
+ROW_REF = "/ref"
+USER_GROUPS = 64
+ROW_GROUPS = 32
+
+
+def _bucket(text: str, n: int) -> int:
+    return zlib.crc32(text.encode("utf-8")) % n if n > 1 else 0
 
 
 @dataclass(frozen=True, slots=True)
 class Keyspace:
     namespace: str = "sr"
+    user_groups: int = USER_GROUPS
+    row_groups: int = ROW_GROUPS
 
+    # -- groups ----------------------------------------------------------------
+    def user_tag(self, user_id: str) -> str:
+        return f"{{{self.namespace}:u{_bucket(user_id, self.user_groups)}}}"
+
+    def row_tag(self, item_id: str) -> str:
+        return f"{{{self.namespace}:r{_bucket(item_id, self.row_groups)}}}"
+
+    @property
+    def item_tag(self) -> str:
+        return f"{{{self.namespace}:p}}"
+
+    def user_tags(self) -> list[str]:
+        return [f"{{{self.namespace}:u{g}}}" for g in range(self.user_groups)]
+
+    def row_tags(self) -> list[str]:
+        return [f"{{{self.namespace}:r{g}}}" for g in range(self.row_groups)]
+
+    def tags(self) -> list[str]:
+        """Every group's tag: user groups, row groups, then the item group."""
+        return [*self.user_tags(), *self.row_tags(), self.item_tag]
+
+    # -- keys --------------------------------------------------------------------
     def hist(self, user_id: str) -> str:
-        return f"{self.namespace}:hist:{user_id}"
+        return f"{self.user_tag(user_id)}:hist:{user_id}"
 
     def co(self, item_id: str) -> str:
-        return f"{self.namespace}:co:{item_id}"
+        return f"{self.row_tag(item_id)}:co:{item_id}"
+
+    @staticmethod
+    def offsets(tag: str) -> str:
+        return f"{tag}:offsets"
+
+    @staticmethod
+    def seq(tag: str) -> str:
+        return f"{tag}:seq"
+
+    @staticmethod
+    def changed(tag: str) -> str:
+        return f"{tag}:changed"
 
     @property
     def pop(self) -> str:
-        return f"{self.namespace}:pop"
+        return f"{self.item_tag}:pop"
 
     @property
     def trend(self) -> str:
-        return f"{self.namespace}:trend"
+        return f"{self.item_tag}:trend"
 
     @property
     def meta(self) -> str:
-        return f"{self.namespace}:meta"
-
-    def idempotency(self, key: str) -> str:
-        return f"{self.namespace}:idem:{key}"
-
-    @property
-    def seq(self) -> str:
-        return f"{self.namespace}:seq"
-
-    @property
-    def changed(self) -> str:
-        return f"{self.namespace}:changed"
-
-    @property
-    def offsets(self) -> str:
-        return f"{self.namespace}:offsets"
+        return f"{self.item_tag}:meta"
 
     @property
     def stats(self) -> str:
-        return f"{self.namespace}:stats"
+        return f"{self.item_tag}:stats"
+
+    def idempotency(self, key: str) -> str:
+        return f"{{{self.namespace}:i:{key}}}"
 
     @staticmethod
     def offset_field(topic: str, partition: int) -> str:
         return f"{topic}:{partition}"
 
+    def feeds(self) -> list[str]:
+        """The groups that keep a change feed: the row groups, then the item group."""
+        return [*self.row_tags(), self.item_tag]
+
     def pattern(self) -> str:
         """Glob matching every key of this namespace (for cleanup and inspection)."""
-        return f"{self.namespace}:*"
+        return f"{{{self.namespace}:*"

@@ -9,10 +9,12 @@ one suite; the notes below say how each Redis behaviour is mirrored:
 
 - histories: new entries pushed in front, trimmed to the cap; the idle TTL is a
   wall-clock deadline checked on read (``clock``, time.monotonic by default);
-- co rows: ZINCRBY per pair, then pruned to the top-M after each write,
-  dropping the lowest (score, member) first as ZREMRANGEBYRANK 0..card-M-1 does;
+- co rows: rebased to the write's landmark, incremented per pair, and, past
+  top-M plus the slack, pruned to the top-M, dropping the lowest (count,
+  member) first as apply.lua does;
 - popularity and trending: ZINCRBY, the trending rescale a multiply of every
   score (ZUNIONSTORE WEIGHTS), both bounded by pop_max;
+- offsets: per group, compared and set as apply.lua does;
 - reads: rows and heads best first with ties broken by member descending,
   which is ZREVRANGE's order for equal scores (Python compares str by code
   point, Redis compares their UTF-8 bytes: the same order).
@@ -20,19 +22,26 @@ one suite; the notes below say how each Redis behaviour is mirrored:
 
 from __future__ import annotations
 
-import heapq
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from consumer.logic import Entry
-from consumer.state import PartitionWrite, Snapshot, StateWriter, StoreConfig
+from consumer.state import (
+    GroupWrite,
+    Offsets,
+    StateWriter,
+    StoreConfig,
+    dump_offsets,
+    keep_for_replay,
+    rows_at,
+)
 from core.keyspace import Keyspace
 from serving.blend import recent_sources
-from serving.reader import ReadSpec, StateReader, UserState
+from serving.reader import ReadSpec, StateReader, UserState, best
 
 
 class _ScoredSet:
@@ -120,108 +129,141 @@ class ScoreView(Mapping[str, float]):
 
 
 class MemoryState(StateWriter, StateReader):
-    """The consumer's keyspace for one namespace, held in dicts and numpy arrays."""
+    """The consumer's keyspace for one namespace, held in dicts and numpy arrays.
 
-    def __init__(self, config: StoreConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+    Its groups (``keys``) hold offsets as Redis's do; by default there is one user
+    group and one row group, which changes nothing a reader sees and keeps the
+    evaluation's one-event polls cheap.
+    """
+
+    def __init__(
+        self,
+        config: StoreConfig,
+        *,
+        keys: Keyspace | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
+        self.keys = keys or Keyspace("memory", user_groups=1, row_groups=1)
         self._clock = clock
         self.hist: dict[str, list[Entry]] = {}
         self._expires: dict[str, float] = {}  # user -> clock() deadline of the history
         self.co: dict[str, dict[str, float]] = {}
+        self.co_ref: dict[str, float] = {}  # item -> its row's decay landmark
         # Sorted co rows as last read, dropped when a write touches the row:
         # a source is read far more often than its row changes.
         self._co_sorted: dict[str, list[tuple[str, float]]] = {}
         self.pop = _ScoredSet()
         self.trend = _ScoredSet()
         self.meta: dict[str, int] = {}
-        self.offsets: dict[str, int] = {}
+        self.offsets: dict[str, dict[str, int]] = {}  # tag -> "topic:partition" -> next
         self.stats: Counter[str] = Counter()
 
     # -- the writer contract (apply.lua) -------------------------------------------------
-    def stored_offsets(self, topic: str, partitions: Iterable[int]) -> dict[int, int | None]:
-        return {p: self.offsets.get(Keyspace.offset_field(topic, p)) for p in partitions}
+    def positions(self, topic: str, partitions: Sequence[int]) -> dict[str, Offsets]:
+        out = {}
+        for tag in self.keys.tags():
+            group = self.offsets.get(tag, {})
+            out[tag] = {p: group.get(Keyspace.offset_field(topic, p)) for p in partitions}
+        return out
 
-    def snapshot(self, topic: str, partitions: Sequence[int], users: Sequence[str]) -> Snapshot:
-        window = self.config.rules.pair_window
-        histories = {}
+    def histories(self, users: Sequence[str], n: int | None) -> dict[str, list[Entry]]:
+        out = {}
         for user in users:
             h = self._history(user)
             if h:
-                histories[user] = h[:window]
-        return Snapshot(
-            histories=histories,
-            offsets=self.stored_offsets(topic, partitions),
-            trend_ref=self.meta.get("trend_ref"),
-        )
+                out[user] = h if n is None else h[:n]
+        return out
 
-    def write(self, writes: Sequence[PartitionWrite]) -> list[bool]:
+    def write(self, writes: Sequence[GroupWrite]) -> list[bool]:
         return [self._write(w) for w in writes]
 
-    def _write(self, w: PartitionWrite) -> bool:
+    def _write(self, w: GroupWrite) -> bool:
         cfg = self.config
-        field = Keyspace.offset_field(w.topic, w.partition)
-        if self.offsets.get(field) != w.expected_offset:
+        group = self.offsets.setdefault(w.tag, {})
+        fields = w.offset_fields()
+        if any(group.get(name) != expected for name, expected, _ in fields):
             return False
-        mark = w.landmark
-        if mark.new is not None:
-            ref = self.meta.get("trend_ref")
-            if ref == mark.expected:
-                if mark.factor is not None:
-                    self.trend.scale(mark.factor)
-                self.meta["trend_ref"] = mark.new
-                self.meta["half_life_ms"] = cfg.half_life_ms
-            elif ref != mark.new:
-                return False
-        delta = w.delta
-        cap = cfg.rules.history_len
+        cap, window = cfg.rules.history_len, cfg.rules.pair_window
         deadline = self._clock() + cfg.idle_ttl_s
-        for user, new in w.new_entries():
-            self.hist[user] = (new[::-1] + self._history(user))[:cap]
+        for user, new in w.histories:
+            h = new[::-1] + self._history(user)
+            self.hist[user] = h[: keep_for_replay(h, w.keep_from, cap, window)]
             self._expires[user] = deadline
-        touched: set[str] = set()
-        for (a, b), n in delta.co.items():
+        if w.rows:
+            self._write_rows(w)
+        if w.trend_ref is not None and (w.trend or w.pop):
+            self._write_items(w)
+        self.stats.update(w.stats)
+        if w.clock is not None and w.clock > self.meta.get("clock", 0):
+            self.meta["clock"] = w.clock
+        for name, _, nxt in fields:
+            group[name] = nxt
+        return True
+
+    def _write_rows(self, w: GroupWrite) -> None:
+        cfg = self.config
+        half_life = cfg.co_half_life_ms
+        cref = w.co_ref if half_life is not None else None
+        top_m, limit = cfg.co_top_m, cfg.co_top_m + cfg.co_slack
+        for a, incs in w.rows.items():
+            self._co_sorted.pop(a, None)
             row = self.co.get(a)
             if row is None:
                 row = self.co[a] = {}
-            row[b] = row.get(b, 0.0) + n
-            touched.add(a)
-        top_m = cfg.co_top_m
-        for a in touched:
-            self._co_sorted.pop(a, None)
-            row = self.co[a]
+            scale = 1.0
+            if cref is not None and half_life is not None:
+                rref = self.co_ref.get(a)
+                if rref is None:
+                    self.co_ref[a] = cref
+                elif rref < cref:
+                    factor = 2.0 ** ((rref - cref) / half_life)
+                    for b in row:
+                        row[b] *= factor
+                    self.co_ref[a] = cref
+                elif rref > cref:
+                    scale = 2.0 ** ((cref - rref) / half_life)
+            for b, n in incs.items():
+                row[b] = row.get(b, 0) + (n * scale if scale != 1.0 else n)
             excess = len(row) - top_m
-            if excess <= 0:
+            if len(row) <= limit:
                 continue
-            if excess <= 4:
-                # The common case once a row is full: one or two new neighbours.
-                # A few min() passes cost far less than sorting 200+ entries.
-                for _ in range(excess):
-                    del row[min(row.items(), key=lambda kv: (kv[1], kv[0]))[0]]
-            else:
-                drop = sorted(row.items(), key=lambda kv: (kv[1], kv[0]))[:excess]
-                for b, _ in drop:
-                    del row[b]
-        for item, n in delta.pop.items():
+            drop = sorted(row.items(), key=lambda kv: (kv[1], kv[0]))[:excess]
+            for b, _ in drop:
+                del row[b]
+
+    def _write_items(self, w: GroupWrite) -> None:
+        cfg = self.config
+        assert w.trend_ref is not None
+        ref = self.meta.get("trend_ref")
+        scale = 1.0
+        if ref is not None and ref < w.trend_ref:
+            self.trend.scale(2.0 ** ((ref - w.trend_ref) / cfg.half_life_ms))
+            ref = None
+        if ref is None:
+            self.meta["trend_ref"] = w.trend_ref
+            self.meta["half_life_ms"] = cfg.half_life_ms
+        elif ref > w.trend_ref:
+            scale = 2.0 ** ((w.trend_ref - ref) / cfg.half_life_ms)
+        for item, n in w.pop.items():
             self.pop.incr(item, float(n))
-        for item, v in w.trend_increments(cfg.half_life_ms).items():
-            self.trend.incr(item, v)
-        self.stats.update(w.stats())
-        if delta.pop:
+        for item, v in w.trend.items():
+            self.trend.incr(item, v * scale)
+        if w.pop:
             self.pop.prune(cfg.pop_max)
             self.trend.prune(cfg.pop_max)
-        if delta.max_ts is not None and delta.max_ts > self.meta.get("clock", 0):
-            self.meta["clock"] = delta.max_ts
-        self.offsets[field] = w.next_offset
-        return True
 
     def dump(self) -> dict[str, Any]:
+        cap = self.config.rules.history_len
+        rows = {item: (self.co_ref.get(item), row) for item, row in self.co.items()}
+        offsets = {tag: dict(group) for tag, group in self.offsets.items()}
         return {
-            "hist": {u: list(h) for u in list(self.hist) if (h := self._history(u))},
-            "co": {item: dict(row) for item, row in self.co.items() if row},
+            "hist": {u: list(h[:cap]) for u in list(self.hist) if (h := self._history(u))},
+            "co": rows_at(rows, self.meta.get("clock"), self.config.co_half_life_ms),
             "pop": dict(self.pop.top(len(self.pop))),
             "trend": dict(self.trend.top(len(self.trend))),
             "meta": dict(self.meta),
-            "offsets": dict(self.offsets),
+            "offsets": dump_offsets(offsets, self.keys),
             "stats": dict(self.stats),
         }
 
@@ -250,8 +292,7 @@ class MemoryState(StateWriter, StateReader):
             row = self.co.get(item)
             if not row:
                 return []
-            best = heapq.nlargest(n, row.items(), key=lambda kv: (kv[1], kv[0]))
-            cached = self._co_sorted[item] = [(b, float(v)) for b, v in best]
+            cached = self._co_sorted[item] = [(b, float(v)) for b, v in best(row, n)]
         return cached[:n]
 
     def read_user(self, user: str, spec: ReadSpec) -> UserState:

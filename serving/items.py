@@ -8,15 +8,15 @@ users and moves slowly, so each worker keeps it here, as the arrays
 
 - every ``item_staleness_s`` seconds (default 1), :meth:`ItemCache.refresh`
   asks Redis which items changed since the last round (the consumer's change
-  feed, ``{ns}:changed``: see consumer/apply.lua), re-reads those rows that
+  feeds, one per row group and the item group: see consumer/apply.lua), re-reads those rows that
   requests used since the last round and the popularities among the changed
   items, drops the other changed rows, and re-reads the trending head: a
   round costs what the working set holds, not what the cache holds;
 - a row a request needs and the cache lacks is read in the request, all its
-  sources' missing rows in one round trip (rows.lua), with the popularity of
+  sources' missing rows in one pipelined read, with the popularity of
   their members;
 - at most ``item_cache_rows`` rows are kept (least recently used go first),
-  and the whole cache starts afresh if Redis's sequence went backwards (a
+  and the whole cache starts afresh if a feed's sequence went backwards (a
   restart or a restore), if it fell further behind than the feed remembers,
   or if more than ``item_vocab_max`` item ids were seen (checked at a
   refresh, never while a request holds arrays coded by the old ids).
@@ -127,7 +127,7 @@ class ItemCache:
         self._priors: dict[int, TrendPrior] = {}
         self._emb: dict[str, Row] = {}
         self._emb_version: str | None = None
-        self.seq: int | None = None
+        self.seq: dict[str, int] | None = None  # each change feed's sequence, as last read
 
     # -- refresh -------------------------------------------------------------------------
     async def refresh(self) -> None:
@@ -138,17 +138,19 @@ class ItemCache:
             log.info("item cache starts afresh: more than %d item ids seen", self.max_vocab)
             self.stats.resets += 1
             self._clear()
-        seq, changed = await self.store.changes(self.seq)
+        seqs, changed = await self.store.changes(self.seq)
         # A request whose row read was in flight across this point may hold a row
         # older than a change this round now consumes: it reads again (rows()).
         self._generation += 1
         used, self._used = self._used, set()
-        if self.seq is not None and (seq < self.seq or seq - self.seq > FEED_KEEP):
+        back = self.seq is not None and any(seqs[f] < s for f, s in self.seq.items())
+        behind = self.seq is not None and any(
+            seqs[f] - self.seq.get(f, 0) > FEED_KEEP for f in seqs
+        )
+        if back or behind:
             log.warning(
-                "item cache starts afresh: change sequence %s -> %s (%s)",
-                self.seq,
-                seq,
-                "went back: Redis restarted or restored" if seq < self.seq else "fell behind",
+                "item cache starts afresh: a change feed %s",
+                "went back: Redis restarted or restored" if back else "fell behind",
             )
             self.stats.resets += 1
             self._clear()
@@ -173,7 +175,7 @@ class ItemCache:
         self._update_pop(updates, gone)
         self._trending = Row.of(self.vocab, trending)
         self._priors = {}
-        self.seq = seq
+        self.seq = seqs
         self.refreshed_at = time.monotonic()
         self.stats.refreshes += 1
         self.stats.rows_refreshed += len(rows)

@@ -21,6 +21,8 @@ tests/test_state_contract.py holds every backend to this, with one suite.
 from __future__ import annotations
 
 import abc
+import heapq
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from serving.blend import BlendConfig
@@ -65,6 +67,20 @@ class UserState:
     @property
     def history_items(self) -> list[str]:
         return [item for _, item in self.history]
+
+
+def best(row: Mapping[str, float], n: int) -> list[tuple[str, float]]:
+    """The ``n`` best of a co row, best first, equal counts by member descending
+    (the order every backend answers in)."""
+    if n <= 0 or not row:
+        return []
+    if len(row) <= n:
+        return sorted(row.items(), key=_rank, reverse=True)
+    return heapq.nlargest(n, row.items(), key=_rank)
+
+
+def _rank(kv: tuple[str, float]) -> tuple[float, str]:
+    return kv[1], kv[0]
 
 
 class StateReader(abc.ABC):

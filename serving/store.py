@@ -1,39 +1,29 @@
-"""The Redis backend of the reader contract (serving.reader): one round trip per request.
+"""The Redis backend of the reader contract (serving.reader).
 
-The Lua script (``fetch.lua``) reads the history, derives the newest distinct
-items from it and reads their co-occurrence rows, the trending head and the
-rows' popularity, all server-side: one EVALSHA per request instead of
-1 + n_sources dependent calls. It answers with one JSON text (see fetch.lua for
-why), which orjson decodes in C. The keyspace is core/keyspace.py's; this
-module only reads.
+Reads go to the groups of core/keyspace.py: a user's history in their user
+group, co rows (hashes) in row groups, popularity and trending in the item
+group. Every read is a pipeline (per node on a Redis Cluster), never a script
+that derives keys, so the same code reads one node or a cluster. The API's fast
+path (serving.items) reads only the user's history per request and item state
+in bulk; ``user_state`` is the reference path that reads everything per request.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any
 
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
-from core.keyspace import Keyspace
-from serving.reader import ReadSpec, StateReader, UserState
+from core.keyspace import ROW_REF, Keyspace
+from serving.blend import recent_sources
+from serving.reader import ReadSpec, StateReader, UserState, best
 
 log = logging.getLogger(__name__)
 
-
-def _script(name: str) -> str:
-    """A script with the shared popularity.lua in front of it."""
-    files = resources.files("serving")
-    shared = files.joinpath("popularity.lua").read_text(encoding="utf-8")
-    return shared + files.joinpath(name).read_text(encoding="utf-8")
-
-
-FETCH_LUA = _script("fetch.lua")
-ROWS_LUA = _script("rows.lua")
 
 Pairs = list[tuple[str, float]]
 
@@ -84,41 +74,32 @@ def parse_history(raw: list[Any]) -> tuple[list[tuple[int, str]], int]:
     return out, skipped
 
 
-def parse_state(reply: str | bytes) -> UserState:
-    """Turn the script's JSON reply into a UserState (pure: no I/O)."""
-    raw_hist, raw_sources, raw_co, raw_trend, raw_pop = orjson.loads(reply)
-    history, skipped = parse_history(_list(raw_hist))
-    sources = [_text(s) for s in _list(raw_sources)]
-    co = {src: _pairs(row) for src, row in zip(sources, _list(raw_co), strict=True)}
-    return UserState(
-        history=history,
-        sources=sources,
-        co=co,
-        trending=_pairs(raw_trend),
-        pop=dict(_pairs(raw_pop)),
-        skipped=skipped,
-    )
-
-
 class RedisStateReader(StateReader):
     """The serving side's only Redis reader."""
 
     def __init__(self, client: aioredis.Redis, keys: Keyspace) -> None:
         self._client = client
         self._keys = keys
-        # register_script hashes locally; the first call EVALSHAs and loads on NOSCRIPT.
-        self._fetch = client.register_script(FETCH_LUA)
-        self._rows = client.register_script(ROWS_LUA)
 
     async def user_state(self, user_id: str, spec: ReadSpec) -> UserState:
-        reply = await self._fetch(
-            keys=[self._keys.hist(user_id), self._keys.trend, self._keys.pop],
-            args=[self._keys.co(""), spec.history_len, spec.n_sources, spec.per_item, spec.n_trend],
+        """Everything one recommendation needs, read per request (the reference path)."""
+        history, skipped = await self.history(user_id, spec.history_len)
+        if skipped:
+            log.warning("user %r: %d history entries did not parse", user_id, skipped)
+        sources = recent_sources([item for _, item in history], spec.n_sources)
+        rows, pop = await self.rows(sources, spec.per_item, with_items=False)
+        co = {
+            src: list(zip(members, counts.tolist(), strict=True))
+            for src, (members, counts) in zip(sources, rows, strict=True)
+        }
+        return UserState(
+            history=history,
+            sources=sources,
+            co=co,
+            trending=await self.trending(spec.n_trend),
+            pop=pop,
+            skipped=skipped,
         )
-        state = parse_state(reply)
-        if state.skipped:
-            log.warning("user %r: %d history entries did not parse", user_id, state.skipped)
-        return state
 
     # -- what serving.items reads: the user alone, and item state in bulk ----------
     async def history(self, user_id: str, n: int) -> tuple[list[tuple[int, str]], int]:
@@ -128,21 +109,29 @@ class RedisStateReader(StateReader):
         return parse_history(await self._client.lrange(self._keys.hist(user_id), 0, n - 1))
 
     async def rows(
-        self, items: Sequence[str], per_item: int
+        self, items: Sequence[str], per_item: int, *, with_items: bool = True
     ) -> tuple[list[tuple[list[str], np.ndarray]], dict[str, float]]:
         """Each item's ``per_item`` best neighbours (their ids, and their counts as
-        an array), and the all-time popularity of the items and of every
-        neighbour the popularity set holds (rows.lua)."""
+        an array; equal counts by member descending), and the all-time popularity
+        of every neighbour (and, ``with_items``, every item) the popularity set
+        holds: two pipelined round trips."""
         if not items:
             return [], {}
-        reply = await self._rows(keys=[self._keys.pop], args=[self._keys.co(""), per_item, *items])
-        raw_rows, raw_pop = orjson.loads(reply)
+        pipe = self._client.pipeline(transaction=False)
+        for item in items:
+            pipe.hgetall(self._keys.co(item))
         rows = []
-        for raw in _list(raw_rows):
-            flat = _list(raw)
-            # numpy parses the counts' text in C, a row at a time.
-            rows.append((flat[::2], np.array(flat[1::2], dtype=np.float64)))
-        return rows, dict(_pairs(raw_pop))
+        members: dict[str, None] = dict.fromkeys(items) if with_items else {}
+        for raw in await pipe.execute():
+            raw.pop(ROW_REF, None)
+            raw.pop(ROW_REF.encode(), None)
+            top = (
+                best({_text(k): float(v) for k, v in raw.items()}, per_item) if per_item > 0 else []
+            )
+            names = [m for m, _ in top]
+            members.update(dict.fromkeys(names))
+            rows.append((names, np.array([c for _, c in top], dtype=np.float64)))
+        return rows, await self.popularity_of(list(members))
 
     async def popularity_of(self, items: Sequence[str]) -> dict[str, float]:
         """The all-time popularity of those ``items`` the popularity set holds."""
@@ -159,16 +148,27 @@ class RedisStateReader(StateReader):
         )
         return [(_text(m), float(sc)) for m, sc in rows]
 
-    async def changes(self, since: int | None) -> tuple[int, list[str]]:
-        """The change sequence now, and the items whose row or popularity changed
-        after ``since`` (none asked: only the sequence), read together."""
-        pipe = self._client.pipeline(transaction=True)
-        pipe.get(self._keys.seq)
-        if since is not None:
-            pipe.zrangebyscore(self._keys.changed, f"({since}", "+inf")
-        replies = await pipe.execute()
-        seq = int(replies[0]) if replies[0] is not None else 0
-        return seq, [_text(m) for m in replies[1]] if since is not None else []
+    async def changes(self, since: dict[str, int] | None) -> tuple[dict[str, int], list[str]]:
+        """Each change feed's sequence now (row groups and the item group), and the
+        items whose row or popularity changed after ``since`` (None: only the
+        sequences). A feed's sequence and its changes are read in one transaction."""
+        feeds = self._keys.feeds()
+        pipe = self._client.pipeline(transaction=False)
+        for feed in feeds:
+            pipe.get(Keyspace.seq(feed))
+        seqs_raw = await pipe.execute()
+        seqs = {f: int(v) if v is not None else 0 for f, v in zip(feeds, seqs_raw, strict=True)}
+        if since is None:
+            return seqs, []
+        pipe = self._client.pipeline(transaction=False)
+        asked = [f for f in feeds if seqs[f] != since.get(f, 0)]
+        for feed in asked:
+            # Up to the sequence read above: what a later write adds is the next round's.
+            pipe.zrangebyscore(Keyspace.changed(feed), f"({since.get(feed, 0)}", seqs[feed])
+        changed: dict[str, None] = {}
+        for found in await pipe.execute() if asked else []:
+            changed.update(dict.fromkeys(_text(m) for m in found))
+        return seqs, list(changed)
 
     async def hot_items(self, n: int) -> list[str]:
         if n <= 0:

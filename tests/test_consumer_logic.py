@@ -12,10 +12,10 @@ from consumer.logic import (
     SessionRules,
     decayed_count,
     fold,
+    landmark,
     partners,
     session_window,
     step,
-    trend_landmark,
     trend_weights,
 )
 from core.events import ClickEvent
@@ -132,13 +132,33 @@ def test_forward_decay_known_answers() -> None:
     assert decayed_count(4.0, ref=4000, clock=6000, half_life_ms=hl) == pytest.approx(1.0)
 
 
-def test_landmark_moves_before_overflow_and_rescales() -> None:
+def test_landmarks_are_epochs_of_event_time_so_terms_stay_bounded() -> None:
     hl = 1000
-    assert trend_landmark(None, 7000, hl) == (7000, None)
-    assert trend_landmark(0, 512 * hl, hl) == (0, None)
-    ref, factor = trend_landmark(0, 600 * hl, hl)
-    assert ref == 600 * hl
-    assert factor == 2.0**-600
+    assert landmark(0, hl) == 0
+    assert landmark(255_999, hl) == 0
+    assert landmark(256_000, hl) == 256_000
+    assert landmark(600_000, hl) == 512_000
+    for ts in (1, 10**6, 10**9, 1_700_000_000_000):
+        ref = landmark(ts, hl)
+        assert 1.0 <= 2.0 ** ((ts - ref) / hl) < 2.0**256
+
+
+def test_co_decay_weighs_each_event_against_the_landmark() -> None:
+    rules = SessionRules(pair_window=1, linear_pair_weights=False, forward_weight=1)
+    events = [ev("u", "a", 0), ev("u", "b", 0), ev("u", "c", 2)]
+    co = fold(events, {}, rules, co_decay=(T0, MIN)).co
+    assert co[("b", "a")] == co[("a", "b")] == 1.0  # at the landmark
+    assert co[("c", "b")] == 4.0  # two half-lives later counts four times
+    assert fold(events, {}, rules).co[("c", "b")] == 1  # no decay: plain counts
+
+
+def test_fold_keeps_each_event_position_on_its_entry() -> None:
+    events = [ev("u", "a", 1), ev("u", "b", 2)]
+    delta = fold(events, {}, RULES, positions=[(3, 40), (3, 41)])
+    assert [e.pos for e in delta.histories["u"]] == [(3, 41), (3, 40)]
+    assert Entry.decode(delta.histories["u"][0].encode()).pos == (3, 41)
+    # The position is not part of equality.
+    assert delta.histories["u"][0] == Entry(T0 + 2 * MIN, "b")
 
 
 def test_fold_equals_stepping_event_by_event(rng: np.random.Generator) -> None:

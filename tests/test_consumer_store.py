@@ -22,7 +22,7 @@ TOPIC = "clicks"
 
 def make_store(settings: RedisSettings, **cfg: Any) -> RedisStateWriter:
     client = redis.Redis.from_url(settings.url)
-    return RedisStateWriter(client, settings.keys, StoreConfig(**cfg))
+    return RedisStateWriter(client, settings.keys, StoreConfig(**{"co_half_life_ms": None, **cfg}))
 
 
 def stream(n: int, users: int = 5, items: int = 12) -> list[ClickEvent]:
@@ -199,10 +199,10 @@ def test_trending_rescale_keeps_decayed_counts(redis_settings: RedisSettings) ->
     hl = 1000
     store = make_store(redis_settings, half_life_ms=hl)
     first = ClickEvent("u", "old", 10**12)
-    later = ClickEvent("v", "new", 10**12 + 600 * hl)  # past the 512 half-life landmark limit
+    later = ClickEvent("v", "new", 10**12 + 600 * hl)  # two landmark epochs (256 hl) on
     store.apply(TOPIC, [PartitionBatch(0, 0, 1, [(0, first)])])
     store.apply(TOPIC, [PartitionBatch(1, 0, 1, [(0, later)])])
     state = store.dump()
-    assert int(state["meta"]["trend_ref"]) == later.ts
-    assert state["trend"]["new"] == pytest.approx(1.0)
-    assert state["trend"]["old"] == pytest.approx(2.0**-600)
+    assert int(state["meta"]["trend_ref"]) == 10**12 + 512 * hl
+    assert state["trend"]["new"] == pytest.approx(2.0**88)
+    assert state["trend"]["old"] == pytest.approx(2.0**-512)

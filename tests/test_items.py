@@ -32,7 +32,9 @@ class Writer:
 
     def __init__(self, settings: RedisSettings) -> None:
         self.store = RedisStateWriter(
-            redis.Redis.from_url(settings.url), settings.keys, StoreConfig(rules=FLAT)
+            redis.Redis.from_url(settings.url),
+            settings.keys,
+            StoreConfig(rules=FLAT, co_half_life_ms=None),
         )
         self.offset = 0
 

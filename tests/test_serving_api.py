@@ -61,7 +61,7 @@ def seed(client: redis.Redis, rs: RedisSettings) -> None:
     keys = rs.keys
     # u1 clicked 2 and then 1 (newest first in the list).
     client.lpush(keys.hist("u1"), entry(1_000, "2"), entry(2_000, "1"))
-    client.zadd(keys.co("1"), {"4": 50, "5": 2})
+    client.hset(keys.co("1"), mapping={"4": 50, "5": 2})
     client.zadd(keys.trend, {"6": 9.0, "3": 7.0, "5": 3.0, "1": 20.0})
     client.hset(keys.meta, mapping={"trend_ref": 0, "clock": 2_000, "half_life_ms": 3_600_000})
 
@@ -183,7 +183,7 @@ def test_similar_blends_co_clicks_and_embedding_with_reasons(client: TestClient)
 def test_similar_answers_for_an_item_the_index_has_never_seen(
     client: TestClient, redis_client: redis.Redis, redis_settings: RedisSettings
 ) -> None:
-    redis_client.zadd(redis_settings.keys.co("new-release"), {"1": 3, "2": 1})
+    redis_client.hset(redis_settings.keys.co("new-release"), mapping={"1": 3, "2": 1})
     body = client.get("/items/new-release/similar", params={"k": 5}).json()
     assert body["title"] is None
     assert [(i["item_id"], i["reason"]) for i in body["items"]] == [

@@ -1,4 +1,4 @@
-"""The one-round-trip fetch (serving/fetch.lua + serving/store.py) against a real Redis.
+"""The reference reader (serving/store.py: history, then rows and heads) against a real Redis.
 
 What every reader backend must do is in test_state_contract.py; this file keeps
 what only Redis can meet: entries written by something other than the consumer.
@@ -49,9 +49,9 @@ def seed(client: redis.Redis, settings: RedisSettings) -> None:
         json.dumps({"item": "x"}),  # wrong shape, skipped too
         entry(5_000, "b"),
     )
-    client.zadd(keys.co("b"), {"a": 5, "x": 9, "y": 1})
-    client.zadd(keys.co("a"), {"b": 5, "z": 2})
-    client.zadd(keys.co("old"), {"never": 100})  # fourth distinct item: beyond n_sources=3
+    client.hset(keys.co("b"), mapping={"a": 5, "x": 9, "y": 1})
+    client.hset(keys.co("a"), mapping={"b": 5, "z": 2})
+    client.hset(keys.co("old"), mapping={"never": 100})  # fourth distinct item: beyond n_sources=3
     client.zadd(keys.trend, {"t1": 8.0, "t2": 4.0, "t3": 2.0, "t4": 1.0})
 
 
@@ -98,7 +98,7 @@ def test_unknown_user_and_empty_namespace(redis_settings: RedisSettings) -> None
     assert state == UserState(history=[], sources=[], co={}, trending=[])
 
 
-def test_history_parser_matches_the_lua_rule() -> None:
+def test_history_parser_skips_what_is_not_an_entry() -> None:
     raw = [
         entry(1, "a"),
         "[]",

@@ -22,8 +22,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from consumer.logic import Entry, SessionRules, StateDelta
-from consumer.state import Landmark, PartitionBatch, PartitionWrite, StateWriter, StoreConfig
+from consumer.logic import Entry, SessionRules
+from consumer.state import GroupWrite, Ingest, PartitionBatch, Rewind, StateWriter, StoreConfig
 from consumer.store import RedisStateWriter
 from core.errors import InvalidEvent
 from core.events import ClickEvent
@@ -35,6 +35,13 @@ from serving.reader import ReadSpec, StateReader, UserState
 from serving.store import RedisStateReader
 
 T = TypeVar("T")
+
+
+def Config(**kw: Any) -> StoreConfig:
+    """StoreConfig with undecayed co counts unless a test asks: known answers stay integers."""
+    return StoreConfig(**{"co_half_life_ms": None, **kw})
+
+
 T0 = 1_600_000_000_000
 MIN = 60_000
 TOPIC = "clicks"
@@ -74,7 +81,13 @@ class Backend:
 Factory = Callable[[StoreConfig], Backend]
 
 
-def _factory(name: str, settings: RedisSettings) -> Factory:
+def _factory(name: str, base: RedisSettings) -> Factory:
+    """Each backend made gets its own namespace (under the test's, so it is cleaned up)."""
+    made = iter(range(1_000))
+
+    def namespaced() -> RedisSettings:
+        return base.model_copy(update={"namespace": f"{base.namespace}:{next(made)}"})
+
     if name == "memory":
 
         def memory(config: StoreConfig) -> Backend:
@@ -89,6 +102,7 @@ def _factory(name: str, settings: RedisSettings) -> Factory:
         return memory
 
     def on_redis(config: StoreConfig) -> Backend:
+        settings = namespaced()
         writer = RedisStateWriter(redis.Redis.from_url(settings.url), settings.keys, config)
 
         @contextlib.asynccontextmanager
@@ -104,6 +118,7 @@ def _factory(name: str, settings: RedisSettings) -> Factory:
     if name == "redis-cached":
 
         def on_redis_cached(config: StoreConfig) -> Backend:
+            settings = namespaced()
             writer = RedisStateWriter(redis.Redis.from_url(settings.url), settings.keys, config)
             # Kept across reads (each read runs in its own event loop, with its
             # own client), so every refresh after the first is incremental.
@@ -144,31 +159,29 @@ def click(user: str, item: str, ts: int, session: str | None = None) -> ClickEve
 
 # -- writer: histories --------------------------------------------------------------------
 def test_history_is_pushed_newest_first_and_trimmed(make: Factory) -> None:
-    b = make(StoreConfig(rules=SessionRules(pair_window=2, history_len=3)))
+    b = make(Config(rules=SessionRules(pair_window=2, history_len=3)))
     b.apply(click("u", "a", T0), click("u", "b", T0 + 1))
     b.apply(click("u", "c", T0 + 2), click("u", "d", T0 + 3), click("v", "x", T0 + 4))
     hist = b.writer.dump()["hist"]
     # The snapshot reads only pair_window (2) entries, yet the list keeps its cap (3).
     assert hist["u"] == [Entry(T0 + 3, "d"), Entry(T0 + 2, "c"), Entry(T0 + 1, "b")]
     assert hist["v"] == [Entry(T0 + 4, "x")]
-    assert b.writer.snapshot(TOPIC, [0], ["u", "nobody"]).histories == {
-        "u": [Entry(T0 + 3, "d"), Entry(T0 + 2, "c")]
-    }
+    assert b.writer.histories(["u", "nobody"], 2) == {"u": [Entry(T0 + 3, "d"), Entry(T0 + 2, "c")]}
 
 
 def test_history_entries_keep_their_session_id(make: Factory) -> None:
-    b = make(StoreConfig())
+    b = make(Config())
     b.apply(click("u", "a", T0, "s1"), click("u", "b", T0 + 1))
     assert b.writer.dump()["hist"]["u"] == [Entry(T0 + 1, "b"), Entry(T0, "a", "s1")]
 
 
 def test_history_gets_the_idle_ttl_and_expires(make: Factory) -> None:
-    b = make(StoreConfig(idle_ttl_s=100))
+    b = make(Config(idle_ttl_s=100))
     b.apply(click("u", "a", T0))
     ttl = b.writer.history_ttl("u")
     assert ttl is not None and 90 <= ttl <= 100
     assert b.writer.history_ttl("nobody") is None
-    short = make(StoreConfig(idle_ttl_s=1))
+    short = make(Config(idle_ttl_s=1))
     short.apply(click("w", "a", T0))
     deadline = time.monotonic() + 5
     while short.writer.dump()["hist"].get("w"):
@@ -180,7 +193,7 @@ def test_history_gets_the_idle_ttl_and_expires(make: Factory) -> None:
 # -- writer: co-occurrence ------------------------------------------------------------------
 def test_pair_counts_follow_the_rules(make: Factory) -> None:
     rules = SessionRules(gap_ms=30 * MIN, pair_window=3, forward_weight=2)
-    b = make(StoreConfig(rules=rules))
+    b = make(Config(rules=rules))
     # a, b, c in one session, then d an hour later (a new session: no pairs).
     b.apply(click("u", "a", T0), click("u", "b", T0 + MIN), click("u", "c", T0 + 2 * MIN))
     b.apply(click("u", "d", T0 + 62 * MIN))
@@ -195,23 +208,31 @@ def test_pair_counts_follow_the_rules(make: Factory) -> None:
 
 
 def test_rows_are_pruned_to_top_m_lowest_member_first_on_ties(make: Factory) -> None:
-    b = make(StoreConfig(rules=FLAT, co_top_m=1))
+    b = make(Config(rules=FLAT, co_top_m=1))
     # Row a: x 2, y 2, z 1. Redis drops the lowest (count, member) first: z, then x.
     b.apply(*(click("u", item, T0 + k) for k, item in enumerate("axayaz")))
     assert b.writer.dump()["co"]["a"] == {"y": 2.0}
 
 
-def test_pruning_runs_after_each_write(make: Factory) -> None:
-    b = make(StoreConfig(rules=FLAT, co_top_m=2))
-    b.apply(*(click("u", item, T0 + k) for k, item in enumerate("axaxay")))  # a: x 4, y 1
-    b.apply(click("u", "z", T0 + 10), click("u", "a", T0 + 11))  # a: z 1 arrives
-    # x 4, then y 1 and z 1 tie for the last place: y < z, so y goes.
-    assert b.writer.dump()["co"]["a"] == {"x": 4.0, "z": 1.0}
+def test_a_row_prunes_once_past_its_slack_back_to_top_m(make: Factory) -> None:
+    config = Config(rules=FLAT, co_top_m=4, co_half_life_ms=None)
+    assert config.co_slack == 1  # a row holds up to 5 between prunes
+    b = make(config)
+    b.apply(*(click("u", item, T0 + k) for k, item in enumerate("axaxaxaxavavawaw")))
+    assert b.writer.dump()["co"]["a"] == {"x": 8.0, "v": 4.0, "w": 3.0}
+    b.apply(click("u", "y", T0 + 20), click("u", "a", T0 + 21))  # y 1 + a's own 1: 4 members
+    b.apply(click("u", "z", T0 + 30), click("u", "a", T0 + 31))  # z: 5 members, within slack
+    assert set(b.writer.dump()["co"]["a"]) == {"x", "v", "w", "y", "z"}
+    b.apply(click("u", "q", T0 + 40), click("u", "a", T0 + 41))  # q: 6 > 5, back to 4
+    # y 2, z 2 and q 2 tie for the last places (y got a's pairing twice... see below):
+    # the lowest (count, member) go first.
+    row = b.writer.dump()["co"]["a"]
+    assert len(row) == 4 and {"x", "v", "w"} <= set(row)
 
 
 # -- writer: popularity, trending, meta ---------------------------------------------------------
 def test_popularity_counts_and_prunes_to_pop_max(make: Factory) -> None:
-    b = make(StoreConfig(rules=FLAT, pop_max=2))
+    b = make(Config(rules=FLAT, pop_max=2))
     b.apply(*(click(f"u{k}", item, T0 + k) for k, item in enumerate("ppqqqr")))
     state = b.writer.dump()
     # r (1) goes; p and q stay. Trending is bounded by pop_max too.
@@ -221,37 +242,41 @@ def test_popularity_counts_and_prunes_to_pop_max(make: Factory) -> None:
 
 def test_trending_is_forward_decayed_against_the_landmark(make: Factory) -> None:
     hl = 1000
-    b = make(StoreConfig(half_life_ms=hl))
+    b = make(Config(half_life_ms=hl))
     b.apply(click("u", "a", 10**12), click("v", "b", 10**12 + hl))
     state = b.writer.dump()
-    # The first batch's largest ts is the landmark: a counts 2**-1, b 2**0.
-    assert state["meta"]["trend_ref"] == 10**12 + hl
+    # The landmark is the epoch (256 half-lives) of the newest event: 10**12 is
+    # one, so a counts 2**0 and b 2**1.
+    assert state["meta"]["trend_ref"] == 10**12
     assert state["meta"]["half_life_ms"] == hl
-    assert state["trend"] == {"a": 0.5, "b": 1.0}
+    assert state["trend"] == {"a": 1.0, "b": 2.0}
     b.apply(click("w", "a", 10**12 + 3 * hl))
-    assert b.writer.dump()["trend"] == {"a": 0.5 + 4.0, "b": 1.0}
+    assert b.writer.dump()["trend"] == {"a": 1.0 + 8.0, "b": 2.0}
 
 
 def test_trending_landmark_moves_and_rescales_far_ahead(make: Factory) -> None:
     hl = 1000
-    b = make(StoreConfig(half_life_ms=hl))
+    b = make(Config(half_life_ms=hl))
     b.apply(click("u", "old", 10**12))
-    b.apply(click("v", "new", 10**12 + 600 * hl), partition=1)  # > 512 half-lives ahead
+    b.apply(click("v", "new", 10**12 + 600 * hl), partition=1)  # two epochs ahead
     state = b.writer.dump()
-    assert state["meta"]["trend_ref"] == 10**12 + 600 * hl
-    assert state["trend"]["new"] == pytest.approx(1.0)
-    assert state["trend"]["old"] == pytest.approx(2.0**-600)
+    assert state["meta"]["trend_ref"] == 10**12 + 512 * hl
+    assert state["trend"]["new"] == pytest.approx(2.0**88)
+    assert state["trend"]["old"] == pytest.approx(2.0**-512)
+    # An older event arriving after the move is weighed against the new landmark.
+    b.apply(click("w", "late", 10**12 + 511 * hl), partition=2)
+    assert b.writer.dump()["trend"]["late"] == pytest.approx(0.5)
 
 
 def test_clock_is_the_largest_event_time_seen(make: Factory) -> None:
-    b = make(StoreConfig())
+    b = make(Config())
     b.apply(click("u", "a", T0 + 50))
     b.apply(click("v", "b", T0 + 10), partition=1)  # older: the clock stays
     assert b.writer.dump()["meta"]["clock"] == T0 + 50
 
 
 def test_stats_count_events_pairings_and_dead_letters(make: Factory) -> None:
-    b = make(StoreConfig(rules=FLAT))
+    b = make(Config(rules=FLAT))
     batch = PartitionBatch(
         0,
         0,
@@ -266,7 +291,7 @@ def test_stats_count_events_pairings_and_dead_letters(make: Factory) -> None:
 
 
 def test_a_poll_of_dead_letters_only_advances_the_offset(make: Factory) -> None:
-    b = make(StoreConfig())
+    b = make(Config())
     b.apply(click("u", "a", T0))
     before = b.writer.dump()
     b.writer.apply(TOPIC, [PartitionBatch(0, 1, 2, [], [(1, InvalidEvent("oversized"))])])
@@ -280,7 +305,7 @@ def test_a_poll_of_dead_letters_only_advances_the_offset(make: Factory) -> None:
 
 # -- writer: offsets and the compare-and-set ------------------------------------------------------
 def test_offsets_are_stored_per_partition(make: Factory) -> None:
-    b = make(StoreConfig())
+    b = make(Config())
     b.apply(click("u", "a", T0), click("u", "b", T0 + 1), partition=0)
     b.apply(click("v", "c", T0 + 2), partition=3)
     assert b.writer.stored_offsets(TOPIC, [0, 1, 3]) == {0: 2, 1: None, 3: 1}
@@ -289,7 +314,7 @@ def test_offsets_are_stored_per_partition(make: Factory) -> None:
 
 
 def test_redelivery_is_skipped_and_an_overlap_applies_only_its_tail(make: Factory) -> None:
-    b = make(StoreConfig())
+    b = make(Config())
     recs = [(o, click("u", f"i{o % 4}", T0 + o)) for o in range(10)]
     b.writer.apply(TOPIC, [PartitionBatch(0, 0, 6, recs[:6])])
     once = b.writer.dump()
@@ -302,39 +327,45 @@ def test_redelivery_is_skipped_and_an_overlap_applies_only_its_tail(make: Factor
     assert b.writer.dump()["pop"] == {"i0": 3.0, "i1": 3.0, "i2": 2.0, "i3": 2.0}
 
 
-def _write(offset: int | None, landmark: Landmark, item: str = "x") -> PartitionWrite:
-    delta = StateDelta()
-    delta.pop[item] = 1
-    delta.events = 1
-    delta.max_ts = T0
-    return PartitionWrite(TOPIC, 0, offset, (offset or 0) + 1, landmark, delta)
+def _item_write(b: Backend, expected: int | None, item: str = "x") -> GroupWrite:
+    keys = b.writer.keys
+    return GroupWrite(
+        keys.item_tag,
+        TOPIC,
+        {0: (expected, (expected or 0) + 1)},
+        pop={item: 1},
+        trend={item: 1.0},
+        trend_ref=T0,
+    )
 
 
-def test_a_write_whose_offset_moved_changes_nothing(make: Factory) -> None:
-    b = make(StoreConfig())
-    b.apply(click("u", "a", T0))  # stored offset 1, landmark T0
+def test_a_write_whose_offsets_moved_changes_nothing(make: Factory) -> None:
+    b = make(Config())
+    b.apply(click("u", "a", T0))  # every group: offset 1
     before = b.writer.dump()
-    assert b.writer.write([_write(0, Landmark(T0, T0))]) == [False]  # stale: expects 0
-    assert b.writer.write([_write(None, Landmark(T0, T0))]) == [False]  # expects none
+    assert b.writer.write([_item_write(b, 0)]) == [False]  # stale: expects 0
+    assert b.writer.write([_item_write(b, None)]) == [False]  # expects none
+    tag = b.writer.keys.user_tag("u")
+    stale = GroupWrite(
+        tag, TOPIC, {0: (0, 2)}, histories=[("u", [Entry(T0 + 1, "b", None, (0, 1))])]
+    )
+    assert b.writer.write([stale]) == [False]
     assert b.writer.dump() == before
-    assert b.writer.write([_write(1, Landmark(T0, T0))]) == [True]
+    assert b.writer.write([_item_write(b, 1)]) == [True]
     assert b.writer.dump()["pop"]["x"] == 1.0
 
 
-def test_a_write_whose_landmark_moved_changes_nothing(make: Factory) -> None:
-    b = make(StoreConfig())
-    b.apply(click("u", "a", T0))
-    before = b.writer.dump()
-    # Computed against another landmark, moving to a third: refused.
-    assert b.writer.write([_write(1, Landmark(T0 - 5, T0 + 5))]) == [False]
-    assert b.writer.dump() == before
-    # Moving to the landmark already stored is fine (a sibling partition moved it).
-    assert b.writer.write([_write(1, Landmark(T0 - 5, T0))]) == [True]
+def test_positions_are_per_group(make: Factory) -> None:
+    b = make(Config())
+    b.apply(click("u", "a", T0), click("v", "b", T0 + 1))
+    positions = b.writer.positions(TOPIC, [0, 1])
+    assert set(positions) == set(b.writer.keys.tags())
+    assert all(group == {0: 2, 1: None} for group in positions.values())
 
 
 def test_two_writers_of_one_partition_apply_a_poll_once(make: Factory) -> None:
     """A rebalance race: the second owner's snapshot is stale, its write recomputes."""
-    b = make(StoreConfig())
+    b = make(Config())
     recs = [(o, click("u", f"i{o}", T0 + o)) for o in range(5)]
     first = b.writer.apply(TOPIC, [PartitionBatch(0, 0, 5, recs)])
     second = b.writer.apply(TOPIC, [PartitionBatch(0, 0, 5, recs)])
@@ -344,7 +375,7 @@ def test_two_writers_of_one_partition_apply_a_poll_once(make: Factory) -> None:
 
 # -- reader ---------------------------------------------------------------------------------------
 def test_reader_returns_history_sources_rows_trending_and_popularity(make: Factory) -> None:
-    b = make(StoreConfig(rules=FLAT))
+    b = make(Config(rules=FLAT))
     # u: a x a y a z -> row a = {x 2, y 2, z 1}; then w clicks q twice.
     b.apply(*(click("u", item, T0 + k) for k, item in enumerate("axayaz")))
     b.apply(click("w", "q", T0 + 10), click("w2", "q", T0 + 10))
@@ -362,14 +393,14 @@ def test_reader_returns_history_sources_rows_trending_and_popularity(make: Facto
 
 
 def test_reader_orders_equal_trending_scores_member_descending(make: Factory) -> None:
-    b = make(StoreConfig())
+    b = make(Config())
     b.apply(*(click(f"u{i}", item, T0) for i, item in enumerate(["b", "c", "a"])))
     assert [i for i, _ in b.user("nobody", ReadSpec(n_trend=2)).trending] == ["c", "b"]
     assert b.read(lambda r: r.hot_items(3)) == ["c", "b", "a"]
 
 
 def test_reader_pop_leaves_out_members_the_pop_set_dropped(make: Factory) -> None:
-    b = make(StoreConfig(rules=FLAT, pop_max=1))
+    b = make(Config(rules=FLAT, pop_max=1))
     b.apply(*(click("u", item, T0 + k) for k, item in enumerate("abab")))  # pop: a 2, b 2
     # pop_max 1 keeps b (a < b on the tie); row b = {a: 3}, and a is not in the pop set.
     state = b.user("u", ReadSpec(n_sources=1))
@@ -378,7 +409,7 @@ def test_reader_pop_leaves_out_members_the_pop_set_dropped(make: Factory) -> Non
 
 
 def test_reader_popularity_head_and_bounds(make: Factory) -> None:
-    b = make(StoreConfig())
+    b = make(Config())
     b.apply(*(click(f"u{k}", item, T0 + k) for k, item in enumerate("ppqqqr")))
     assert b.read(lambda r: r.popular(2)) == [("q", 3.0), ("p", 2.0)]
     assert b.read(lambda r: r.popular(0)) == []
@@ -390,7 +421,7 @@ def test_reader_popularity_head_and_bounds(make: Factory) -> None:
 
 
 def test_reader_of_an_unknown_user_and_an_empty_state(make: Factory) -> None:
-    b = make(StoreConfig())
+    b = make(Config())
     assert b.user("nobody") == UserState(history=[], sources=[], co={}, trending=[], pop={})
     assert b.read(lambda r: r.popular(5)) == []
 
@@ -442,7 +473,7 @@ def _reads(b: Backend, spec: ReadSpec) -> list[Any]:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_backends_hold_and_read_the_same_state(redis_settings: RedisSettings, seed: int) -> None:
-    config = StoreConfig(
+    config = Config(
         rules=SessionRules(pair_window=4, history_len=7),
         co_top_m=4,
         pop_max=12,
@@ -466,7 +497,7 @@ def test_backends_hold_and_read_the_same_state(redis_settings: RedisSettings, se
 
 def test_random_polls_cover_what_they_should() -> None:
     """The twin test is only as good as its streams: rescales, prunes and sessions happen."""
-    config = StoreConfig(rules=SessionRules(pair_window=4), half_life_ms=24 * 3_600_000)
+    config = Config(rules=SessionRules(pair_window=4), half_life_ms=24 * 3_600_000)
     unpruned = MemoryState(config.model_copy(update={"co_top_m": 10**6}))
     landmarks = set()
     for poll in random_polls(1):
@@ -476,3 +507,231 @@ def test_random_polls_cover_what_they_should() -> None:
     assert max(len(row) for row in unpruned.co.values()) > 4  # co_top_m=4 prunes
     sessions = {e.session_id for poll in random_polls(1) for b in poll for _, e in b.events}
     assert sessions == {None, "s1", "s2"}
+
+
+# -- decay: rows follow the present ----------------------------------------------------------
+DAY = 24 * 3_600_000
+
+
+def test_a_full_row_admits_a_neighbour_that_becomes_strong_later(make: Factory) -> None:
+    b = make(StoreConfig(rules=FLAT, co_top_m=2, co_half_life_ms=DAY))
+    # Day 0: a's row fills to its limit (2 + 1 slack) with x, y and w, strongly.
+    for k in range(21):
+        b.apply(click("u", "a", T0 + 2 * k), click("u", "xyw"[k % 3], T0 + 2 * k + 1))
+    assert set(b.writer.dump()["co"]["a"]) == {"x", "y", "w"}
+    # Thirty days later z follows a three times: fewer clicks than any of them
+    # got, but recent ones. The row prunes back to 2 and z is one of them.
+    later = T0 + 30 * DAY
+    for k in range(3):
+        b.apply(click("v", "a", later + 10 * k), click("v", "z", later + 10 * k + 1))
+    row = b.writer.dump()["co"]["a"]
+    assert "z" in row and len(row) == 2
+    assert row["z"] == max(row.values())
+    # Without decay the same stream leaves z out: the row froze on day 0.
+    frozen = make(StoreConfig(rules=FLAT, co_top_m=2, co_half_life_ms=None))
+    for k in range(21):
+        frozen.apply(click("U", "A", T0 + 2 * k), click("U", "XYW"[k % 3], T0 + 2 * k + 1))
+    for k in range(3):
+        frozen.apply(click("V", "A", later + 10 * k), click("V", "Z", later + 10 * k + 1))
+    row = frozen.writer.dump()["co"]["A"]
+    assert row["Z"] == min(row.values())  # held in the slack, last, until the next prune
+
+
+def test_a_pair_nobody_clicks_any_more_drops_out(make: Factory) -> None:
+    b = make(StoreConfig(rules=FLAT, co_top_m=3, co_half_life_ms=DAY))
+    for k in range(10):  # a -> old, ten times, on day 0
+        b.apply(click("u", "a", T0 + 2 * k), click("u", "old", T0 + 2 * k + 1))
+    for day in range(1, 40):  # then a new neighbour every day, once each
+        b.apply(click("v", "a", T0 + day * DAY), click("v", f"n{day}", T0 + day * DAY + 1))
+    row = b.writer.dump()["co"]["a"]
+    assert "old" not in row  # ten clicks 39 days ago weigh 10 * 2**-39 now
+    assert set(row) <= {f"n{d}" for d in range(30, 40)}
+
+
+def test_decayed_counts_read_as_of_the_clock(make: Factory) -> None:
+    b = make(StoreConfig(rules=FLAT, co_half_life_ms=DAY))
+    b.apply(click("u", "a", T0), click("u", "b", T0 + 1))
+    b.apply(click("w", "c", T0 + 2 * DAY), partition=1)  # moves the clock two days on
+    assert b.writer.dump()["co"]["a"]["b"] == pytest.approx(0.25, rel=1e-6)
+
+
+# -- the ingest loop: item state held back, and exactly once after a crash ---------------------
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _stream(n: int, seed: int = 5) -> list[PartitionBatch]:
+    """One partition's stream, cut into polls of 1..40 events."""
+    rnd = random.Random(seed)
+    events = [
+        (
+            o,
+            click(
+                f"u{rnd.randrange(6)}", f"i{min(int(rnd.paretovariate(1.1)), 30)}", T0 + o * 7_000
+            ),
+        )
+        for o in range(n)
+    ]
+    polls, lo = [], 0
+    while lo < n:
+        hi = min(n, lo + rnd.randint(1, 40))
+        polls.append(PartitionBatch(0, lo, hi, events[lo:hi]))
+        lo = hi
+    return polls
+
+
+def test_item_state_waits_for_the_delay_histories_do_not(make: Factory) -> None:
+    b = make(Config(rules=FLAT))
+    clock = FakeClock()
+    ingest = Ingest(b.writer, TOPIC, delay_s=1.0, clock=clock)
+    ingest.apply(
+        [PartitionBatch(0, 0, 2, [(0, click("u", "a", T0)), (1, click("u", "b", T0 + 1))])]
+    )
+    state = b.writer.dump()
+    assert state["hist"]["u"] == [Entry(T0 + 1, "b"), Entry(T0, "a")]
+    assert state["co"] == {} and state["pop"] == {}
+    clock.now = 0.5
+    ingest.apply([PartitionBatch(0, 2, 3, [(2, click("v", "a", T0 + 2))])])
+    assert b.writer.dump()["pop"] == {}
+    clock.now = 1.0
+    assert ingest.due()
+    ingest.apply([])  # an empty poll writes what is due
+    state = b.writer.dump()
+    assert state["pop"] == {"a": 2.0, "b": 1.0}  # aggregated across polls
+    assert state["co"] == {"a": {"b": 1.0}, "b": {"a": 1.0}}
+    assert state["stats"]["events"] == 3
+    assert state["offsets"] == {f"{TOPIC}:0": 3}
+    clock.now = 1.5
+    ingest.apply([PartitionBatch(0, 3, 4, [(3, click("w", "c", T0 + 3))])])
+    assert "c" not in b.writer.dump()["pop"]
+    ingest.flush()  # what the consumer does before it gives partitions up, and at stop
+    assert b.writer.dump()["pop"]["c"] == 1.0
+
+
+@pytest.mark.parametrize("crash_after", [3, 11, 17])
+def test_a_crash_loses_held_back_state_and_the_restart_rebuilds_it(
+    make: Factory, crash_after: int
+) -> None:
+    config = Config(rules=SessionRules(pair_window=3, history_len=4))
+    polls = _stream(400)
+    clean = make(config)
+    for poll in polls:
+        clean.writer.apply(TOPIC, [poll])
+    crashed = make(config)
+    clock = FakeClock()
+    first = Ingest(crashed.writer, TOPIC, delay_s=1.0, clock=clock)
+    for k, poll in enumerate(polls[:crash_after]):
+        clock.now = k * 0.3
+        first.apply([poll])
+    # Killed: whatever `first` held back is gone. A new owner resumes.
+    second = Ingest(crashed.writer, TOPIC, delay_s=1.0, clock=clock)
+    resume = second.resume_offsets([0])[0]
+    assert resume is not None and resume < polls[crash_after - 1].next_offset
+    replay = [p.since(resume) for p in polls if p.next_offset > resume]
+    for k, poll in enumerate(replay):
+        clock.now = 100 + k * 0.3
+        second.apply([poll])
+    clock.now += 10
+    second.flush()
+    got, want = crashed.writer.dump(), clean.writer.dump()
+    for key in ("hist", "pop", "stats", "offsets"):
+        assert got[key] == want[key], key
+    assert got["co"].keys() == want["co"].keys()
+    for item, row in want["co"].items():
+        assert got["co"][item] == pytest.approx(row)
+
+
+class FailingAfter(StateWriter):
+    """A writer that, once armed, writes ``fail_after`` more group writes and then fails."""
+
+    def __init__(self, inner: StateWriter) -> None:
+        self.inner, self.config, self.keys = inner, inner.config, inner.keys
+        self.fail_after: int | None = None
+
+    def positions(self, topic: str, partitions: Any) -> Any:
+        return self.inner.positions(topic, partitions)
+
+    def histories(self, users: Any, n: int | None) -> Any:
+        return self.inner.histories(users, n)
+
+    def write(self, writes: Any) -> list[bool]:
+        if self.fail_after is not None:
+            if len(writes) > self.fail_after:
+                self.inner.write(writes[: self.fail_after])
+                raise ConnectionError("Redis went away mid-write")
+            self.fail_after -= len(writes)
+        return self.inner.write(writes)
+
+    def history_ttl(self, user: str) -> int | None:
+        return self.inner.history_ttl(user)
+
+    def dump(self) -> Any:
+        return self.inner.dump()
+
+
+@pytest.mark.parametrize("fail_after", [0, 1, 5, 30])
+def test_a_flush_cut_short_resumes_each_group_where_it_stopped(
+    make: Factory, fail_after: int
+) -> None:
+    config = Config(rules=SessionRules(pair_window=3, history_len=4))
+    polls = _stream(300, seed=9)
+    clean = make(config)
+    for poll in polls:
+        clean.writer.apply(TOPIC, [poll])
+    b = make(config)
+    failing = FailingAfter(b.writer)
+    clock = FakeClock()
+    first = Ingest(failing, TOPIC, delay_s=1.0, clock=clock)
+    cut = len(polls) // 2
+    for k, poll in enumerate(polls[:cut]):
+        clock.now = k * 0.2
+        first.apply([poll])
+    failing.fail_after = fail_after
+    clock.now += 5
+    try:
+        first.flush()
+        cut_short = False
+    except ConnectionError:
+        cut_short = True
+    # Redis's 32 row groups always make a flush longer than the cut; memory has two groups.
+    assert cut_short or b.writer.keys.row_groups == 1
+    second = Ingest(b.writer, TOPIC, delay_s=0.0, clock=clock)
+    resume = second.resume_offsets([0])[0]
+    assert resume is not None
+    for poll in polls:
+        if poll.next_offset > resume:
+            second.apply([poll.since(resume)])
+    clock.now += 10  # idle groups' offsets move up with the next flush after a second
+    second.flush()
+    got, want = b.writer.dump(), clean.writer.dump()
+    for key in ("hist", "pop", "stats", "offsets"):
+        assert got[key] == want[key], key
+    for item, row in want["co"].items():
+        assert got["co"][item] == pytest.approx(row)
+
+
+def test_a_batch_after_a_gap_rewinds_to_what_the_store_has(make: Factory) -> None:
+    b = make(Config())
+    ingest = Ingest(b.writer, TOPIC, delay_s=0.0)
+    ingest.apply(
+        [PartitionBatch(0, 0, 2, [(0, click("u", "a", T0)), (1, click("u", "b", T0 + 1))])]
+    )
+    with pytest.raises(Rewind) as caught:
+        ingest.apply([PartitionBatch(0, 5, 6, [(5, click("u", "c", T0 + 5))])])
+    assert caught.value.offsets == {0: 2}
+
+
+def test_a_second_owner_of_a_partition_makes_the_first_rewind(make: Factory) -> None:
+    b = make(Config())
+    one = Ingest(b.writer, TOPIC, delay_s=0.0)
+    two = Ingest(b.writer, TOPIC, delay_s=0.0)
+    recs = [(o, click("u", f"i{o}", T0 + o)) for o in range(6)]
+    one.apply([PartitionBatch(0, 0, 3, recs[:3])])
+    two.apply([PartitionBatch(0, 3, 6, recs[3:])])  # e.g. after a rebalance one missed
+    with pytest.raises(Rewind):
+        one.apply([PartitionBatch(0, 3, 6, recs[3:])])
+    assert b.writer.dump()["stats"]["events"] == 6
