@@ -132,7 +132,7 @@ class StateDelta:
     added: Counter[str] = field(default_factory=Counter)
     # (row item, neighbour) -> increment: an integer weight, times the event's
     # forward-decay factor when co counts decay.
-    co: dict[tuple[str, str], float] = field(default_factory=dict)
+    co: Counter[tuple[str, str]] = field(default_factory=Counter)
     pop: Counter[str] = field(default_factory=Counter)
     # item -> list of event timestamps; decay weights are computed against the
     # landmark at apply time (see trend_weights), so the delta stays landmark-free.
