@@ -69,7 +69,7 @@ def consumer_rate(run: LiveRun, n: int, processes: int, tag: str) -> float:
     namespace = f"{run.redis.namespace}-{tag}"
     env = {"STREAMREC_REDIS_NAMESPACE": namespace}
     client = redis.Redis.from_url(run.redis.url, decode_responses=True)
-    stats_key = f"{namespace}:stats"
+    stats_key = run.redis.model_copy(update={"namespace": namespace}).keys.stats
     for i in range(processes):
         run.children.start(
             f"consumer-{tag}-{i}",

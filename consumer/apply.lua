@@ -13,7 +13,7 @@
 -- (packing arguments one by one in redis-py cost more than the rest of a batch):
 --   o: [[offset field, expected next offset ('' = none), new next offset], ...]
 --   h: [[user, [entry, ... oldest first]], ...]     k: {partition: keep-from offset}
---   c: [[item, [neighbour, increment, ...]], ...]   cr, chl: row landmark, half-life
+--   c: [[item, [neighbour, integer increment, ...]], ...]   cr, chl: row landmark, half-life
 --   p: [item, increment, ...]   t: [item, weight, ...]   tr, thl: trend landmark, half-life
 --   s: [stat, increment, ...]   clock: the largest event time of the write
 -- Floats travel as strings, so nothing is rounded on the way (Lua's tostring
@@ -66,9 +66,13 @@ for _, uh in ipairs(d.h or {}) do
   redis.call('EXPIRE', key, ttl)
 end
 
--- 3. co-occurrence rows (hashes): rebase, increment, prune
+-- 3. co-occurrence rows (hashes of integers): rebase, increment, prune.
+-- Decayed counts are fixed point (consumer/logic.py CO_SCALE): a row stored
+-- against an older landmark is multiplied down (rounded, as consumer.state.rebase)
+-- before the write's increments, made against landmark cr, are added.
 local rows = d.c or {}
 local cref, chl = d.cr, d.chl
+local function rebased(v, f) return string.format('%d', math.floor(v * f + 0.5)) end
 for _, row in ipairs(rows) do
   local key = tag .. ':co:' .. row[1]
   local incs = row[2]
@@ -86,7 +90,7 @@ for _, row in ipairs(rows) do
         for j = 1, #flat, 2 do
           if flat[j] ~= '/ref' then
             args[#args + 1] = flat[j]
-            args[#args + 1] = num(tonumber(flat[j + 1]) * f)
+            args[#args + 1] = rebased(tonumber(flat[j + 1]), f)
           end
         end
         for lo = 1, #args, 1000 do
@@ -96,10 +100,10 @@ for _, row in ipairs(rows) do
         scale = 2 ^ ((cref - rref) / chl)
       end
     end
+  end
+  if scale ~= 1 then
     for j = 1, #incs, 2 do
-      local inc = incs[j + 1]
-      if scale ~= 1 then inc = num(tonumber(inc) * scale) end
-      redis.call('HINCRBYFLOAT', key, incs[j], inc)
+      redis.call('HINCRBY', key, incs[j], rebased(incs[j + 1], scale))
     end
   else
     for j = 1, #incs, 2 do
@@ -110,17 +114,32 @@ for _, row in ipairs(rows) do
   if cref then members = members - 1 end
   if members > topm + slack then
     -- Keep the strongest top-M neighbours; the weakest (count, member) go first.
+    -- Numbers sort in C; only a tie at the cut needs the member order.
     local flat = redis.call('HGETALL', key)
-    local all = {}
+    local values = {}
     for j = 1, #flat, 2 do
-      if flat[j] ~= '/ref' then all[#all + 1] = {flat[j], tonumber(flat[j + 1])} end
+      if flat[j] ~= '/ref' then values[#values + 1] = tonumber(flat[j + 1]) end
     end
-    table.sort(all, function(x, y)
-      if x[2] ~= y[2] then return x[2] < y[2] end
-      return x[1] < y[1]
-    end)
-    local drop = {}
-    for j = 1, #all - topm do drop[#drop + 1] = all[j][1] end
+    table.sort(values)
+    local ndrop = #values - topm
+    local cut = values[ndrop]
+    local below = 0
+    for k = 1, ndrop do
+      if values[k] < cut then below = below + 1 end
+    end
+    local drop, ties = {}, {}
+    for j = 1, #flat, 2 do
+      if flat[j] ~= '/ref' then
+        local v = tonumber(flat[j + 1])
+        if v < cut then
+          drop[#drop + 1] = flat[j]
+        elseif v == cut then
+          ties[#ties + 1] = flat[j]
+        end
+      end
+    end
+    table.sort(ties)
+    for k = 1, ndrop - below do drop[#drop + 1] = ties[k] end
     for lo = 1, #drop, 1000 do
       redis.call('HDEL', key, unpack(drop, lo, math.min(lo + 999, #drop)))
     end

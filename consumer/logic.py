@@ -27,6 +27,14 @@ from core.events import ClickEvent
 # then stay below 2**256 (a float64 holds ~2**1023), and every writer agrees on
 # the landmark without asking anyone.
 EPOCH_HALF_LIVES = 256
+# Decayed co-occurrence counts are integers in fixed point: each pair's weight
+# times its decay factor times CO_SCALE, rounded per event. Redis adds integers
+# with HINCRBY (several times cheaper than HINCRBYFLOAT's long doubles), sums are
+# exact whatever the batching, and the rounding is at most 1/2048 of a weight-1
+# pair at the landmark. The co landmark's epoch is 16 half-lives, so a term is
+# below 2**16 * 20 * CO_SCALE (~1.3e9) and a count stays far inside int64.
+CO_SCALE = 1024
+CO_EPOCH_HALF_LIVES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +172,9 @@ def fold(
     histories are kept oldest-first while folding so each event is an append.
 
     ``co_decay`` = (landmark, half_life_ms) weighs each event's pairs by
-    ``2 ** ((ts - landmark) / half_life_ms)`` (forward decay); None: plain
-    integer counts. ``positions`` gives each event's (partition, offset), kept
+    ``2 ** ((ts - landmark) / half_life_ms) * CO_SCALE``, rounded to an integer
+    (forward decay in fixed point); None: plain integer counts. ``positions``
+    gives each event's (partition, offset), kept
     on its history entry.
     """
     out = delta if delta is not None else StateDelta()
@@ -185,7 +194,7 @@ def fold(
         if positions is not None:
             pos = positions[k]
         user, item, ts, sid = event.user_id, event.item_id, event.ts, event.session_id
-        scale = 2.0 ** ((ts - ref) / half_life) if half_life else 1
+        scale = 2.0 ** ((ts - ref) / half_life) * CO_SCALE if half_life else 0.0
         h = work.get(user)
         if h is None:
             start: Sequence[Entry] | None = out.histories.get(user)
@@ -205,13 +214,16 @@ def fold(
                 break
             if e.item not in seen:
                 # The p-th distinct partner (p = len(seen) - 1, 0 = newest).
-                w = (window - len(seen) + 1 if linear else 1) * scale
+                w = window - len(seen) + 1 if linear else 1
+                wf = w * fwd
+                if scale:
+                    w, wf = int(w * scale + 0.5), int(wf * scale + 0.5)
                 seen.add(e.item)
                 pairs += 1
                 pair = (item, e.item)
                 co[pair] = co_get(pair, 0) + w
                 pair = (e.item, item)
-                co[pair] = co_get(pair, 0) + w * fwd
+                co[pair] = co_get(pair, 0) + wf
             prev_ts, prev_sid = e.ts, e.session_id
             i -= 1
         h.append(Entry(ts, item, sid, pos))
@@ -237,9 +249,10 @@ def fold(
     return out
 
 
-def landmark(ts: int, half_life_ms: int) -> int:
-    """The forward-decay landmark for event time ``ts``: its epoch of 256 half-lives."""
-    epoch = EPOCH_HALF_LIVES * half_life_ms
+def landmark(ts: int, half_life_ms: int, epoch_half_lives: int = EPOCH_HALF_LIVES) -> int:
+    """The forward-decay landmark for event time ``ts``: the start of its epoch
+    (256 half-lives for trending, ``CO_EPOCH_HALF_LIVES`` for co counts)."""
+    epoch = epoch_half_lives * half_life_ms
     return (ts // epoch) * epoch
 
 

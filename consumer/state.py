@@ -50,6 +50,7 @@ from __future__ import annotations
 import abc
 import itertools
 import logging
+import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -58,7 +59,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from consumer.logic import Entry, SessionRules, StateDelta, fold, landmark, trend_weights
+from consumer.logic import (
+    CO_EPOCH_HALF_LIVES,
+    CO_SCALE,
+    Entry,
+    SessionRules,
+    StateDelta,
+    fold,
+    landmark,
+    trend_weights,
+)
 from core.errors import InvalidEvent
 from core.events import ClickEvent
 from core.keyspace import Keyspace
@@ -216,13 +226,19 @@ class StateWriter(abc.ABC):
         return ingest.apply(batches)
 
 
+def rebase(count: float, factor: float) -> int:
+    """A fixed-point co count moved to a later landmark (apply.lua rounds the same way)."""
+    return math.floor(count * factor + 0.5)
+
+
 def rows_at(
     rows: dict[str, tuple[float | None, dict[str, float]]],
     clock: int | None,
     half_life_ms: int | None,
 ) -> dict[str, dict[str, float]]:
-    """Co rows, each stored against its own landmark (None: undecayed), as decayed
-    counts as of the stream clock: what two states are compared by, member by member."""
+    """Co rows, each stored against its own landmark (None: undecayed) in fixed
+    point, as decayed counts as of the stream clock: what two states are compared
+    by, member by member."""
     out: dict[str, dict[str, float]] = {}
     for item, (ref, row) in rows.items():
         if not row:
@@ -230,7 +246,7 @@ def rows_at(
         if ref is None or clock is None or half_life_ms is None:
             out[item] = {nb: float(v) for nb, v in row.items()}
         else:
-            factor = 2.0 ** ((ref - clock) / half_life_ms)
+            factor = 2.0 ** ((ref - clock) / half_life_ms) / CO_SCALE
             out[item] = {nb: float(v) * factor for nb, v in row.items()}
     return out
 
@@ -275,7 +291,7 @@ def durable(positions: dict[str, Offsets], partitions: Iterable[int]) -> Offsets
 class Pending:
     """Item state folded but not yet written: aggregated across polls."""
 
-    co: dict[tuple[str, str], float] = field(default_factory=dict)
+    co: dict[tuple[str, str], int] = field(default_factory=dict)
     co_ref: int | None = None
     pop: Counter[str] = field(default_factory=Counter)
     trend: dict[str, float] = field(default_factory=dict)
@@ -534,12 +550,11 @@ class Ingest:
         cfg = self.store.config
         pend = self.pending
         if cfg.co_half_life_ms is not None:
-            ref = landmark(max_ts, cfg.co_half_life_ms)
+            ref = landmark(max_ts, cfg.co_half_life_ms, CO_EPOCH_HALF_LIVES)
             if pend.co_ref is None or ref > pend.co_ref:
                 if pend.co_ref is not None and pend.co:
                     factor = 2.0 ** ((pend.co_ref - ref) / cfg.co_half_life_ms)
-                    for pair in pend.co:
-                        pend.co[pair] *= factor
+                    pend.co = {pair: rebase(v, factor) for pair, v in pend.co.items()}
                 pend.co_ref = ref
         ref = landmark(max_ts, cfg.half_life_ms)
         if pend.trend_ref is None or ref > pend.trend_ref:

@@ -24,13 +24,6 @@ from core.keyspace import FEED_KEEP, ROW_REF, Keyspace
 _APPLY_LUA = resources.files("consumer").joinpath("apply.lua").read_text()
 
 
-def _num(value: float) -> int | str:
-    """An increment for the script: ints as they are, floats as their exact repr."""
-    if isinstance(value, int):
-        return value
-    return int(value) if value.is_integer() and abs(value) < 2**53 else repr(value)
-
-
 class RedisStateWriter(StateWriter):
     """Writes the consumer's state to Redis (``core/keyspace.py`` has the keys)."""
 
@@ -131,7 +124,7 @@ class RedisStateWriter(StateWriter):
             doc["k"] = {str(p): off for p, off in w.keep_from.items()}
         if w.rows:
             doc["c"] = [
-                [item, [x for nb, inc in row.items() for x in (nb, _num(inc))]]
+                [item, [x for nb, inc in row.items() for x in (nb, inc)]]
                 for item, row in w.rows.items()
             ]
             if w.co_ref is not None and cfg.co_half_life_ms is not None:

@@ -37,6 +37,7 @@ from consumer.state import (
     StoreConfig,
     dump_offsets,
     keep_for_replay,
+    rebase,
     rows_at,
 )
 from core.keyspace import Keyspace
@@ -219,12 +220,12 @@ class MemoryState(StateWriter, StateReader):
                 elif rref < cref:
                     factor = 2.0 ** ((rref - cref) / half_life)
                     for b in row:
-                        row[b] *= factor
+                        row[b] = rebase(row[b], factor)
                     self.co_ref[a] = cref
                 elif rref > cref:
                     scale = 2.0 ** ((cref - rref) / half_life)
             for b, n in incs.items():
-                row[b] = row.get(b, 0) + (n * scale if scale != 1.0 else n)
+                row[b] = row.get(b, 0) + (rebase(n, scale) if scale != 1.0 else n)
             excess = len(row) - top_m
             if len(row) <= limit:
                 continue
@@ -283,7 +284,7 @@ class MemoryState(StateWriter, StateReader):
             return []
         return h
 
-    # -- the reader contract (fetch.lua, serving.store.parse_state) ------------------------
+    # -- the reader contract (serving.store.RedisStateReader) ---------------------------------
     def co_row(self, item: str, n: int) -> list[tuple[str, float]]:
         if n <= 0:
             return []

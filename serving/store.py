@@ -49,7 +49,7 @@ def _pairs(flat: Any) -> list[tuple[str, float]]:
 def parse_history(raw: list[Any]) -> tuple[list[tuple[int, str]], int]:
     """Parse newest-first JSON entries ``[ts_ms, item_id, session]``; count the unparseable.
 
-    The rule for a usable entry matches fetch.lua's: a list whose second element
+    A usable entry is a list whose second element
     is a non-empty string.
     """
     out: list[tuple[int, str]] = []

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from consumer.logic import (
+    CO_SCALE,
     Entry,
     SessionRules,
     decayed_count,
@@ -147,8 +148,9 @@ def test_co_decay_weighs_each_event_against_the_landmark() -> None:
     rules = SessionRules(pair_window=1, linear_pair_weights=False, forward_weight=1)
     events = [ev("u", "a", 0), ev("u", "b", 0), ev("u", "c", 2)]
     co = fold(events, {}, rules, co_decay=(T0, MIN)).co
-    assert co[("b", "a")] == co[("a", "b")] == 1.0  # at the landmark
-    assert co[("c", "b")] == 4.0  # two half-lives later counts four times
+    # Fixed point (CO_SCALE): at the landmark a pair counts CO_SCALE ...
+    assert co[("b", "a")] == co[("a", "b")] == CO_SCALE
+    assert co[("c", "b")] == 4 * CO_SCALE  # ... two half-lives later four times that
     assert fold(events, {}, rules).co[("c", "b")] == 1  # no decay: plain counts
 
 

@@ -1,7 +1,7 @@
 """ONE contract suite for every state backend: the writer (consumer.state) and the reader
 (serving.reader) sides, each run against Redis (a real redis-server) and the in-memory twin.
 
-Each test states a behaviour of apply.lua / fetch.lua with a known answer and
+Each test states a behaviour of apply.lua / the reader with a known answer and
 runs once per backend. The last tests feed both backends the same random
 streams and compare everything they hold and read, so a drift in a behaviour
 no known answer covers still fails. A new backend (e.g. Redis Cluster) joins by
@@ -552,7 +552,8 @@ def test_decayed_counts_read_as_of_the_clock(make: Factory) -> None:
     b = make(StoreConfig(rules=FLAT, co_half_life_ms=DAY))
     b.apply(click("u", "a", T0), click("u", "b", T0 + 1))
     b.apply(click("w", "c", T0 + 2 * DAY), partition=1)  # moves the clock two days on
-    assert b.writer.dump()["co"]["a"]["b"] == pytest.approx(0.25, rel=1e-6)
+    # Fixed point: within 1/2048 of a weight-1 pair.
+    assert b.writer.dump()["co"]["a"]["b"] == pytest.approx(0.25, rel=2e-3)
 
 
 # -- the ingest loop: item state held back, and exactly once after a crash ---------------------
