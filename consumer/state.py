@@ -95,8 +95,12 @@ class StoreConfig(BaseModel):
     half_life_ms: int = Field(default=365 * 24 * 3600 * 1000, ge=1000)
     # Half-life of co-occurrence counts (None: counts never decay). Rows follow
     # the present: a full row admits a neighbour that is strong now, and a pair
-    # nobody clicks any more fades out. See docs/evaluation.md for the choice.
-    co_half_life_ms: int | None = Field(default=365 * 24 * 3600 * 1000, ge=1000)
+    # nobody clicks any more fades out. 1,095 days (3 years) was chosen on
+    # ml-latest-small's validation part over none, 30, 365 and 3,650 days
+    # (benchmarks/co_half_life.py; docs/evaluation.md): MovieLens spans 22 years.
+    # A live product should set about the time its items stay relevant
+    # together: days to weeks for news or fashion, months for a back catalogue.
+    co_half_life_ms: int | None = Field(default=1095 * 24 * 3600 * 1000, ge=1000)
     co_top_m: int = Field(default=200, ge=1)
     pop_max: int = Field(default=200_000, ge=1)
     # Wall-clock expiry of an idle user's history: a memory bound, not state
