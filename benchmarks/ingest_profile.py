@@ -5,8 +5,9 @@
 
 Applies ml-latest-small's first events through ``RedisStateWriter.apply`` (every
 poll written at once, item state included) into a scratch namespace of the Redis
-at ``--url`` (default: ``STREAMREC_REDIS_URL``'s, e.g. ``streamrec stack up``'s), resets the command statistics first,
-and prints each command's calls and microseconds per event, busiest first.
+at ``--url`` (default: ``STREAMREC_REDIS_URL``'s, e.g. ``streamrec stack up``'s),
+resets the command statistics first, and prints each command's calls and
+microseconds per event, busiest first.
 """
 
 from __future__ import annotations
