@@ -650,12 +650,15 @@ class Ingest:
             stored = self.stored[tag]
             return {p: (stored.get(p), c) for p, c in owned.items() if stored.get(p) != c}
 
-        rows: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+        by_item: dict[str, dict[str, float]] = {}
         for (a, b), inc in pend.co.items():
-            row = rows[keys.row_tag(a)].get(a)
+            row = by_item.get(a)
             if row is None:
-                row = rows[keys.row_tag(a)][a] = {}
+                row = by_item[a] = {}
             row[b] = inc
+        rows: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+        for a, row in by_item.items():
+            rows[keys.row_tag(a)][a] = row
         first: list[GroupWrite] = []
         for tag in keys.row_tags():
             moved = offsets(tag)

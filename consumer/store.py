@@ -10,12 +10,14 @@ top of this; the same code runs on one Redis node and on a Redis Cluster
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
 import orjson
 import redis
+from redis.cluster import RedisCluster
 
 from consumer.logic import Entry
 from consumer.state import GroupWrite, Offsets, StateWriter, StoreConfig, dump_offsets, rows_at
@@ -106,10 +108,29 @@ class RedisStateWriter(StateWriter):
         """One script per group, all in one pipelined round trip (per node on a cluster)."""
         if not writes:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for w in writes:
-            self._queue(pipe, w)
-        return [int(outcome) == 1 for outcome in pipe.execute()]
+        if not isinstance(self.client, RedisCluster):
+            pipe = self.client.pipeline(transaction=False)
+            for w in writes:
+                self._queue(pipe, w)
+            return [int(outcome) == 1 for outcome in pipe.execute()]
+        # redis-py's cluster pipeline refuses scripts, so each node gets a plain
+        # pipeline of the groups whose slots it serves. A slot that moved answers
+        # MOVED: the error reaches Ingest, which reads positions again, and the
+        # client's next call refreshes its slot map.
+        by_node: dict[str, list[int]] = defaultdict(list)
+        nodes = {}
+        for i, w in enumerate(writes):
+            node = self.client.get_node_from_key(Keyspace.offsets(w.tag))
+            by_node[node.name].append(i)
+            nodes[node.name] = node
+        out: list[bool] = [False] * len(writes)
+        for name, idx in by_node.items():
+            pipe = self.client.get_redis_connection(nodes[name]).pipeline(transaction=False)
+            for i in idx:
+                self._queue(pipe, writes[i])
+            for i, outcome in zip(idx, pipe.execute(), strict=True):
+                out[i] = int(outcome) == 1
+        return out
 
     def _queue(self, pipe: Any, w: GroupWrite) -> None:
         cfg = self.config

@@ -31,6 +31,7 @@ from consumer.state import ApplyResult, Ingest, PartitionBatch, Rewind
 from consumer.store import RedisStateWriter
 from core.errors import InvalidEvent, StreamrecError
 from core.events import decode
+from core.keyspace import HASH_LISTPACK_ENTRIES
 from producer.client import ensure_topics
 
 log = logging.getLogger("streamrec.consumer")
@@ -107,9 +108,7 @@ class Worker:
         self.stop = stop or threading.Event()
         self.stats = WorkerStats()
         self.topic = settings.kafka.topic
-        self.redis = redis.Redis.from_url(
-            settings.redis.url, socket_timeout=5, socket_connect_timeout=2
-        )
+        self.redis = settings.redis.client(socket_timeout=5, socket_connect_timeout=2)
         self.store = RedisStateWriter(self.redis, settings.redis.keys, settings.state)
         self.ingest = Ingest(
             self.store,
@@ -152,6 +151,7 @@ class Worker:
         self._dlq = KafkaProducer(
             bootstrap_servers=k.bootstrap, linger_ms=5, acks=1, enable_idempotence=False
         )
+        self._check_redis()
         self._consumer.subscribe([self.topic], listener=_Rebalance(self))
         log.info("consuming %s as group %s", self.topic, self.settings.group_id)
         last_data = time.monotonic()
@@ -183,6 +183,22 @@ class Worker:
             self.close()
         log.info("stopped: %s", self.stats.as_dict())
         return self.stats
+
+    def _check_redis(self) -> None:
+        """Warn when Redis keeps co rows as listpacks (several times slower per update)."""
+        try:
+            raw = self.redis.config_get("hash-max-listpack-entries")
+        except redis.ResponseError:  # CONFIG refused (managed Redis): nothing to check
+            return
+        value = next(iter(raw.values()), None) if raw else None
+        if value is not None and int(value) > HASH_LISTPACK_ENTRIES:
+            log.warning(
+                "Redis has hash-max-listpack-entries %s: co-occurrence rows will be slow to "
+                "update; set it to %d or less (CONFIG SET hash-max-listpack-entries %d)",
+                value,
+                HASH_LISTPACK_ENTRIES,
+                HASH_LISTPACK_ENTRIES,
+            )
 
     def _poll(self) -> dict[TopicPartition, list[Any]]:
         assert self._consumer is not None

@@ -64,6 +64,13 @@ FEED_KEEP = 100_000
 ROW_REF = "/ref"
 USER_GROUPS = 64
 ROW_GROUPS = 32
+# Redis keeps a small hash as a listpack, which it scans field by field: on
+# co rows of ~50-250 members that made each field update ~1.7 µs instead of
+# ~0.2 µs (benchmarks/ingest_profile.py). Redis should hold larger hashes as
+# hashtables: `hash-max-listpack-entries` at most this (Redis's own default is
+# 128, some distributions ship 512). The local stack and docker-compose set it;
+# the consumer warns at start when a server has more.
+HASH_LISTPACK_ENTRIES = 32
 
 
 def _bucket(text: str, n: int) -> int:

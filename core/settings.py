@@ -70,10 +70,31 @@ class RedisSettings(BaseSettings):
 
     url: str = f"redis://127.0.0.1:{LOCAL_REDIS_PORT}/0"
     namespace: str = Field(default="sr", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    # A Redis Cluster: ``url`` names any node; the client finds the others and
+    # routes each key to its slot (the keyspace keeps what changes together in one).
+    cluster: bool = False
 
     @property
     def keys(self) -> Keyspace:
         return Keyspace(self.namespace)
+
+    def client(self, **options: Any) -> Any:
+        """A blocking client: ``redis.Redis``, or ``redis.cluster.RedisCluster``."""
+        import redis
+        import redis.cluster
+
+        if self.cluster:
+            return redis.cluster.RedisCluster.from_url(self.url, **options)
+        return redis.Redis.from_url(self.url, **options)
+
+    def async_client(self, **options: Any) -> Any:
+        """An asyncio client: ``redis.asyncio.Redis``, or its ``RedisCluster``."""
+        import redis.asyncio
+        import redis.asyncio.cluster
+
+        if self.cluster:
+            return redis.asyncio.cluster.RedisCluster.from_url(self.url, **options)
+        return redis.asyncio.Redis.from_url(self.url, **options)
 
 
 class PathSettings(BaseSettings):

@@ -46,18 +46,21 @@ log = logging.getLogger(__name__)
 
 def _redis_client(settings: ServingSettings) -> aioredis.Redis:
     timeout = settings.request_timeout_s
-    return aioredis.Redis.from_url(
-        settings.redis.url,
-        decode_responses=True,
-        # Bounded by the request budget: a hung connect or read must surface as
-        # a 503 within request_timeout_s, not after redis-py's 5 s default.
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
+    # Bounded by the request budget: a hung connect or read must surface as
+    # a 503 within request_timeout_s, not after redis-py's 5 s default.
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_connect_timeout": timeout,
+        "socket_timeout": timeout,
+    }
+    if not settings.redis.cluster:
         # One quick retry survives a dropped pooled connection (Redis restart)
-        # without turning an outage into seconds of backoff per request.
-        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
+        # without turning an outage into seconds of backoff per request. (The
+        # cluster client retries by itself, re-reading the slot map.)
+        options["retry"] = Retry(ExponentialBackoff(cap=0.05, base=0.01), 1)
+        options["retry_on_error"] = [RedisConnectionError, RedisTimeoutError]
+    client: aioredis.Redis = settings.redis.async_client(**options)
+    return client
 
 
 def settle_heap() -> None:

@@ -114,7 +114,7 @@ class LiveRun:
     # -- lifecycle ---------------------------------------------------------------
     def __enter__(self) -> LiveRun:
         self.started = [s.name for s in self.stack.up()]
-        self.client = redis.Redis.from_url(self.redis.url, decode_responses=True)
+        self.client = self.redis.client(decode_responses=True)
         ensure_topics(self.kafka)
         return self
 

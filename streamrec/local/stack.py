@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ConfigError, ServiceUnavailable
+from core.keyspace import HASH_LISTPACK_ENTRIES
 
 READY_TIMEOUT_S = 20.0
 
@@ -216,6 +217,7 @@ def redis_service(state_dir: Path, port: int, *, persist: bool = False) -> Servi
         "--appendonly", "yes" if persist else "no",
         "--daemonize", "no",
         "--protected-mode", "yes",
+        "--hash-max-listpack-entries", str(HASH_LISTPACK_ENTRIES),
     ]  # fmt: skip
     return Service("redis", redis_binary(), args, port, lambda: redis_ping(port), state_dir)
 
