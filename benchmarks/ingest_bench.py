@@ -5,7 +5,8 @@
 All three read the same topic in one run on the local stack:
   (a) kafka-python consuming and orjson-decoding every message, no processing;
   (b) one `streamrec consume` process applying everything to Redis;
-  (c) two `streamrec consume` processes in one group.
+  (c) two `streamrec consume` processes in one group;
+  (d) one `streamrec consume` process against a local 3-master Redis Cluster.
 Consumer rates are timed from the first applied event to the last (group join and
 process start are excluded), read from the consumer's own counters in Redis.
 Then the memory part applies ml-latest-small ten times over, with distinct user
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from core.events import ClickEvent
 from producer.client import ClickProducer
 from producer.dataset import resolve_dataset
 from producer.movielens import load_ratings, to_events
+from streamrec.local.cluster import LocalCluster, free_cluster_ports
 from streamrec.local.harness import LiveRun
 
 
@@ -65,11 +68,17 @@ def raw_rate(run: LiveRun, n: int) -> float:
     return (seen - timed_from) / elapsed
 
 
-def consumer_rate(run: LiveRun, n: int, processes: int, tag: str) -> float:
+def consumer_rate(
+    run: LiveRun, n: int, processes: int, tag: str, cluster: LocalCluster | None = None
+) -> float:
     namespace = f"{run.redis.namespace}-{tag}"
+    settings = run.redis.model_copy(update={"namespace": namespace})
     env = {"STREAMREC_REDIS_NAMESPACE": namespace}
-    client = redis.Redis.from_url(run.redis.url, decode_responses=True)
-    stats_key = run.redis.model_copy(update={"namespace": namespace}).keys.stats
+    if cluster is not None:
+        settings = settings.model_copy(update={"url": cluster.url, "cluster": True})
+        env.update({"STREAMREC_REDIS_URL": cluster.url, "STREAMREC_REDIS_CLUSTER": "true"})
+    client = settings.client(decode_responses=True)
+    stats_key = settings.keys.stats
     for i in range(processes):
         run.children.start(
             f"consumer-{tag}-{i}",
@@ -157,6 +166,14 @@ def main() -> int:
         b = consumer_rate(run, n, 1, "one")
         print("(c) two consumer processes ...", flush=True)
         c = consumer_rate(run, n, 2, "two")
+        print("(d) one consumer process, local 3-master Redis Cluster ...", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            cluster = LocalCluster(Path(tmp), free_cluster_ports())
+            cluster.up()
+            try:
+                d = consumer_rate(run, n, 1, "cluster", cluster)
+            finally:
+                cluster.down()
         memory = []
         if args.passes:
             print(f"memory: {args.passes} passes with distinct user ids", flush=True)
@@ -166,10 +183,14 @@ def main() -> int:
         ["(a) kafka-python consume + orjson decode", a, 1.0],
         ["(b) streamrec consumer, 1 process", b, b / a],
         ["(c) streamrec consumer, 2 processes", c, c / a],
+        ["(d) streamrec consumer, 1 process, 3-master cluster", d, d / a],
     ]
     print()
     print(table(["measure", "events/s", "ratio to (a)"], rows))
-    print(f"\n(b)/(a) = {b / a:.2f} (target >= 0.5); (c)/(b) = {c / b:.2f} (target >= 1.6)")
+    print(
+        f"\n(b)/(a) = {b / a:.2f} (target >= 0.5); (c)/(b) = {c / b:.2f} (target >= 1.6); "
+        f"(d)/(b) = {d / b:.2f} (target >= 0.8)"
+    )
     if memory:
         print()
         print(
@@ -182,8 +203,8 @@ def main() -> int:
         args.out,
         {
             "events": n,
-            "rates": {"raw": a, "one_process": b, "two_processes": c},
-            "ratios": {"one_over_raw": b / a, "two_over_one": c / b},
+            "rates": {"raw": a, "one_process": b, "two_processes": c, "one_on_cluster": d},
+            "ratios": {"one_over_raw": b / a, "two_over_one": c / b, "cluster_over_one": d / b},
             "memory": memory,
             "machine": machine(),
         },

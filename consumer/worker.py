@@ -48,7 +48,17 @@ def retriable(exc: BaseException) -> bool:
     """
     if isinstance(exc, StreamrecError):
         return exc.retriable
-    return isinstance(exc, redis.ConnectionError | redis.TimeoutError | KafkaError)
+    # A cluster node away shows as ClusterError (the client ran out of
+    # redirections/retries) or CLUSTERDOWN while the cluster re-forms.
+    transient = (
+        redis.ConnectionError,
+        redis.TimeoutError,
+        redis.exceptions.ClusterError,
+        redis.exceptions.ClusterDownError,
+        redis.exceptions.TryAgainError,
+        KafkaError,
+    )
+    return isinstance(exc, transient)
 
 
 @dataclass

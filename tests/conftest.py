@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from core.settings import KafkaSettings, RedisSettings
+from streamrec.local.cluster import LocalCluster, free_cluster_ports
 from streamrec.local.stack import LocalStack, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +31,30 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         yield st
     finally:
         st.down()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A local 3-master Redis Cluster for the session (tests mark themselves ``cluster``)."""
+    cl = LocalCluster(tmp_path_factory.mktemp("cluster"), free_cluster_ports())
+    cl.up()
+    try:
+        yield cl
+    finally:
+        cl.down()
+
+
+@pytest.fixture
+def cluster_settings(redis_cluster: LocalCluster) -> Iterator[RedisSettings]:
+    """Settings for a namespace of the cluster no other test uses; deleted afterwards."""
+    settings = RedisSettings(
+        url=redis_cluster.url, namespace=f"t{uuid.uuid4().hex[:10]}", cluster=True
+    )
+    yield settings
+    client = settings.client()
+    for key in list(client.scan_iter(match=settings.keys.pattern(), count=1000)):
+        client.delete(key)
+    client.close()
 
 
 @pytest.fixture

@@ -30,8 +30,9 @@ SETTINGS: list[type[BaseSettings]] = [
     ServingSettings,
     OfflineSettings,
 ]
-PROJECT_SERVICES = {"build-index", "consumer", "api", "replay"}
-LONG_RUNNING = {"kafka", "redis", "consumer", "api"}
+PROJECT_SERVICES = {"build-index", "consumer", "api", "replay", "consumer-cluster", "api-cluster"}
+LONG_RUNNING = {"kafka", "redis", "consumer", "api", "consumer-cluster", "api-cluster"}
+CLUSTER_NODES = {"redis-node-1", "redis-node-2", "redis-node-3"}
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +104,30 @@ def test_long_running_services_have_healthchecks_and_wait_for_health(
     for name in PROJECT_SERVICES:
         for dep, cond in services[name].get("depends_on", {}).items():
             assert dep in services
-            expected = (
-                "service_completed_successfully" if dep == "build-index" else "service_healthy"
-            )
+            one_shot = dep in {"build-index", "redis-cluster-init"}
+            expected = "service_completed_successfully" if one_shot else "service_healthy"
             assert cond["condition"] == expected, f"{name} -> {dep}"
     assert services["consumer"]["environment"]["STREAMREC_CONSUMER_HEARTBEAT_FILE"] in (
         " ".join(services["consumer"]["healthcheck"]["test"])
     )
     assert services["replay"]["profiles"] == ["replay"]
+
+
+def test_the_cluster_profile_forms_three_masters_and_points_the_services_at_them(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    for name in CLUSTER_NODES:
+        node = services[name]
+        assert node["profiles"] == ["cluster"]
+        command = node["command"]
+        assert command[command.index("--cluster-enabled") + 1] == "yes"
+        assert command[command.index("--appendonly") + 1] == "yes"
+    assert len({services[n]["volumes"][0] for n in CLUSTER_NODES}) == 3  # one volume each
+    init = " ".join(services["redis-cluster-init"]["command"])
+    assert all(f"{n}:6379" in init for n in CLUSTER_NODES) and "--cluster-replicas 0" in init
+    for name in ("consumer-cluster", "api-cluster"):
+        env = services[name]["environment"]
+        assert env["STREAMREC_REDIS_CLUSTER"] == "true"
+        assert env["STREAMREC_REDIS_URL"].startswith("redis://redis-node-")
+        assert services[name]["profiles"] == ["cluster"]

@@ -31,6 +31,7 @@ from consumer.store import RedisStateWriter
 from core.events import ClickEvent
 from core.settings import KafkaSettings, RedisSettings, settings_env
 from producer.client import ClickProducer, ensure_topics
+from streamrec.local.cluster import LocalCluster, cluster_state, free_cluster_ports
 from streamrec.local.harness import Children, process_env
 from streamrec.local.stack import LocalStack, broker_service, free_port, redis_service, wait_until
 
@@ -57,9 +58,11 @@ def consumer_config() -> StoreConfig:
     return CHILD_SETTINGS.state
 
 
-def clean_state(events: list[ClickEvent], url: str) -> dict[str, Any]:
-    settings = RedisSettings(url=url, namespace=f"clean-{uuid.uuid4().hex[:8]}")
-    client = redis.Redis.from_url(url)
+def clean_state(events: list[ClickEvent], where: str | RedisSettings) -> dict[str, Any]:
+    """One clean in-process pass of ``events`` into a scratch namespace of the same Redis."""
+    base = where if isinstance(where, RedisSettings) else RedisSettings(url=where)
+    settings = base.model_copy(update={"namespace": f"clean-{uuid.uuid4().hex[:8]}"})
+    client = settings.client()
     store = RedisStateWriter(client, settings.keys, consumer_config())
     for lo in range(0, len(events), 1000):
         chunk = list(enumerate(events[lo : lo + 1000], start=lo))
@@ -102,13 +105,9 @@ class Rig:
         self.kafka, self.redis = kafka, redis_settings
         self.group = f"g-{uuid.uuid4().hex[:8]}"
         self.children = Children(log_dir)
-        self.client = redis.Redis.from_url(
-            redis_settings.url, decode_responses=True, socket_timeout=2
-        )
+        self.client = redis_settings.client(decode_responses=True, socket_timeout=2)
         self.store = RedisStateWriter(
-            redis.Redis.from_url(redis_settings.url),
-            redis_settings.keys,
-            consumer_config(),
+            redis_settings.client(), redis_settings.keys, consumer_config()
         )
 
     def env(self) -> dict[str, str]:
@@ -124,7 +123,7 @@ class Rig:
     def applied(self) -> int:
         try:
             return int(self.client.hget(self.redis.keys.stats, "events") or 0)
-        except redis.ConnectionError:
+        except (redis.ConnectionError, redis.exceptions.ClusterError):
             return -1
 
     def wait_applied(self, n: int, timeout: float = 90) -> None:
@@ -140,12 +139,15 @@ class Rig:
         return (self.children.log_dir / f"{name}.log").read_text(errors="replace")
 
 
-@pytest.fixture
+@pytest.fixture(params=["redis", pytest.param("cluster", marks=pytest.mark.cluster)])
 def rig(
-    kafka_settings: KafkaSettings, redis_settings: RedisSettings, tmp_path: Path
+    request: pytest.FixtureRequest, kafka_settings: KafkaSettings, tmp_path: Path
 ) -> Iterator[Rig]:
+    """A rig on one Redis node, and on the local 3-master Redis Cluster."""
+    fixture = "cluster_settings" if request.param == "cluster" else "redis_settings"
+    settings: RedisSettings = request.getfixturevalue(fixture)
     ensure_topics(kafka_settings)
-    r = Rig(kafka_settings, redis_settings, tmp_path / "logs")
+    r = Rig(kafka_settings, settings, tmp_path / "logs")
     yield r
     r.children.stop()
     r.client.close()
@@ -168,14 +170,14 @@ def kill_nine_rounds(rig: Rig, events: list[ClickEvent], kills: int, seed: int) 
 def test_kill_nine_mid_stream_equals_a_clean_pass(rig: Rig) -> None:
     events = click_stream(3000)
     kill_nine_rounds(rig, events, kills=2, seed=1)
-    assert_same_state(rig.store.dump(), clean_state(events, rig.redis.url))
+    assert_same_state(rig.store.dump(), clean_state(events, rig.redis))
 
 
 @pytest.mark.slow
 def test_kill_nine_many_times_over_twenty_thousand_events(rig: Rig) -> None:
     events = click_stream(20_000, seed=3)
     kill_nine_rounds(rig, events, kills=6, seed=2)
-    assert_same_state(rig.store.dump(), clean_state(events, rig.redis.url))
+    assert_same_state(rig.store.dump(), clean_state(events, rig.redis))
 
 
 def test_sigterm_finishes_the_batch_and_exits_cleanly(rig: Rig) -> None:
@@ -188,7 +190,7 @@ def test_sigterm_finishes_the_batch_and_exits_cleanly(rig: Rig) -> None:
     assert "stopped:" in rig.log("consumer")
     rig.start("consumer-2")
     rig.wait_applied(len(events))
-    assert_same_state(rig.store.dump(), clean_state(events, rig.redis.url))
+    assert_same_state(rig.store.dump(), clean_state(events, rig.redis))
 
 
 def test_a_stopped_group_member_hands_its_partitions_over(rig: Rig) -> None:
@@ -202,7 +204,7 @@ def test_a_stopped_group_member_hands_its_partitions_over(rig: Rig) -> None:
     rig.produce(events[2000:])
     rig.wait_applied(len(events), timeout=120)
     time.sleep(0.5)
-    assert_same_state(rig.store.dump(), clean_state(events, rig.redis.url))
+    assert_same_state(rig.store.dump(), clean_state(events, rig.redis))
 
 
 def test_redis_restart_mid_stream(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
@@ -228,6 +230,35 @@ def test_redis_restart_mid_stream(kafka_settings: KafkaSettings, tmp_path: Path)
     finally:
         rig.children.stop()
         server.stop()
+
+
+@pytest.mark.cluster
+def test_a_cluster_master_restarted_mid_stream(
+    kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """One of three masters (AOF on) goes away and comes back; the consumer waits it out."""
+    ensure_topics(kafka_settings)
+    cluster = LocalCluster(tmp_path / "cluster", free_cluster_ports())
+    cluster.up()
+    settings = RedisSettings(url=cluster.url, namespace="restart", cluster=True)
+    rig = Rig(kafka_settings, settings, tmp_path / "logs")
+    try:
+        events = click_stream(4000, seed=17)
+        rig.produce(events[:2000])
+        rig.start("consumer")
+        rig.wait_applied(1000)
+        victim = cluster.nodes()[1]
+        victim.stop()
+        rig.produce(events[2000:])
+        wait_until(lambda: "waiting for Redis" in rig.log("consumer"), 60, "the retry log line")
+        victim.start()
+        wait_until(lambda: cluster_state(victim.port) == "ok", 30, "the cluster to be ok again")
+        rig.wait_applied(len(events), timeout=120)
+        time.sleep(0.5)
+        assert_same_state(rig.store.dump(), clean_state(events, settings))
+    finally:
+        rig.children.stop()
+        cluster.down()
 
 
 def test_broker_restart_and_full_replay_applies_nothing_twice(tmp_path: Path) -> None:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
-import redis
 import redis.asyncio as aioredis
 
 from consumer.logic import Entry, SessionRules
@@ -49,7 +48,9 @@ TOPIC = "clicks"
 FLAT = SessionRules(gap_ms=10**12, pair_window=1, linear_pair_weights=False, forward_weight=1)
 # "redis-cached": the Redis writer read through the API's item cache
 # (serving.items), refreshed from the change feed before each read.
+# "cluster" and "cluster-cached": the same on a local 3-master Redis Cluster.
 BACKENDS = ["redis", "redis-cached", "memory"]
+CLUSTER_BACKENDS = ["cluster", "cluster-cached"]
 WIDE = ReadSpec(history_len=50, n_sources=10, per_item=50, n_trend=100)
 
 
@@ -103,11 +104,11 @@ def _factory(name: str, base: RedisSettings) -> Factory:
 
     def on_redis(config: StoreConfig) -> Backend:
         settings = namespaced()
-        writer = RedisStateWriter(redis.Redis.from_url(settings.url), settings.keys, config)
+        writer = RedisStateWriter(settings.client(), settings.keys, config)
 
         @contextlib.asynccontextmanager
         async def reading() -> AsyncIterator[StateReader]:
-            client = aioredis.Redis.from_url(settings.url, decode_responses=True)
+            client = settings.async_client(decode_responses=True)
             try:
                 yield RedisStateReader(client, settings.keys)
             finally:
@@ -115,11 +116,11 @@ def _factory(name: str, base: RedisSettings) -> Factory:
 
         return Backend(name, writer, reading)
 
-    if name == "redis-cached":
+    if name.endswith("-cached"):
 
         def on_redis_cached(config: StoreConfig) -> Backend:
             settings = namespaced()
-            writer = RedisStateWriter(redis.Redis.from_url(settings.url), settings.keys, config)
+            writer = RedisStateWriter(settings.client(), settings.keys, config)
             # Kept across reads (each read runs in its own event loop, with its
             # own client), so every refresh after the first is incremental.
             cache = ItemCache(
@@ -133,7 +134,7 @@ def _factory(name: str, base: RedisSettings) -> Factory:
 
             @contextlib.asynccontextmanager
             async def reading() -> AsyncIterator[StateReader]:
-                client = aioredis.Redis.from_url(settings.url, decode_responses=True)
+                client = settings.async_client(decode_responses=True)
                 try:
                     cache.store = RedisStateReader(client, settings.keys)
                     await cache.refresh()
@@ -148,9 +149,20 @@ def _factory(name: str, base: RedisSettings) -> Factory:
     return on_redis
 
 
-@pytest.fixture(params=BACKENDS)
-def make(request: pytest.FixtureRequest, redis_settings: RedisSettings) -> Factory:
-    return _factory(request.param, redis_settings)
+def _settings_for(name: str, request: pytest.FixtureRequest) -> RedisSettings:
+    fixture = "cluster_settings" if name.startswith("cluster") else "redis_settings"
+    settings: RedisSettings = request.getfixturevalue(fixture)
+    return settings
+
+
+@pytest.fixture(
+    params=[
+        *BACKENDS,
+        *(pytest.param(name, marks=pytest.mark.cluster) for name in CLUSTER_BACKENDS),
+    ]
+)
+def make(request: pytest.FixtureRequest) -> Factory:
+    return _factory(request.param, _settings_for(request.param, request))
 
 
 def click(user: str, item: str, ts: int, session: str | None = None) -> ClickEvent:
@@ -471,15 +483,27 @@ def _reads(b: Backend, spec: ReadSpec) -> list[Any]:
     return out
 
 
+@pytest.mark.parametrize(
+    "family",
+    [
+        ("redis", "redis-cached"),
+        pytest.param(("cluster", "cluster-cached"), marks=pytest.mark.cluster),
+    ],
+)
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_backends_hold_and_read_the_same_state(redis_settings: RedisSettings, seed: int) -> None:
+def test_backends_hold_and_read_the_same_state(
+    request: pytest.FixtureRequest, family: tuple[str, str], seed: int
+) -> None:
     config = Config(
         rules=SessionRules(pair_window=4, history_len=7),
         co_top_m=4,
         pop_max=12,
         half_life_ms=24 * 3_600_000,  # the 40-day jumps force landmark rescales
     )
-    backends = [_factory(name, redis_settings)(config) for name in BACKENDS]
+    settings = _settings_for(family[0], request)
+    # Each factory's first backend gets the same namespace: the cached reader
+    # reads what the plain one's writer wrote.
+    backends = [_factory(name, settings)(config) for name in (*family, "memory")]
     redis_b, cached_b, memory_b = backends
     spec = ReadSpec(history_len=5, n_sources=3, per_item=3, n_trend=6)
     for n, poll in enumerate(random_polls(seed)):

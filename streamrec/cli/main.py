@@ -29,19 +29,43 @@ log = logging.getLogger("streamrec")
 
 # -- subcommands -----------------------------------------------------------------
 def cmd_stack(args: argparse.Namespace) -> int:
+    from streamrec.local.cluster import LocalCluster, free_cluster_ports
     from streamrec.local.harness import local_ports
     from streamrec.local.stack import LocalStack
 
+    state_dir = PathSettings().state_dir
     rport, kport = local_ports(RedisSettings(), KafkaSettings())
-    stack = LocalStack(PathSettings().state_dir, args.redis_port or rport, args.kafka_port or kport)
+    stack = LocalStack(state_dir, args.redis_port or rport, args.kafka_port or kport)
+    # The cluster's ports are chosen once (free ones) and kept beside its data.
+    ports_file = state_dir / "redis-cluster.ports"
+    cluster = None
+    if ports_file.exists():
+        cluster = LocalCluster(state_dir, [int(p) for p in ports_file.read_text().split()])
+    elif args.cluster and args.action == "up":
+        state_dir.mkdir(parents=True, exist_ok=True)
+        ports = free_cluster_ports()
+        ports_file.write_text(" ".join(map(str, ports)))
+        cluster = LocalCluster(state_dir, ports)
     if args.action == "up":
-        started = stack.up()
-        print("started: " + (", ".join(s.name for s in started) or "nothing (already running)"))
+        started = [s.name for s in stack.up()]
+        if args.cluster and cluster is not None:
+            started += [f"{s.name}:{s.port}" for s in cluster.up()]
+        print("started: " + (", ".join(started) or "nothing (already running)"))
     elif args.action == "down":
         stopped = stack.down()
+        if cluster is not None:
+            stopped += cluster.down()
+            ports_file.unlink(missing_ok=True)
         print("stopped: " + (", ".join(stopped) or "nothing (none running that we started)"))
-    for name, status in stack.status().items():
-        print(f"{name:7s} {status}")
+    status = stack.status()
+    if cluster is not None and args.action != "down":
+        status.update(cluster.status())
+    for name, text in status.items():
+        print(f"{name:7s} {text}")
+    if cluster is not None and args.action != "down":
+        print(
+            f"use the cluster with: STREAMREC_REDIS_URL={cluster.url} STREAMREC_REDIS_CLUSTER=true"
+        )
     return 0
 
 
@@ -171,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--redis-port", type=int, help="default: the port in STREAMREC_REDIS_URL")
     p.add_argument("--kafka-port", type=int, help="default: the port in STREAMREC_KAFKA_BOOTSTRAP")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="with up: also a local 3-master Redis Cluster on free ports (down stops it too)",
+    )
     p.set_defaults(func=cmd_stack)
 
     p = sub.add_parser("build-index", help="build item embeddings and a FAISS index offline")
