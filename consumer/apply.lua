@@ -13,7 +13,7 @@
 -- (packing arguments one by one in redis-py cost more than the rest of a batch):
 --   o: [[offset field, expected next offset ('' = none), new next offset], ...]
 --   h: [[user, [entry, ... oldest first]], ...]     k: {partition: keep-from offset}
---   c: [[item, [neighbour, integer increment, ...]], ...]   cr, chl: row landmark, half-life
+--   c: [[item, {neighbour: integer increment, ...}], ...]   cr, chl: row landmark, half-life
 --   p: [item, increment, ...]   t: [item, weight, ...]   tr, thl: trend landmark, half-life
 --   s: [stat, increment, ...]   clock: the largest event time of the write
 -- Floats travel as strings, so nothing is rounded on the way (Lua's tostring
@@ -104,14 +104,17 @@ for _, row in ipairs(rows) do
   end
   -- One HMGET and one HSET per row, not one HINCRBY per pair: the call into
   -- Redis, not the hash update, is what a pair costs (benchmarks/ingest_profile.py).
-  local names = {}
-  for j = 1, #incs, 2 do names[#names + 1] = incs[j] end
+  local names, adds = {}, {}
+  for nb, inc in pairs(incs) do
+    names[#names + 1] = nb
+    adds[#adds + 1] = inc
+  end
   local args = {}
   for lo = 1, #names, 1000 do
     local hi = math.min(lo + 999, #names)
     local old = redis.call('HMGET', key, unpack(names, lo, hi))
     for k = lo, hi do
-      local inc = incs[2 * k]
+      local inc = adds[k]
       if scale ~= 1 then inc = math.floor(inc * scale + 0.5) end
       args[#args + 1] = names[k]
       args[#args + 1] = string.format('%d', (tonumber(old[k - lo + 1]) or 0) + inc)

@@ -28,10 +28,10 @@ from core.events import ClickEvent
 # the landmark without asking anyone.
 EPOCH_HALF_LIVES = 256
 # Decayed co-occurrence counts are integers in fixed point: each pair's weight
-# times its decay factor times CO_SCALE, rounded per event. Redis adds integers
-# with HINCRBY (several times cheaper than HINCRBYFLOAT's long doubles), sums are
-# exact whatever the batching, and the rounding is at most 1/2048 of a weight-1
-# pair at the landmark. The co landmark's epoch is 16 half-lives, so a term is
+# times its event's decay factor times CO_SCALE, that factor rounded once per
+# event. Redis adds integers (several times cheaper than HINCRBYFLOAT's long
+# doubles), sums are exact whatever the batching, and the rounding is at most
+# 1/2048 of the factor at the landmark. The co landmark's epoch is 16 half-lives, so a term is
 # below 2**16 * 20 * CO_SCALE (~1.3e9) and a count stays far inside int64.
 CO_SCALE = 1024
 CO_EPOCH_HALF_LIVES = 16
@@ -172,8 +172,8 @@ def fold(
     histories are kept oldest-first while folding so each event is an append.
 
     ``co_decay`` = (landmark, half_life_ms) weighs each event's pairs by
-    ``2 ** ((ts - landmark) / half_life_ms) * CO_SCALE``, rounded to an integer
-    (forward decay in fixed point); None: plain integer counts. ``positions``
+    ``round(2 ** ((ts - landmark) / half_life_ms) * CO_SCALE)`` (forward decay in
+    fixed point); None: plain integer counts. ``positions``
     gives each event's (partition, offset), kept
     on its history entry.
     """
@@ -194,7 +194,9 @@ def fold(
         if positions is not None:
             pos = positions[k]
         user, item, ts, sid = event.user_id, event.item_id, event.ts, event.session_id
-        scale = 2.0 ** ((ts - ref) / half_life) * CO_SCALE if half_life else 0.0
+        # The event's decay factor in fixed point, rounded once per event: every
+        # pair weight is then an integer times it (exact sums, no rounding per pair).
+        scale = int(2.0 ** ((ts - ref) / half_life) * CO_SCALE + 0.5) if half_life else 1
         h = work.get(user)
         if h is None:
             start: Sequence[Entry] | None = out.histories.get(user)
@@ -214,10 +216,8 @@ def fold(
                 break
             if e.item not in seen:
                 # The p-th distinct partner (p = len(seen) - 1, 0 = newest).
-                w = window - len(seen) + 1 if linear else 1
+                w = (window - len(seen) + 1 if linear else 1) * scale
                 wf = w * fwd
-                if scale:
-                    w, wf = int(w * scale + 0.5), int(wf * scale + 0.5)
                 seen.add(e.item)
                 pairs += 1
                 pair = (item, e.item)

@@ -500,15 +500,19 @@ class Ingest:
             for lo, hi in self._segments(batch):
                 seg = batch.between(lo, hi)
                 positions = [(p, o) for o, _ in seg.events]
+                # Every item-side group lacks the segment (the usual case): pairs
+                # are added straight into pending, saving a merge per pair.
+                direct = self._items_behind(p, lo)
                 delta = fold(
                     [e for _, e in seg.events],
                     histories,
                     cfg.rules,
+                    StateDelta(co=pend.co) if direct else None,  # type: ignore[arg-type]
                     co_decay=co_decay,
                     positions=positions,
                 )
                 histories.update(delta.histories)
-                self._take_items(p, lo, seg, delta)
+                self._take_items(p, lo, seg, delta, co_taken=direct)
                 for user, new_hist in delta.histories.items():
                     tag = keys.user_tag(user)
                     stored = self.stored[tag].get(p)
@@ -567,8 +571,16 @@ class Ingest:
                 pend.trend = {item: v * factor for item, v in pend.trend.items()}
             pend.trend_ref = ref
 
-    def _take_items(self, p: int, lo: int, seg: PartitionBatch, delta: StateDelta) -> None:
-        """Add what the groups that lack segment [lo, ...) need to pending."""
+    def _items_behind(self, p: int, lo: int) -> bool:
+        """Whether every item-side group lacks what starts at offset ``lo`` of ``p``."""
+        stored = self.stored
+        return all((v := stored[tag].get(p)) is None or v <= lo for tag in self._item_side)
+
+    def _take_items(
+        self, p: int, lo: int, seg: PartitionBatch, delta: StateDelta, *, co_taken: bool = False
+    ) -> None:
+        """Add what the groups that lack segment [lo, ...) need to pending (the pairs
+        are there already when ``co_taken``: folded straight into it)."""
         keys = self.store.keys
         pend = self.pending
         item_stored = self.stored[keys.item_tag].get(p)
@@ -577,7 +589,9 @@ class Ingest:
             tag for tag in keys.row_tags() if (v := self.stored[tag].get(p)) is None or v <= lo
         ]
         co, co_get = pend.co, pend.co.get
-        if len(rows_behind) == keys.row_groups:
+        if co_taken:
+            pass
+        elif len(rows_behind) == keys.row_groups:
             for pair, w in delta.co.items():
                 co[pair] = co_get(pair, 0) + w
         elif rows_behind:

@@ -144,10 +144,7 @@ class RedisStateWriter(StateWriter):
             doc["h"] = [[u, [e.encode().decode() for e in new]] for u, new in w.histories]
             doc["k"] = {str(p): off for p, off in w.keep_from.items()}
         if w.rows:
-            doc["c"] = [
-                [item, [x for nb, inc in row.items() for x in (nb, inc)]]
-                for item, row in w.rows.items()
-            ]
+            doc["c"] = list(w.rows.items())  # [[item, {neighbour: increment}]]: orjson, in C
             if w.co_ref is not None and cfg.co_half_life_ms is not None:
                 doc["cr"], doc["chl"] = w.co_ref, cfg.co_half_life_ms
         if w.pop:
