@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from importlib import resources
 from typing import Any
 
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from core.keyspace import ROW_REF, Keyspace
 from serving.blend import recent_sources
-from serving.reader import ReadSpec, StateReader, UserState, best
+from serving.reader import ReadSpec, StateReader, UserState
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +76,40 @@ def parse_history(raw: list[Any]) -> tuple[list[tuple[int, str]], int]:
     return out, skipped
 
 
+ROW_TOP_LUA = resources.files("serving").joinpath("row_top.lua").read_text(encoding="utf-8")
+
+
+def _pairs_dict(flat: Any) -> dict[str, str]:
+    """[member, count, ...] -> {member: count}."""
+    flat = _list(flat)
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def top_of_row(raw: dict[Any, Any], n: int) -> tuple[list[str], np.ndarray]:
+    """A co row as HGETALL gives it -> its ``n`` best (ids, counts), best first,
+    equal counts by member descending: ``serving.reader.best``'s order, with the
+    counts parsed and cut in numpy (a row holds up to ~250 members, and the item
+    cache re-reads every changed row it uses, each second)."""
+    if n <= 0 or not raw:
+        return [], np.empty(0, dtype=np.float64)
+    names = [_text(k) for k in raw]
+    values = np.array([_text(v) for v in raw.values()], dtype=np.float64)
+    keep: Sequence[int] = range(len(values))
+    if len(values) > n:
+        cut = np.partition(values, len(values) - n)[len(values) - n]
+        keep = np.flatnonzero(values >= cut).tolist()  # every tie at the cut, for the order below
+    top = sorted(((float(values[i]), names[i]) for i in keep), reverse=True)[:n]
+    return [m for _, m in top], np.array([c for c, _ in top], dtype=np.float64)
+
+
 class RedisStateReader(StateReader):
     """The serving side's only Redis reader."""
 
     def __init__(self, client: aioredis.Redis, keys: Keyspace) -> None:
         self._client = client
         self._keys = keys
+        self._cluster = isinstance(client, AsyncRedisCluster)
+        self._row_top = client.register_script(ROW_TOP_LUA)
 
     async def user_state(self, user_id: str, spec: ReadSpec) -> UserState:
         """Everything one recommendation needs, read per request (the reference path)."""
@@ -118,19 +148,24 @@ class RedisStateReader(StateReader):
         if not items:
             return [], {}
         pipe = self._client.pipeline(transaction=False)
-        for item in items:
-            pipe.hgetall(self._keys.co(item))
         rows = []
         members: dict[str, None] = dict.fromkeys(items) if with_items else {}
-        for raw in await pipe.execute():
+        if self._cluster or per_item <= 0:
+            # redis-py's cluster pipeline refuses scripts: whole rows, cut here.
+            for item in items:
+                pipe.hgetall(self._keys.co(item))
+            replies = await pipe.execute()
+        else:
+            # The cut in Redis (row_top.lua): ~50 members travel, not ~250.
+            for item in items:
+                await self._row_top(keys=[self._keys.co(item)], args=[per_item], client=pipe)
+            replies = [_pairs_dict(orjson.loads(r)) for r in await pipe.execute()]
+        for raw in replies:
             raw.pop(ROW_REF, None)
             raw.pop(ROW_REF.encode(), None)
-            top = (
-                best({_text(k): float(v) for k, v in raw.items()}, per_item) if per_item > 0 else []
-            )
-            names = [m for m, _ in top]
+            names, counts = top_of_row(raw, per_item)
             members.update(dict.fromkeys(names))
-            rows.append((names, np.array([c for _, c in top], dtype=np.float64)))
+            rows.append((names, counts))
         return rows, await self.popularity_of(list(members))
 
     async def popularity_of(self, items: Sequence[str]) -> dict[str, float]:

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 
 import redis
 import redis.asyncio as aioredis
 
 from core.settings import RedisSettings
 from serving.blend import recent_sources
-from serving.reader import ReadSpec, UserState
-from serving.store import RedisStateReader, parse_history
+from serving.reader import ReadSpec, UserState, best
+from serving.store import RedisStateReader, parse_history, top_of_row
 
 
 def entry(ts: int, item: str, session: str | None = "s1") -> str:
@@ -112,3 +113,19 @@ def test_history_parser_skips_what_is_not_an_entry() -> None:
     history, skipped = parse_history(raw)
     assert history == [(1, "a")]
     assert skipped == 7
+
+
+def test_the_row_cut_in_numpy_equals_the_reference_order() -> None:
+    """top_of_row (what the API reads rows with) against serving.reader.best, on
+    random rows full of ties, as HGETALL hands them over (text)."""
+    for seed in range(2000):
+        rnd = random.Random(seed)
+        n = rnd.randint(0, 30)
+        row = {
+            f"i{rnd.randint(0, 60)}": float(rnd.choice([1, 2, 3, rnd.randint(1, 9) * 1024]))
+            for _ in range(rnd.randint(0, 80))
+        }
+        want = best(row, n)
+        names, counts = top_of_row({k: repr(v) for k, v in row.items()}, n)
+        assert names == [m for m, _ in want], seed
+        assert counts.tolist() == [c for _, c in want], seed
