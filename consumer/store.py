@@ -105,14 +105,19 @@ class RedisStateWriter(StateWriter):
 
     # -- writes --------------------------------------------------------------
     def write(self, writes: Sequence[GroupWrite]) -> list[bool]:
-        """One script per group, all in one pipelined round trip (per node on a cluster)."""
+        """Every write in one pipelined round trip: on a single node as few script
+        calls as the size bound allows (SCRIPT_WORK), on a cluster one call per
+        group, pipelined per node."""
         if not writes:
             return []
+        docs = [self._doc(w) for w in writes]
         if not isinstance(self.client, RedisCluster):
+            calls = _chunks(docs, writes)
             pipe = self.client.pipeline(transaction=False)
-            for w in writes:
-                self._queue(pipe, w)
-            return [int(outcome) == 1 for outcome in pipe.execute()]
+            for chunk in calls:
+                self._call(pipe, chunk)
+            outcomes = [int(x) for reply in pipe.execute() for x in reply]
+            return [x == 1 for x in outcomes]
         # redis-py's cluster pipeline refuses scripts, so each node gets a plain
         # pipeline of the groups whose slots it serves. A slot that moved answers
         # MOVED: the error reaches Ingest, which reads positions again, and the
@@ -127,18 +132,26 @@ class RedisStateWriter(StateWriter):
         for name, idx in by_node.items():
             pipe = self.client.get_redis_connection(nodes[name]).pipeline(transaction=False)
             for i in idx:
-                self._queue(pipe, writes[i])
-            for i, outcome in zip(idx, pipe.execute(), strict=True):
-                out[i] = int(outcome) == 1
+                self._call(pipe, [docs[i]])
+            for i, reply in zip(idx, pipe.execute(), strict=True):
+                out[i] = int(reply[0]) == 1
         return out
 
-    def _queue(self, pipe: Any, w: GroupWrite) -> None:
+    def _call(self, pipe: Any, docs: list[dict[str, Any]]) -> None:
+        self._apply(
+            keys=[Keyspace.offsets(docs[0]["g"])],
+            args=[orjson.dumps(docs), self._limits],
+            client=pipe,
+        )
+
+    def _doc(self, w: GroupWrite) -> dict[str, Any]:
         cfg = self.config
         doc: dict[str, Any] = {
+            "g": w.tag,
             "o": [
                 [name, "" if expected is None else str(expected), str(nxt)]
                 for name, expected, nxt in w.offset_fields()
-            ]
+            ],
         }
         if w.histories:
             doc["h"] = [[u, [e.encode().decode() for e in new]] for u, new in w.histories]
@@ -157,17 +170,39 @@ class RedisStateWriter(StateWriter):
             doc["s"] = [x for name, n in w.stats.items() for x in (name, n)]
         if w.clock is not None:
             doc["clock"] = w.clock
-        tag = w.tag
-        keys = [
-            Keyspace.offsets(tag),
-            Keyspace.seq(tag),
-            Keyspace.changed(tag),
-            f"{tag}:pop",
-            f"{tag}:trend",
-            f"{tag}:meta",
-            f"{tag}:stats",
-        ]
-        self._apply(keys=keys, args=[orjson.dumps(doc), self._limits, tag], client=pipe)
+        return doc
+
+
+# How much one script call may carry on a single node (pairs, entries, items):
+# Redis runs a script to its end before anything else, so a flush is cut into
+# calls of a few milliseconds each and the API's reads slip in between.
+SCRIPT_WORK = 4000
+
+
+def _work(w: GroupWrite) -> int:
+    return (
+        sum(len(row) for row in w.rows.values())
+        + sum(len(new) for _, new in w.histories)
+        + len(w.pop)
+        + 1
+    )
+
+
+def _chunks(docs: list[dict[str, Any]], writes: Sequence[GroupWrite]) -> list[list[dict[str, Any]]]:
+    """The documents cut into calls of about SCRIPT_WORK each, in order."""
+    calls: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    load = 0
+    for doc, w in zip(docs, writes, strict=True):
+        work = _work(w)
+        if current and load + work > SCRIPT_WORK:
+            calls.append(current)
+            current, load = [], 0
+        current.append(doc)
+        load += work
+    if current:
+        calls.append(current)
+    return calls
 
 
 def _text(value: Any) -> str:

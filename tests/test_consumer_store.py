@@ -114,23 +114,23 @@ def test_a_poll_interrupted_before_or_between_its_scripts_is_retried_exactly_onc
     store = make_store(redis_settings)
     events = stream(200, users=6)
     polls = batches_of(events, partitions=3, size=40)
-    real = store._queue
+    real = store._doc
     calls = 0
 
-    def fail_on_second(*args: Any) -> None:
+    def fail_on_second(*args: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 2:
-            raise redis.ConnectionError("lost while preparing partition 2")
-        real(*args)
+            raise redis.ConnectionError("lost while preparing a group's write")
+        return real(*args)
 
     # Interrupted before anything was sent.
-    monkeypatch.setattr(store, "_queue", fail_on_second)
+    monkeypatch.setattr(store, "_doc", fail_on_second)
     with pytest.raises(redis.ConnectionError):
         store.apply(TOPIC, polls[0])
     parts = [b.partition for b in polls[0]]
     assert store.stored_offsets(TOPIC, parts) == dict.fromkeys(parts)
-    monkeypatch.setattr(store, "_queue", real)
+    monkeypatch.setattr(store, "_doc", real)
     retried = store.apply(TOPIC, polls[0])
     assert (retried.applied_events, retried.skipped_events) == (
         sum(len(b.events) for b in polls[0]),
