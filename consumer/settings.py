@@ -44,6 +44,11 @@ class ConsumerSettings(ServiceSettings):
     item_delay_ms: int = Field(default=1000, ge=0, le=60_000)
     # ... or until this many distinct pairs are held (a memory bound).
     item_max_pairs: int = Field(default=1_000_000, ge=1000)
+    # Events dated more than this past the wall clock go to the dead-letter topic
+    # (reason ts_in_future): one event dated years ahead would outweigh any
+    # number of real ones in the forward-decayed trending set. A replay of
+    # history is far behind the wall clock and unaffected.
+    max_future_ms: int = Field(default=3_600_000, ge=0)
     # Touched after every poll; a container healthcheck checks that it is fresh.
     heartbeat_file: Path | None = None
     # Bounded backoff while Redis or the broker is away: 0.1 s doubling to 5 s.

@@ -30,7 +30,7 @@ from consumer.settings import ConsumerSettings
 from consumer.state import ApplyResult, Ingest, PartitionBatch, Rewind
 from consumer.store import RedisStateWriter
 from core.errors import InvalidEvent, StreamrecError
-from core.events import decode
+from core.events import decode, future_limit_ms
 from core.keyspace import HASH_LISTPACK_ENTRIES
 from producer.client import ensure_topics
 
@@ -328,9 +328,10 @@ class Worker:
 
     def _decode(self, tp: TopicPartition, records: list[Any]) -> PartitionBatch:
         batch = PartitionBatch(tp.partition, records[0].offset, records[-1].offset + 1)
+        latest = future_limit_ms(self.settings.max_future_ms)
         for rec in records:
             try:
-                batch.events.append((rec.offset, decode(rec.value)))
+                batch.events.append((rec.offset, decode(rec.value, latest_ms=latest)))
             except InvalidEvent as exc:
                 batch.rejected.append((rec.offset, exc))
         return batch

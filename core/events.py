@@ -16,6 +16,7 @@ once per message on the consumer's hot path; the rules are all here.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,8 +114,13 @@ def _short(value: object, limit: int = 24) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def validate(obj: Any) -> ClickEvent:
-    """Check a decoded JSON value against the contract; raise InvalidEvent if it breaks it."""
+def validate(obj: Any, *, latest_ms: int | None = None) -> ClickEvent:
+    """Check a decoded JSON value against the contract; raise InvalidEvent if it breaks it.
+
+    ``latest_ms``: the latest event time accepted (now plus the allowed clock
+    skew, ``future_limit_ms``). An event dated later would outweigh any number of
+    real ones in the forward-decayed trending set, so it is refused.
+    """
     if not isinstance(obj, dict):
         raise InvalidEvent("not_an_object", f"got {type(obj).__name__}")
     user_id = _id(obj, "user_id", required=True)
@@ -133,6 +139,10 @@ def validate(obj: Any) -> ClickEvent:
         raise InvalidEvent(
             "ts_out_of_range", f"ts={_short(ts)} is not epoch milliseconds in 1973..2100"
         )
+    if latest_ms is not None and ts > latest_ms:
+        raise InvalidEvent(
+            "ts_in_future", f"ts={ts} is {ts - latest_ms} ms past the latest accepted, {latest_ms}"
+        )
     etype = obj.get("type", DEFAULT_TYPE)
     if not isinstance(etype, str) or not etype or len(etype) > MAX_TYPE_LEN:
         raise InvalidEvent("wrong_type", f"type must be a non-empty string <= {MAX_TYPE_LEN}")
@@ -150,7 +160,17 @@ def validate(obj: Any) -> ClickEvent:
     return ClickEvent(user_id, item_id, ts, etype, weight, session_id)
 
 
-def decode(raw: bytes | None) -> ClickEvent:
+def future_limit_ms(max_ahead_ms: int, now_ms: int | None = None) -> int:
+    """The latest event time accepted now: the wall clock plus ``max_ahead_ms``.
+
+    Measured from the wall clock, not from the stream's newest event: a replay
+    of history runs far behind the wall clock and may legitimately jump days
+    ahead of its own previous event, while nothing real is dated in the future.
+    """
+    return (int(time.time() * 1000) if now_ms is None else now_ms) + max_ahead_ms
+
+
+def decode(raw: bytes | None, *, latest_ms: int | None = None) -> ClickEvent:
     """Parse one wire message. Raises InvalidEvent with a reason for anything off-contract."""
     if raw is None:
         raise InvalidEvent("empty_message", "null value")
@@ -160,4 +180,4 @@ def decode(raw: bytes | None) -> ClickEvent:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidEvent("not_json", str(exc)[:200]) from None
-    return validate(obj)
+    return validate(obj, latest_ms=latest_ms)

@@ -17,7 +17,7 @@ import orjson
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 
 from core.errors import InvalidEvent
-from core.events import ID_PATTERN, MAX_ID_LEN, validate
+from core.events import ID_PATTERN, MAX_ID_LEN, future_limit_ms, validate
 from offline.index import ItemIndex
 from serving.blend import Candidates, Scored, blend
 from serving.errors import ApiError
@@ -328,9 +328,10 @@ async def post_events(
     # Validate and encode all before sending any: a batch is accepted whole or
     # not at all (a lone surrogate in event 2 used to fail after event 1 was sent).
     messages: list[tuple[bytes, bytes]] = []
+    latest = future_limit_ms(state.settings.max_future_ms)
     for i, obj in enumerate(raw):
         try:
-            event = validate(obj)
+            event = validate(obj, latest_ms=latest)
             messages.append((event.user_id.encode(), event.to_wire()))
         except InvalidEvent as exc:
             raise ApiError(422, "invalid_event", f"event {i}: {exc}") from None

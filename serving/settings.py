@@ -66,6 +66,10 @@ class ServingSettings(ServiceSettings):
     # at most this many bytes (1000 events at the 4 KiB per-event limit, plus
     # JSON's brackets and commas, fit in 5 MiB) and within this many seconds.
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    # POST /events refuses events dated more than this past the wall clock (422
+    # ts_in_future): one event dated years ahead would outweigh any number of
+    # real ones in the forward-decayed trending set. The consumer checks the same.
+    max_future_ms: int = Field(default=3_600_000, ge=0)
     # How long an Idempotency-Key on POST /events is remembered (serving.idempotency).
     idempotency_window_s: int = Field(default=24 * 3600, ge=1)
     body_timeout_s: float = Field(default=5.0, gt=0.0)

@@ -100,6 +100,8 @@ BAD_MESSAGES: list[tuple[bytes, str]] = [
     (b'{"user_id": "u", "item_id": "i", "ts": 1600000000}', "ts_out_of_range"),
     (b'{"user_id": "u", "item_id": "i", "ts": 99999999999999999}', "ts_out_of_range"),
     (b'{"user_id": "u", "item_id": "i", "ts": true}', "wrong_type"),
+    # Dated 2100: within the contract's range, but far past the wall clock.
+    (b'{"user_id": "u", "item_id": "i", "ts": 4102444800000}', "ts_in_future"),
     (b'{"user_id": "u", "item_id": "i", "ts": 1600000000000, "weight": "x"}', "wrong_type"),
     (orjson.dumps({"user_id": "u" * 500, "item_id": "i", "ts": T0}), "too_long"),
     (b'{"user_id": "u", "item_id": "' + b"x" * 5000 + b'", "ts": 1}', "oversized"),

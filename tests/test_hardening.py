@@ -159,6 +159,29 @@ def test_a_huge_integer_weight_is_a_422_and_a_huge_ts_is_not_echoed(api: str) ->
     assert huge_ts[:100] not in resp.text and len(resp.text) < 500
 
 
+def test_an_event_dated_far_ahead_is_refused_and_cannot_take_over_trending(api: str) -> None:
+    """Defect 3: ten events dated 2100 (each weighing ~2**104 real ones in the
+    forward-decayed trending set) made their item every new user's first pick.
+    POST refuses anything dated more than MAX_FUTURE_MS past the wall clock; the
+    consumer dead-letters the same (tests/test_consumer_worker.py BAD_MESSAGES)."""
+    headers = {"content-type": "application/json"}
+    future = '{"user_id": "p1", "item_id": "3", "ts": 4102444800000}'
+    for _ in range(10):
+        resp = httpx.post(f"{api}/events", content=future, headers=headers, timeout=5)
+        assert resp.status_code == 422, resp.text
+        error = resp.json()["error"]
+        assert error["code"] == "invalid_event" and "ts_in_future" in error["message"]
+    # Within the allowed skew (an hour by default) is fine: a client's clock runs fast.
+    soon = int(time.time() * 1000) + 60_000
+    ok = httpx.post(
+        f"{api}/events",
+        content=f'{{"user_id": "p1", "item_id": "3", "ts": {soon}}}',
+        headers=headers,
+        timeout=5,
+    )
+    assert ok.status_code in (202, 503), ok.text  # 503: this fixture runs without a broker
+
+
 def test_a_batch_with_one_bad_event_sends_none_of_it(
     redis_settings: RedisSettings, kafka_settings: KafkaSettings, tmp_path: Path
 ) -> None:
