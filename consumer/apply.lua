@@ -9,7 +9,8 @@
 -- one write, on a single node many (one round trip, one script call, for a
 -- poll's user groups or a flush's row groups).
 --
--- ARGV: 1 the writes as a JSON list (below), 2 limits "topm slack popmax histlen window ttl feedkeep"
+-- ARGV: 1 the writes as a JSON list (below),
+--       2 limits "topm slack popmax histlen window ttl feedkeep rowttl"
 --
 -- A write travels as one JSON document rather than as thousands of arguments
 -- (packing arguments one by one in redis-py cost more than the rest of a batch):
@@ -21,10 +22,11 @@
 --   s: [stat, increment, ...]   clock: the largest event time of the write
 -- Floats travel as strings, so nothing is rounded on the way (Lua's tostring
 -- keeps 14 digits).
-local topm, slack, popmax, histlen, window, ttl, feedkeep =
-  string.match(ARGV[2], '(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)')
+local topm, slack, popmax, histlen, window, ttl, feedkeep, rowttl =
+  string.match(ARGV[2], '(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)')
 topm, slack, popmax = tonumber(topm), tonumber(slack), tonumber(popmax)
 histlen, window, ttl, feedkeep = tonumber(histlen), tonumber(window), tonumber(ttl), tonumber(feedkeep)
+rowttl = tonumber(rowttl)
 
 local function num(x) return string.format('%.17g', x) end
 
@@ -126,6 +128,9 @@ local function apply_one(d, tag, K)
     for lo = 1, #args, 1000 do
       redis.call('HSET', key, unpack(args, lo, math.min(lo + 999, #args)))
     end
+    -- A row nobody's clicks touched for rowttl seconds expires: item keys are
+    -- bounded by the items clicked recently, whatever ids writers invent.
+    redis.call('EXPIRE', key, rowttl)
     local members = redis.call('HLEN', key)
     if cref then members = members - 1 end
     if members > topm + slack then

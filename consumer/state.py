@@ -106,6 +106,9 @@ class StoreConfig(BaseModel):
     # Wall-clock expiry of an idle user's history: a memory bound, not state
     # semantics (sessions are cut on event time).
     idle_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)
+    # Wall-clock expiry of a co row no click has touched: bounds the item keys
+    # by the items clicked recently, whatever ids writers send.
+    row_idle_ttl_s: int = Field(default=90 * 24 * 3600, ge=1)
 
     @property
     def co_slack(self) -> int:

@@ -37,7 +37,7 @@ class RedisStateWriter(StateWriter):
         c = config
         self._limits = (
             f"{c.co_top_m} {c.co_slack} {c.pop_max} {c.rules.history_len} "
-            f"{c.rules.pair_window} {c.idle_ttl_s} {FEED_KEEP}"
+            f"{c.rules.pair_window} {c.idle_ttl_s} {FEED_KEEP} {c.row_idle_ttl_s}"
         )
 
     # -- reads ---------------------------------------------------------------

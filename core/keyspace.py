@@ -23,7 +23,7 @@ trending stay one sorted set each: the consumer writes them once per flush
 | key                    | bound                                            | TTL      | read by |
 |------------------------|--------------------------------------------------|----------|---------|
 | {ns:u<u>}:hist:{user}  | ``history_len`` entries, plus those newer than the item state (see below) | idle TTL | consumer, serving |
-| {ns:r<r>}:co:{item}    | top ``co_top_m`` neighbours (+ a quarter of slack between prunes); field ``/ref`` = the row's decay landmark | none | serving |
+| {ns:r<r>}:co:{item}    | top ``co_top_m`` neighbours (+ a quarter of slack between prunes); field ``/ref`` = the row's decay landmark | row idle TTL (90 d) | serving |
 | {ns:p}:pop             | item -> all-time events, top ``pop_max``          | none     | serving |
 | {ns:p}:trend           | item -> forward-decayed score, top ``pop_max``    | none     | serving |
 | {ns:p}:meta            | trend_ref, half_life_ms, clock (largest event time) | none   | tools   |
@@ -39,8 +39,12 @@ entries newer than the oldest item-state offset of their partition (at most the
 item flush delay's worth) plus ``pair_window`` before them; readers read the
 newest ``history_len``.
 
-The idle TTL is wall-clock (Redis expiry) and is a memory bound, not part of the
-state semantics: sessions themselves are cut on event time (``session_gap_ms``).
+The idle TTLs (a history's, 30 days; a co row's, 90 days, refreshed whenever a
+click writes it) are wall-clock (Redis expiry) and are memory bounds, not part
+of the state semantics: sessions themselves are cut on event time
+(``session_gap_ms``). So the item keys are bounded by the items clicked within
+the row TTL, whatever ids writers send; popularity and trending by ``pop_max``;
+the change feeds by ``FEED_KEEP``.
 
 Decay is forward decay (Cormode et al. 2009) against a landmark ``ref``: an
 event at t adds ``w * 2 ** ((t - ref) / half_life)``, so stored scores only

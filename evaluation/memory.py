@@ -151,6 +151,7 @@ class MemoryState(StateWriter, StateReader):
         self._expires: dict[str, float] = {}  # user -> clock() deadline of the history
         self.co: dict[str, dict[str, float]] = {}
         self.co_ref: dict[str, float] = {}  # item -> its row's decay landmark
+        self._row_expires: dict[str, float] = {}  # item -> clock() deadline of its row
         # Sorted co rows as last read, dropped when a write touches the row:
         # a source is read far more often than its row changes.
         self._co_sorted: dict[str, list[tuple[str, float]]] = {}
@@ -207,9 +208,11 @@ class MemoryState(StateWriter, StateReader):
         half_life = cfg.co_half_life_ms
         cref = w.co_ref if half_life is not None else None
         top_m, limit = cfg.co_top_m, cfg.co_top_m + cfg.co_slack
+        deadline = self._clock() + cfg.row_idle_ttl_s
         for a, incs in w.rows.items():
             self._co_sorted.pop(a, None)
-            row = self.co.get(a)
+            row = self._row(a)
+            self._row_expires[a] = deadline
             if row is None:
                 row = self.co[a] = {}
             scale = 1.0
@@ -256,7 +259,9 @@ class MemoryState(StateWriter, StateReader):
 
     def dump(self) -> dict[str, Any]:
         cap = self.config.rules.history_len
-        rows = {item: (self.co_ref.get(item), row) for item, row in self.co.items()}
+        rows = {
+            item: (self.co_ref.get(item), row) for item in list(self.co) if (row := self._row(item))
+        }
         offsets = {tag: dict(group) for tag, group in self.offsets.items()}
         return {
             "hist": {u: list(h[:cap]) for u in list(self.hist) if (h := self._history(u))},
@@ -274,6 +279,16 @@ class MemoryState(StateWriter, StateReader):
             return None
         return int(self._expires[user] - self._clock())
 
+    def _row(self, item: str) -> dict[str, float] | None:
+        """The item's co row, unless its idle TTL ran out (then it is gone, as in Redis)."""
+        row = self.co.get(item)
+        if row is not None and self._clock() >= self._row_expires.get(item, float("inf")):
+            del self.co[item]
+            self._row_expires.pop(item, None)
+            self.co_ref.pop(item, None)
+            return None
+        return row
+
     def _history(self, user: str) -> list[Entry]:
         h = self.hist.get(user)
         if h is None:
@@ -289,8 +304,11 @@ class MemoryState(StateWriter, StateReader):
         if n <= 0:
             return []
         cached = self._co_sorted.get(item)
-        if cached is None or (len(cached) < n and len(cached) < len(self.co.get(item, ()))):
-            row = self.co.get(item)
+        row = self._row(item)
+        if row is None:
+            self._co_sorted.pop(item, None)
+            return []
+        if cached is None or (len(cached) < n and len(cached) < len(row)):
             if not row:
                 return []
             cached = self._co_sorted[item] = [(b, float(v)) for b, v in best(row, n)]

@@ -203,6 +203,20 @@ def test_history_gets_the_idle_ttl_and_expires(make: Factory) -> None:
 
 
 # -- writer: co-occurrence ------------------------------------------------------------------
+def test_a_row_nobody_clicks_expires_after_its_idle_ttl(make: Factory) -> None:
+    """Item keys are bounded by the items clicked recently (hardening defect 7)."""
+    b = make(Config(rules=FLAT, row_idle_ttl_s=1, idle_ttl_s=3600))
+    b.apply(click("u", "a", T0), click("u", "b", T0 + 1))
+    assert b.writer.dump()["co"] == {"a": {"b": 1.0}, "b": {"a": 1.0}}
+    deadline = time.monotonic() + 5
+    while b.writer.dump()["co"]:
+        assert time.monotonic() < deadline, "the rows never expired"
+        time.sleep(0.05)
+    assert b.user("u").co == {"b": [], "a": []}  # the history stays (its own TTL)
+    b.apply(click("u", "c", T0 + 2))  # a new click: c's and b's rows start again
+    assert b.writer.dump()["co"] == {"b": {"c": 1.0}, "c": {"b": 1.0}}
+
+
 def test_pair_counts_follow_the_rules(make: Factory) -> None:
     rules = SessionRules(gap_ms=30 * MIN, pair_window=3, forward_weight=2)
     b = make(Config(rules=rules))
