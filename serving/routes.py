@@ -19,6 +19,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Resp
 from core.errors import InvalidEvent
 from core.events import ID_PATTERN, MAX_ID_LEN, future_limit_ms, validate
 from offline.index import ItemIndex
+from serving.auth import require_write_key
 from serving.blend import Candidates, Scored, blend
 from serving.errors import ApiError
 from serving.idempotency import Claim, fingerprint
@@ -300,7 +301,9 @@ async def health_head(state: State, response: Response) -> Response:
     "/events",
     status_code=202,
     response_model=AcceptedOut,
+    dependencies=[Depends(require_write_key)],
     responses={
+        401: {"model": ErrorOut, "description": "API keys are configured and none was given"},
         409: {"model": ErrorOut, "description": "this Idempotency-Key's batch is still sending"},
         **ERROR_RESPONSES,
     },

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from consumer.logic import SessionRules
@@ -66,6 +66,10 @@ class ServingSettings(ServiceSettings):
     # at most this many bytes (1000 events at the 4 KiB per-event limit, plus
     # JSON's brackets and commas, fit in 5 MiB) and within this many seconds.
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    # API keys for POST /events, comma-separated (several at once, to rotate one
+    # in before the old one goes; each at least 16 characters). Empty: writes are
+    # open. Reads stay open either way. serving/auth.py.
+    write_keys: SecretStr = SecretStr("")
     # POST /events refuses events dated more than this past the wall clock (422
     # ts_in_future): one event dated years ahead would outweigh any number of
     # real ones in the forward-decayed trending set. The consumer checks the same.
@@ -97,6 +101,18 @@ class ServingSettings(ServiceSettings):
     # GET /bench/fetch/{user_id}: the same Redis round trip as /recommendations
     # without scoring, the baseline of benchmarks/serving_bench.py. Off in production.
     bench_routes: bool = False
+
+    @field_validator("write_keys")
+    @classmethod
+    def _keys_long_enough(cls, value: SecretStr) -> SecretStr:
+        keys = [k.strip() for k in value.get_secret_value().split(",") if k.strip()]
+        if any(len(k) < 16 for k in keys):
+            raise ValueError("every write key must be at least 16 characters")
+        return value
+
+    @property
+    def write_key_list(self) -> list[str]:
+        return [k.strip() for k in self.write_keys.get_secret_value().split(",") if k.strip()]
 
     @model_validator(mode="after")
     def _k_bounds(self) -> ServingSettings:
