@@ -338,7 +338,9 @@ class Ingest:
         self.clock = clock
         keys = store.keys
         self._tags = keys.tags()
-        self._item_side = [*keys.row_tags(), keys.item_tag]
+        self._user_tags = keys.user_tags()
+        self._row_tags = keys.row_tags()
+        self._item_side = [*self._row_tags, keys.item_tag]
         self.stored: dict[str, Offsets] = {tag: {} for tag in self._tags}
         # partition -> the next offset whose effects every group has or pending holds
         self.covered: dict[int, int | None] = {}
@@ -355,14 +357,11 @@ class Ingest:
         """
         self._load(partitions)
         out: Offsets = {}
-        for p in partitions:
-            values = [self.stored[tag].get(p) for tag in self._tags]
-            if all(v is None for v in values):
-                out[p] = None
-            elif any(v is None for v in values):
-                out[p] = -1
-            else:
-                out[p] = min(v for v in values if v is not None)
+        for p, floor in durable(self.stored, partitions).items():
+            if floor is None:
+                nothing = all(group.get(p) is None for group in self.stored.values())
+                floor = None if nothing else -1
+            out[p] = floor
         return out
 
     def durable_offsets(self) -> Offsets:
@@ -384,11 +383,7 @@ class Ingest:
             group = fresh.get(tag, {})
             for p in partitions:
                 self.stored[tag][p] = group.get(p)
-        for p in partitions:
-            values = [self.stored[tag][p] for tag in self._tags]
-            self.covered[p] = (
-                None if any(v is None for v in values) else min(v for v in values if v is not None)
-            )
+        self.covered.update(durable(self.stored, partitions))
 
     # -- apply -----------------------------------------------------------------
     def apply(self, batches: Sequence[PartitionBatch]) -> ApplyResult:
@@ -429,8 +424,7 @@ class Ingest:
                     [b.partition for b in todo], "a history write found its offsets moved"
                 )
             for w in writes:
-                for p, (_, nxt) in w.offsets.items():
-                    self.stored[w.tag][p] = nxt
+                self._record(w)
             for batch in todo:
                 self.covered[batch.partition] = batch.next_offset
                 result.applied_events += len(batch.events)
@@ -458,13 +452,10 @@ class Ingest:
                 self._rewound[p] = covered
                 raise Rewind({p: covered}, f"partition {p} resumed after a gap")
         self._rewound.pop(p, None)
-        values = [self.stored[tag].get(p) for tag in self._tags]
-        if all(v is not None and v >= batch.next_offset for v in values):
+        if not any(self._lacks(tag, p, batch.next_offset - 1) for tag in self._tags):
             return batch.between(batch.next_offset, None)
-        floor = covered
-        if floor is None and all(v is not None for v in values):
-            floor = min(v for v in values if v is not None)
-        return batch.since(floor)
+        # covered is None only while some group holds nothing of p (_load).
+        return batch.since(covered)
 
     def _plan(self, batches: list[PartitionBatch]) -> list[GroupWrite]:
         """Fold the batches: history writes to return, item state into pending."""
@@ -503,9 +494,9 @@ class Ingest:
             for lo, hi in self._segments(batch):
                 seg = batch.between(lo, hi)
                 positions = [(p, o) for o, _ in seg.events]
-                # Every item-side group lacks the segment (the usual case): pairs
-                # are added straight into pending, saving a merge per pair.
-                direct = self._items_behind(p, lo)
+                # Every row group lacks the segment (the usual case): pairs are
+                # added straight into pending, saving a merge per pair.
+                direct = all(self._lacks(tag, p, lo) for tag in self._row_tags)
                 delta = fold(
                     [e for _, e in seg.events],
                     histories,
@@ -515,11 +506,10 @@ class Ingest:
                     positions=positions,
                 )
                 histories.update(delta.histories)
-                self._take_items(p, lo, seg, delta, co_taken=direct)
+                self._take_items(p, lo, seg, delta)
                 for user, new_hist in delta.histories.items():
                     tag = keys.user_tag(user)
-                    stored = self.stored[tag].get(p)
-                    if stored is not None and stored > lo:
+                    if not self._lacks(tag, p, lo):
                         continue
                     new = new_hist[: delta.added[user]][::-1]
                     entries[tag].setdefault(user, []).extend(new)
@@ -574,35 +564,28 @@ class Ingest:
                 pend.trend = {item: v * factor for item, v in pend.trend.items()}
             pend.trend_ref = ref
 
-    def _items_behind(self, p: int, lo: int) -> bool:
-        """Whether every item-side group lacks what starts at offset ``lo`` of ``p``."""
-        stored = self.stored
-        return all((v := stored[tag].get(p)) is None or v <= lo for tag in self._item_side)
+    def _lacks(self, tag: str, p: int, offset: int) -> bool:
+        """Whether group ``tag`` has not stored the event at ``offset`` of partition ``p``."""
+        stored = self.stored[tag].get(p)
+        return stored is None or stored <= offset
 
-    def _take_items(
-        self, p: int, lo: int, seg: PartitionBatch, delta: StateDelta, *, co_taken: bool = False
-    ) -> None:
-        """Add what the groups that lack segment [lo, ...) need to pending (the pairs
-        are there already when ``co_taken``: folded straight into it)."""
+    def _record(self, w: GroupWrite) -> None:
+        """A write landed: its group now stores its next offsets."""
+        for p, (_, nxt) in w.offsets.items():
+            self.stored[w.tag][p] = nxt
+
+    def _take_items(self, p: int, lo: int, seg: PartitionBatch, delta: StateDelta) -> None:
+        """Add what the groups that lack segment [lo, ...) need to pending (pairs
+        folded straight into pending's are there already)."""
         keys = self.store.keys
         pend = self.pending
-        item_stored = self.stored[keys.item_tag].get(p)
-        want_items = item_stored is None or item_stored <= lo
-        rows_behind = [
-            tag for tag in keys.row_tags() if (v := self.stored[tag].get(p)) is None or v <= lo
-        ]
         co, co_get = pend.co, pend.co.get
-        if co_taken:
-            pass
-        elif len(rows_behind) == keys.row_groups:
-            for pair, w in delta.co.items():
-                co[pair] = co_get(pair, 0) + w
-        elif rows_behind:
-            behind = set(rows_behind)
+        if delta.co is not co:
+            behind = {tag for tag in self._row_tags if self._lacks(tag, p, lo)}
             for pair, w in delta.co.items():
                 if keys.row_tag(pair[0]) in behind:
                     co[pair] = co_get(pair, 0) + w
-        if want_items:
+        if self._lacks(keys.item_tag, p, lo):
             pend.pop.update(delta.pop)
             assert pend.trend_ref is not None or not delta.trend_ts
             if delta.trend_ts:
@@ -624,8 +607,8 @@ class Ingest:
     def _item_floor(self, p: int) -> int:
         """The oldest offset of partition p some item-side group has not stored: what a
         replay would fold again, so histories keep entries from there on."""
-        values = [self.stored[tag].get(p) for tag in self._item_side]
-        return 0 if any(v is None for v in values) else min(v for v in values if v is not None)
+        floor = durable({tag: self.stored[tag] for tag in self._item_side}, [p])[p]
+        return 0 if floor is None else floor
 
     def _conflict(self, partitions: Iterable[int], why: str) -> None:
         """Someone else wrote our partitions: drop what we hold, re-read, start again."""
@@ -677,14 +660,14 @@ class Ingest:
         for a, row in by_item.items():
             rows[keys.row_tag(a)][a] = row
         first: list[GroupWrite] = []
-        for tag in keys.row_tags():
+        for tag in self._row_tags:
             moved = offsets(tag)
             if moved and (tag in rows or advance):
                 first.append(
                     GroupWrite(tag, self.topic, moved, rows=rows.get(tag, {}), co_ref=pend.co_ref)
                 )
         if advance:
-            for tag in keys.user_tags():
+            for tag in self._user_tags:
                 moved = offsets(tag)
                 if moved:
                     first.append(GroupWrite(tag, self.topic, moved))
@@ -711,8 +694,7 @@ class Ingest:
             outcomes = self.store.write(writes)
             for w, ok in zip(writes, outcomes, strict=True):
                 if ok:
-                    for p, (_, nxt) in w.offsets.items():
-                        self.stored[w.tag][p] = nxt
+                    self._record(w)
             if not all(outcomes):
                 self._conflict(owned, "an item-state write found its offsets moved")
         self.pending = Pending(co_ref=pend.co_ref, trend_ref=pend.trend_ref)
