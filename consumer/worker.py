@@ -134,6 +134,7 @@ class Worker:
         # thread keeps batches in order; each partition's CAS keeps them exact.
         self._applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-apply")
         self._inflight: Future[ApplyResult] | None = None
+        self._committed: dict[int, int] = {}  # what was last committed to Kafka
 
     # -- lifecycle -------------------------------------------------------------
     def run(
@@ -354,13 +355,16 @@ class Worker:
 
     def _commit(self) -> None:
         durable = {p: n for p, n in self.ingest.durable_offsets().items() if n is not None}
-        if self._consumer is None or not durable:
+        # What every group has stored moves only with a flush: most polls have
+        # nothing new to commit, and each commit is a round trip to the broker.
+        if self._consumer is None or not durable or durable == self._committed:
             return
         offsets = {
             TopicPartition(self.topic, p): OffsetAndMetadata(n, "", -1) for p, n in durable.items()
         }
         try:
             self._consumer.commit(offsets)
+            self._committed = durable
         except KafkaError as exc:
             # Redis holds the truth; a failed Kafka commit only delays lag reporting.
             log.warning("Kafka offset commit failed (%s); Redis offsets are authoritative", exc)
