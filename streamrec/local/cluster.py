@@ -25,6 +25,7 @@ from streamrec.local.stack import (
     port_open,
     redis_binary,
     redis_ping,
+    start_all,
     wait_until,
 )
 
@@ -103,17 +104,8 @@ class LocalCluster:
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
     def up(self) -> list[Service]:
-        started = []
-        try:
-            for node in self.nodes():
-                if node.start():
-                    started.append(node)
-            self._form()
-        except BaseException:
-            for node in started:
-                node.stop()
-            raise
-        return started
+        """Start the nodes that are not running and form the cluster once."""
+        return start_all(self.nodes(), then=self._form)
 
     def _form(self) -> None:
         if all(cluster_state(p) == "ok" for p in self.ports):

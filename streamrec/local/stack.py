@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,6 +228,23 @@ def broker_service(state_dir: Path, port: int) -> Service:
     return Service("broker", broker_binary(), args, port, lambda: port_open(port), state_dir)
 
 
+def start_all(services: Sequence[Service], then: Callable[[], None] | None = None) -> list[Service]:
+    """Start each service that is not running, then run ``then``; if anything fails,
+    stop what this call started. Returns the services this call started."""
+    started = []
+    try:
+        for svc in services:
+            if svc.start():
+                started.append(svc)
+        if then is not None:
+            then()
+    except BaseException:
+        for svc in started:
+            svc.stop()
+        raise
+    return started
+
+
 @dataclass
 class LocalStack:
     state_dir: Path
@@ -250,16 +267,7 @@ class LocalStack:
 
     def up(self) -> list[Service]:
         """Start what is not running; return the services this call started."""
-        started = []
-        try:
-            for svc in self.services():
-                if svc.start():
-                    started.append(svc)
-        except BaseException:
-            for svc in started:
-                svc.stop()
-            raise
-        return started
+        return start_all(self.services())
 
     def down(self) -> list[str]:
         return [svc.name for svc in self.services() if svc.stop()]
