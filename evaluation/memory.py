@@ -229,10 +229,9 @@ class MemoryState(StateWriter, StateReader):
                     scale = 2.0 ** ((cref - rref) / half_life)
             for b, n in incs.items():
                 row[b] = row.get(b, 0) + (rebase(n, scale) if scale != 1.0 else n)
-            excess = len(row) - top_m
             if len(row) <= limit:
                 continue
-            drop = sorted(row.items(), key=lambda kv: (kv[1], kv[0]))[:excess]
+            drop = sorted(row.items(), key=lambda kv: (kv[1], kv[0]))[: len(row) - top_m]
             for b, _ in drop:
                 del row[b]
 
@@ -262,14 +261,13 @@ class MemoryState(StateWriter, StateReader):
         rows = {
             item: (self.co_ref.get(item), row) for item in list(self.co) if (row := self._row(item))
         }
-        offsets = {tag: dict(group) for tag, group in self.offsets.items()}
         return {
             "hist": {u: list(h[:cap]) for u in list(self.hist) if (h := self._history(u))},
             "co": rows_at(rows, self.meta.get("clock"), self.config.co_half_life_ms),
             "pop": dict(self.pop.top(len(self.pop))),
             "trend": dict(self.trend.top(len(self.trend))),
             "meta": dict(self.meta),
-            "offsets": dump_offsets(offsets, self.keys),
+            "offsets": dump_offsets(self.offsets, self.keys),
             "stats": dict(self.stats),
         }
 
