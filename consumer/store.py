@@ -63,7 +63,7 @@ class RedisStateWriter(StateWriter):
     def dump(self) -> dict[str, Any]:
         """The whole namespace as plain data: ``hist`` user -> [Entry] newest first
         (the newest ``history_len``), ``co`` item -> {neighbour: count} (decayed
-        counts expressed against the landmark of the stream clock), ``pop``/``trend``
+        counts as of the stream clock, ``consumer.state.rows_at``), ``pop``/``trend``
         item -> score, ``meta`` field -> int, ``offsets`` "topic:partition" -> the
         offset every group has reached, ``stats`` counter -> int.
 

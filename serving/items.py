@@ -8,10 +8,11 @@ users and moves slowly, so each worker keeps it here, as the arrays
 
 - every ``item_staleness_s`` seconds (default 1), :meth:`ItemCache.refresh`
   asks Redis which items changed since the last round (the consumer's change
-  feeds, one per row group and the item group: see consumer/apply.lua), re-reads those rows that
-  requests used since the last round and the popularities among the changed
-  items, drops the other changed rows, and re-reads the trending head: a
-  round costs what the working set holds, not what the cache holds;
+  feeds, one per row group and one for the item group: see
+  consumer/apply.lua), re-reads those rows that requests used since the last
+  round and the popularities among the changed items, drops the other changed
+  rows, and re-reads the trending head: a round costs what the working set
+  holds, not what the cache holds;
 - a row a request needs and the cache lacks is read in the request, all its
   sources' missing rows in one pipelined read, with the popularity of
   their members;
