@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -49,6 +50,12 @@ class ConsumerSettings(ServiceSettings):
     # number of real ones in the forward-decayed trending set. A replay of
     # history is far behind the wall clock and unaffected.
     max_future_ms: int = Field(default=3_600_000, ge=0)
+    # What to do when Redis holds less than the consumer group committed (it was
+    # restarted without persistence, flushed, replaced, or restored to an earlier
+    # point; consumer/continuity.py): "rebuild" replays those partitions from the
+    # earliest offset the topic retains, "refuse" stops with exit code 6 before
+    # writing anything. Both log what they found.
+    on_state_loss: Literal["rebuild", "refuse"] = "rebuild"
     # Touched after every poll; a container healthcheck checks that it is fresh.
     heartbeat_file: Path | None = None
     # Bounded backoff while Redis or the broker is away: 0.1 s doubling to 5 s.

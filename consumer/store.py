@@ -52,6 +52,20 @@ class RedisStateWriter(StateWriter):
             for tag, row in zip(tags, pipe.execute(), strict=True)
         }
 
+    def marker(self) -> dict[str, str]:
+        """The store's marker (``consumer/continuity.py``); empty when it has none."""
+        return {_text(k): _text(v) for k, v in self._hash(self.keys.marker).items()}
+
+    def mark(self, fields: dict[str, str], *, rebuild: str | None = None) -> None:
+        """Write the marker's fields (a rebuild also counts itself and says why)."""
+        pipe = self.client.pipeline(transaction=False)
+        mapping: dict[Any, Any] = dict(fields)
+        pipe.hset(self.keys.marker, mapping=mapping)
+        if rebuild is not None:
+            pipe.hincrby(self.keys.marker, "rebuilds", 1)
+            pipe.hset(self.keys.marker, "last_rebuild", rebuild)
+        pipe.execute()
+
     def histories(self, users: Sequence[str], n: int | None) -> dict[str, list[Entry]]:
         pipe = self.client.pipeline(transaction=False)
         for user in users:

@@ -5,8 +5,10 @@ the offsets of the events whose effects it holds, in the same atomic write
 (consumer/state.py, consumer/store.py), and on assignment the worker seeks each
 partition to the lowest of them. Histories are written every poll; item state
 is aggregated and written ``item_delay_ms`` later at most. Kafka's committed
-offsets follow what every group has stored, for tooling (lag); a lost Kafka
-commit costs nothing but a redelivery that the store skips.
+offsets follow what every group has stored, for tooling (lag) and as the
+witness that tells a Redis that lost its state from a fresh one
+(consumer/continuity.py); a lost Kafka commit costs nothing but a redelivery
+that the store skips.
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ from typing import Any, TypeVar
 
 import orjson
 import redis
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import OffsetSpec
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from consumer import continuity
 from consumer.settings import ConsumerSettings
-from consumer.state import ApplyResult, Ingest, PartitionBatch, Rewind
+from consumer.state import ApplyResult, Ingest, Offsets, PartitionBatch, Rewind
 from consumer.store import RedisStateWriter
-from core.errors import InvalidEvent, StreamrecError
+from core.errors import InvalidEvent, StateLost, StreamrecError
 from core.events import decode, future_limit_ms
 from core.keyspace import HASH_LISTPACK_ENTRIES
 from producer.client import ensure_topics
@@ -135,6 +139,10 @@ class Worker:
         self._applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-apply")
         self._inflight: Future[ApplyResult] | None = None
         self._committed: dict[int, int] = {}  # what was last committed to Kafka
+        self._admin: KafkaAdminClient | None = None  # committed and retained offsets
+        # A refusal found in the rebalance listener, where raising is swallowed:
+        # the loop raises it before it handles anything that poll returned.
+        self._refused: StreamrecError | None = None
 
     # -- lifecycle -------------------------------------------------------------
     def run(
@@ -170,6 +178,8 @@ class Worker:
         try:
             while not self.stop.is_set():
                 polled = self._retry(self._poll, "the broker")
+                if self._refused is not None:
+                    raise self._refused
                 self.stats.polls += 1
                 now = time.monotonic()
                 self._beat(now)
@@ -244,6 +254,12 @@ class Worker:
             except Exception:
                 log.exception("error closing the dead-letter producer")
             self._dlq = None
+        if self._admin is not None:
+            try:
+                self._admin.close()
+            except Exception:
+                log.exception("error closing the Kafka admin client")
+            self._admin = None
         self.redis.close()
 
     # -- the batch path --------------------------------------------------------
@@ -308,10 +324,15 @@ class Worker:
 
     def _rewind(self, rewind: Rewind, dropped: dict[int, int]) -> None:
         """Seek back: the partitions the store names to its offsets, the rest of a
-        dropped poll to where that poll started."""
+        dropped poll to where that poll started. A partition whose state vanished
+        (Redis restarted empty under us) goes through the state-loss policy."""
         assert self._consumer is not None
         self.stats.conflicts += 1
-        targets: dict[int, int | None] = {**dropped, **rewind.offsets}
+        named = rewind.offsets
+        vanished = [p for p, offset in named.items() if offset is None or offset < 0]
+        if vanished:
+            named = {**named, **self._continuity(vanished, named, "while consuming")}
+        targets: dict[int, int | None] = {**dropped, **named}
         log.warning("rewinding %s: %s", targets, rewind)
         for p, offset in targets.items():
             # None here: no group holds anything any more; read it all again.
@@ -372,15 +393,132 @@ class Worker:
     def seek_to_stored(self, assigned: list[TopicPartition]) -> None:
         assert self._consumer is not None
         mine = [tp for tp in assigned if tp.topic == self.topic]
-        offsets = self._retry(
-            lambda: self.ingest.resume_offsets([tp.partition for tp in mine]), "Redis"
-        )
+        parts = [tp.partition for tp in mine]
+        offsets = self._retry(lambda: self.ingest.resume_offsets(parts), "Redis")
+        try:
+            offsets = {**offsets, **self._continuity(parts, offsets, "on assignment")}
+            self._check_topic(parts, offsets)
+        except StreamrecError as exc:
+            self._refused = exc  # raised by the loop: a listener's exception is swallowed
+            return
         for tp in mine:
             self._seek(tp, offsets.get(tp.partition))
         log.info(
             "assigned %s; resuming from Redis offsets %s (-1: the beginning)",
             sorted(tp.partition for tp in mine),
             offsets,
+        )
+
+    # -- continuity ------------------------------------------------------------
+    def _continuity(self, parts: list[int], resume: Offsets, when: str) -> Offsets:
+        """Check the store against the consumer group's committed offsets and apply
+        the state-loss policy (consumer/continuity.py). Returns the offsets to seek
+        the affected partitions to (-1: the beginning); raises StateLost to refuse."""
+        committed = self._retry(lambda: self._group_offsets(parts), "the broker")
+        for p, c in self._committed.items():  # what this worker committed is a witness too
+            if p in committed and c > (committed[p] or 0):
+                committed[p] = c
+        marker = self._retry(self.store.marker, "Redis")
+        findings = continuity.check(resume, committed, bool(marker))
+        if not findings:
+            if not marker:  # a fresh deployment (or a store from before markers)
+                self._retry(
+                    lambda: self.store.mark(
+                        continuity.new_marker(self.settings.group_id, self.topic)
+                    ),
+                    "Redis",
+                )
+            return {}
+        if self.settings.on_state_loss == "refuse":
+            exc = continuity.refusal(self.topic, self.settings.group_id, findings)
+            log.error("%s (%s)", exc, when)
+            raise exc
+        lost = [f.partition for f in findings]
+        earliest = self._retry(lambda: self._log_offsets(lost, OffsetSpec.EARLIEST), "the broker")
+        reason = f"{when}: " + "; ".join(map(str, findings))
+        log.error(
+            "Redis holds less than consumer group %r committed on %s (%s); rebuilding from "
+            "the earliest retained offsets (STREAMREC_CONSUMER_ON_STATE_LOSS=rebuild)",
+            self.settings.group_id,
+            self.topic,
+            reason,
+        )
+        for f in findings:
+            if earliest.get(f.partition, 0) > f.stored:
+                log.error(
+                    "%s[%d]: events %d..%d are no longer on the topic (retention); "
+                    "the rebuilt state lacks them",
+                    self.topic,
+                    f.partition,
+                    f.stored,
+                    earliest[f.partition] - 1,
+                )
+        # A new id: the API's item cache keys what it holds on it and starts afresh.
+        fields = (
+            {"id": continuity.new_id()}
+            if marker
+            else continuity.new_marker(self.settings.group_id, self.topic)
+        )
+        self._retry(lambda: self.store.mark(fields, rebuild=reason[:500]), "Redis")
+        out: Offsets = {}
+        for f in findings:
+            r = resume.get(f.partition)
+            out[f.partition] = -1 if r is None or r < 0 else r
+            self._committed.pop(f.partition, None)  # the rebuild commits from scratch
+        return out
+
+    def _admin_client(self) -> KafkaAdminClient:
+        if self._admin is None:
+            self._admin = KafkaAdminClient(
+                bootstrap_servers=self.settings.kafka.bootstrap,
+                client_id="streamrec-consumer-admin",
+            )
+        return self._admin
+
+    def _group_offsets(self, parts: list[int]) -> dict[int, int | None]:
+        """The consumer group's committed offset per partition (None: never committed)."""
+        tps = [TopicPartition(self.topic, p) for p in parts]
+        found = self._admin_client().list_group_offsets({self.settings.group_id: tps})
+        got = found.get(self.settings.group_id, {})
+        out: dict[int, int | None] = {}
+        for tp in tps:
+            meta = got.get(tp)
+            out[tp.partition] = meta.offset if meta is not None and meta.offset >= 0 else None
+        return out
+
+    def _log_offsets(self, parts: list[int], spec: OffsetSpec) -> dict[int, int]:
+        """Per partition, the earliest offset the topic still holds or its end."""
+        specs = {TopicPartition(self.topic, p): spec for p in parts}
+        found = self._admin_client().list_partition_offsets(specs)
+        return {tp.partition: o.offset for tp, o in found.items()}
+
+    def _check_topic(self, parts: list[int], resume: Offsets) -> None:
+        """The reverse loss: the topic ends before what Redis has applied."""
+        if not any(r is not None and r > 0 for r in resume.values()):
+            return
+        end = self._retry(lambda: self._log_offsets(parts, OffsetSpec.LATEST), "the broker")
+        ahead = {
+            p: (r, end[p]) for p in parts if (r := resume.get(p)) is not None and r > end.get(p, r)
+        }
+        if not ahead:
+            return
+        what = ", ".join(
+            f"partition {p} ends at {e}, Redis applied to {r}" for p, (r, e) in ahead.items()
+        )
+        message = (
+            f"{self.topic} holds fewer records than Redis has applied ({what}): the broker "
+            "lost its log (a memory-only broker restarted) or the topic was recreated"
+        )
+        if self.settings.on_state_loss == "refuse":
+            raise StateLost(
+                message + ". Refusing to go on (STREAMREC_CONSUMER_ON_STATE_LOSS=refuse).",
+                hint="replay the same stream into the topic, or start from an empty "
+                "Redis namespace",
+            )
+        log.error(
+            "%s. Records up to those offsets are taken as applied: a replay of the same "
+            "stream fills in, anything else produced there is skipped until it passes them",
+            message,
         )
 
     # -- retry -----------------------------------------------------------------

@@ -7,8 +7,10 @@ Callers catch at the level they can act on::
     ├── DatasetError               dataset missing, unreadable or failed verification (exit 3)
     ├── InvalidEvent               one event breaks the contract; dead-letter it, move on
     ├── IndexNotFound              no built embedding index where one was expected (exit 4)
-    └── ServiceUnavailable         Redis or the broker cannot be reached (exit 5)
-        retriable = True           the loop may wait and try again
+    ├── ServiceUnavailable         Redis or the broker cannot be reached (exit 5)
+    │   retriable = True           the loop may wait and try again
+    └── StateLost                  Redis lost or rolled back state the consumer group had
+                                   committed, and the consumer was told to refuse (exit 6)
 
 Every error carries ``retriable``: the consumer's loop decides retry versus give
 up from it (``consumer.worker.retriable``), not from a list of exception types.
@@ -45,6 +47,10 @@ class IndexNotFound(StreamrecError):
 class ServiceUnavailable(StreamrecError):
     retriable = True
     exit_code = 5
+
+
+class StateLost(StreamrecError):
+    exit_code = 6
 
 
 class InvalidEvent(StreamrecError):

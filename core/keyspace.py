@@ -28,6 +28,7 @@ trending stay one sorted set each: the consumer writes them once per flush
 | {ns:p}:trend           | item -> forward-decayed score, top ``pop_max``    | none     | serving |
 | {ns:p}:meta            | trend_ref, half_life_ms, clock (largest event time) | none   | tools   |
 | {ns:p}:stats           | events, pairs, dlq:{reason}                       | none     | harness, tools |
+| {ns:p}:store           | the store's marker: id, created_ms, rebuilds, last rebuild (``consumer/continuity.py``) | none | consumer, serving |
 | {tag}:seq, {tag}:changed | the change feed of a row group or the item group: item -> seq of its latest change, last ``FEED_KEEP`` writes | none | serving |
 | {ns:i:{key}}           | one POST /events Idempotency-Key's claim          | window   | serving |
 
@@ -142,6 +143,10 @@ class Keyspace:
     @property
     def stats(self) -> str:
         return f"{self.item_tag}:stats"
+
+    @property
+    def marker(self) -> str:
+        return f"{self.item_tag}:store"
 
     def idempotency(self, key: str) -> str:
         return f"{{{self.namespace}:i:{key}}}"

@@ -17,8 +17,10 @@ users and moves slowly, so each worker keeps it here, as the arrays
   sources' missing rows in one pipelined read, with the popularity of
   their members;
 - at most ``item_cache_rows`` rows are kept (least recently used go first),
-  and the whole cache starts afresh if a feed's sequence went backwards (a
-  restart or a restore), if it fell further behind than the feed remembers,
+  and the whole cache starts afresh if the store's marker id changed (the
+  consumer rebuilt a lost state, consumer/continuity.py), if a feed's sequence
+  went backwards (a restart or a restore), if it fell further behind than the
+  feed remembers,
   or if more than ``item_vocab_max`` item ids were seen (checked at a
   refresh, never while a request holds arrays coded by the old ids).
 
@@ -129,6 +131,7 @@ class ItemCache:
         self._emb: dict[str, Row] = {}
         self._emb_version: str | None = None
         self.seq: dict[str, int] | None = None  # each change feed's sequence, as last read
+        self.store_id: str | None = None  # the store's marker id, as last read
 
     # -- refresh -------------------------------------------------------------------------
     async def refresh(self) -> None:
@@ -139,19 +142,24 @@ class ItemCache:
             log.info("item cache starts afresh: more than %d item ids seen", self.max_vocab)
             self.stats.resets += 1
             self._clear()
-        seqs, changed = await self.store.changes(self.seq)
+        store_id, seqs, changed = await self.store.changes(self.seq)
         # A request whose row read was in flight across this point may hold a row
         # older than a change this round now consumes: it reads again (rows()).
         self._generation += 1
         used, self._used = self._used, set()
+        replaced = self.seq is not None and store_id != self.store_id
         back = self.seq is not None and any(seqs[f] < s for f, s in self.seq.items())
         behind = self.seq is not None and any(
             seqs[f] - self.seq.get(f, 0) > FEED_KEEP for f in seqs
         )
-        if back or behind:
+        if replaced or back or behind:
             log.warning(
-                "item cache starts afresh: a change feed %s",
-                "went back: Redis restarted or restored" if back else "fell behind",
+                "item cache starts afresh: %s",
+                "the store's marker changed: its state was rebuilt"
+                if replaced
+                else "a change feed went back: Redis restarted or restored"
+                if back
+                else "a change feed fell behind",
             )
             self.stats.resets += 1
             self._clear()
@@ -177,6 +185,7 @@ class ItemCache:
         self._trending = Row.of(self.vocab, trending)
         self._priors = {}
         self.seq = seqs
+        self.store_id = store_id
         self.refreshed_at = time.monotonic()
         self.stats.refreshes += 1
         self.stats.rows_refreshed += len(rows)

@@ -174,18 +174,23 @@ class RedisStateReader(StateReader):
         )
         return [(_text(m), float(sc)) for m, sc in rows]
 
-    async def changes(self, since: dict[str, int] | None) -> tuple[dict[str, int], list[str]]:
-        """Each change feed's sequence now (row groups and the item group), and the
-        items whose row or popularity changed after ``since`` (None: only the
-        sequences). A feed's sequence and its changes are read in one transaction."""
+    async def changes(
+        self, since: dict[str, int] | None
+    ) -> tuple[str | None, dict[str, int], list[str]]:
+        """The store's marker id (``consumer/continuity.py``; None: no marker), each
+        change feed's sequence now (row groups and the item group), and the items
+        whose row or popularity changed after ``since`` (None: only the id and the
+        sequences)."""
         feeds = self._keys.feeds()
         pipe = self._client.pipeline(transaction=False)
+        pipe.hget(self._keys.marker, "id")
         for feed in feeds:
             pipe.get(Keyspace.seq(feed))
-        seqs_raw = await pipe.execute()
+        store_id, *seqs_raw = await pipe.execute()
         seqs = {f: int(v) if v is not None else 0 for f, v in zip(feeds, seqs_raw, strict=True)}
+        marker = None if store_id is None else _text(store_id)
         if since is None:
-            return seqs, []
+            return marker, seqs, []
         pipe = self._client.pipeline(transaction=False)
         asked = [f for f in feeds if seqs[f] != since.get(f, 0)]
         for feed in asked:
@@ -194,7 +199,7 @@ class RedisStateReader(StateReader):
         changed: dict[str, None] = {}
         for found in await pipe.execute() if asked else []:
             changed.update(dict.fromkeys(_text(m) for m in found))
-        return seqs, list(changed)
+        return marker, seqs, list(changed)
 
     async def hot_items(self, n: int) -> list[str]:
         if n <= 0:

@@ -116,9 +116,9 @@ class Rig:
             **settings_env(CHILD_SETTINGS, ["state", "batch_size", "retry_max_s"]),
         }
 
-    def start(self, name: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-m", "streamrec.cli", "consume", "--group", self.group]
-        return self.children.start(name, argv, self.env())
+        return self.children.start(name, argv, {**self.env(), **(extra_env or {})})
 
     def applied(self) -> int:
         try:

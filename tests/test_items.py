@@ -170,6 +170,32 @@ def test_the_cache_starts_afresh_when_redis_goes_back(
     run(redis_settings, body)
 
 
+def test_the_cache_starts_afresh_when_the_store_was_rebuilt_past_its_sequence(
+    redis_settings: RedisSettings, redis_client: redis.Redis
+) -> None:
+    """A rebuild (consumer/continuity.py) writes a new marker id: the cache starts
+    afresh even when the rebuilt feeds have already gone past what it last read."""
+    w = Writer(redis_settings)
+    w.store.mark({"id": "first"})
+    w.clicks("u", "axay")
+
+    async def body(cache: ItemCache) -> None:
+        assert row_of(cache, await cache.rows(["a"])) == [{"x": 2.0, "y": 1.0}]
+        for key in redis_client.scan_iter(match=redis_settings.keys.pattern()):
+            redis_client.delete(key)
+        fresh = Writer(redis_settings)
+        fresh.store.mark({"id": "rebuilt"})
+        for _ in range(3):  # more writes than before: no feed went back
+            fresh.clicks("v", "aq")
+        await cache.refresh()
+        assert cache.stats.resets == 1 and cache.store_id == "rebuilt"
+        assert row_of(cache, await cache.rows(["a"])) == [{"q": 5.0}]  # a q a q a q
+        await cache.refresh()  # the same store again: nothing is dropped
+        assert cache.stats.resets == 1
+
+    run(redis_settings, body)
+
+
 def test_rows_are_bounded_least_recently_used_first(redis_settings: RedisSettings) -> None:
     w = Writer(redis_settings)
     w.clicks("u", "abcdefgh")

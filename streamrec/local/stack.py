@@ -206,15 +206,19 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def redis_service(state_dir: Path, port: int, *, persist: bool = False) -> Service:
+def redis_service(state_dir: Path, port: int, *, persist: bool = True) -> Service:
+    """A redis-server on 127.0.0.1:port with its data under state_dir. ``persist``:
+    an append-only file, fsynced every second, so a restart keeps the state (tests
+    that want a throwaway server pass False)."""
     data = state_dir / f"redis-{port}"
     data.mkdir(parents=True, exist_ok=True)
     args = [
         "--port", str(port),
         "--bind", "127.0.0.1",
         "--dir", str(data.resolve()),
-        "--save", "" if not persist else "60 1000",
+        "--save", "",
         "--appendonly", "yes" if persist else "no",
+        "--appendfsync", "everysec",
         "--daemonize", "no",
         "--protected-mode", "yes",
         "--hash-max-listpack-entries", str(HASH_LISTPACK_ENTRIES),
