@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core import __version__
+from core.events import MAX_TS_MS, future_limit_ms
 from serving import index_watch
 from serving.errors import install_handlers
 from serving.fastpath import FastRecommendations
@@ -212,10 +214,22 @@ def _document_limits(app: FastAPI, cfg: ServingSettings) -> None:
                             param["description"] = (
                                 f"how many items (default {cfg.default_k}, at most {max_k})"
                             )
-            body = schema["paths"]["/events"]["post"]["requestBody"]["content"]
-            batch = body["application/json"]["schema"]["oneOf"][1]
+            content = schema["paths"]["/events"]["post"]["requestBody"]["content"]
+            # A copy: the module-level event schema stays as it is.
+            body = content["application/json"]["schema"] = copy.deepcopy(
+                content["application/json"]["schema"]
+            )
+            one, batch = body["oneOf"]
             batch["maxItems"] = cfg.max_events_per_request
+            batch["items"] = one  # one event schema, so one ts bound to move
             app.openapi_schema = schema
+        # The latest ts accepted moves with the clock (ts_in_future): the schema
+        # says where it is as of when it is served, so a client that reads it
+        # never sends a ts it says is fine and the API refuses.
+        event = app.openapi_schema["paths"]["/events"]["post"]["requestBody"]["content"][
+            "application/json"
+        ]["schema"]["oneOf"][0]
+        event["properties"]["ts"]["maximum"] = min(MAX_TS_MS, future_limit_ms(cfg.max_future_ms))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -5,8 +5,9 @@ its TTL, ``{ns}:idem:{key}``) before it sends anything, and once the broker has
 acknowledged the batch the claim records how many events were accepted. A
 repeat within the window is answered from the claim (202, ``replayed: true``)
 and sends nothing; one that arrives while the first is still sending gets 409
-``in_progress``; a repeat with a different body gets 422
-``idempotency_key_reused``. If the first send fails the claim is dropped, so
+``in_progress``; a repeat with a different body gets 409
+``idempotency_key_reused`` (a conflict with what the key already holds: the
+request itself is valid, so not a 422). If the first send fails the claim is dropped, so
 the client's retry sends. Without the header nothing changes.
 """
 

@@ -303,8 +303,14 @@ async def health_head(state: State, response: Response) -> Response:
     response_model=AcceptedOut,
     dependencies=[Depends(require_write_key)],
     responses={
+        400: {"model": ErrorOut, "description": "the body is not JSON (or not UTF-8)"},
+        408: {"model": ErrorOut, "description": "the body did not arrive within the timeout"},
+        413: {"model": ErrorOut, "description": "the body is over the size limit"},
         401: {"model": ErrorOut, "description": "API keys are configured and none was given"},
-        409: {"model": ErrorOut, "description": "this Idempotency-Key's batch is still sending"},
+        409: {
+            "model": ErrorOut,
+            "description": "this Idempotency-Key is still sending, or was used for another batch",
+        },
         **ERROR_RESPONSES,
     },
     summary="Publish click events to the stream",
@@ -366,7 +372,7 @@ def _replay(held: str, batch: str) -> AcceptedOut:
     held_batch, _, accepted = rest.partition(":")
     if held_batch != batch:
         raise ApiError(
-            422, "idempotency_key_reused", "this Idempotency-Key was used for another batch"
+            409, "idempotency_key_reused", "this Idempotency-Key was used for another batch"
         )
     if state != "done":
         raise ApiError(409, "in_progress", "a request with this Idempotency-Key is still sending")

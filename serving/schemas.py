@@ -134,8 +134,9 @@ CLICK_EVENT_SCHEMA: dict[str, Any] = {
             "description": "epoch milliseconds, UTC (1.6e12, a number with no fraction, is one)",
         },
         "type": {"type": "string", "minLength": 1, "maxLength": MAX_TYPE_LEN, "default": "click"},
-        "weight": {"type": "number", "minimum": -MAX_WEIGHT, "maximum": MAX_WEIGHT},
-        "session_id": _ID_SCHEMA,
+        # Optional fields may also be null, meaning absent (as the API takes them).
+        "weight": {"type": ["number", "null"], "minimum": -MAX_WEIGHT, "maximum": MAX_WEIGHT},
+        "session_id": {"anyOf": [_ID_SCHEMA, {"type": "null"}]},
     },
 }
 EVENTS_BODY_SCHEMA: dict[str, Any] = {

@@ -6,6 +6,7 @@ client would: each reproduces its defect against the real server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -19,7 +20,7 @@ from kafka import KafkaConsumer
 from test_serving_api import make_index, seed
 from test_serving_workers import api_process
 
-from core.events import ID_PATTERN, MAX_TS_MS, MIN_TS_MS
+from core.events import ID_PATTERN, MAX_TS_MS, MIN_TS_MS, future_limit_ms
 from core.settings import KafkaSettings, RedisSettings
 from offline.index import publish
 from producer.client import ensure_topics
@@ -215,6 +216,39 @@ def test_head_health_answers_like_get(api: str) -> None:
     assert head.headers["content-type"] == httpx.get(f"{api}/health").headers["content-type"]
 
 
+def _raw(api: str, data: bytes, timeout: float = 5) -> tuple[int, dict[str, object]]:
+    with socket.create_connection(("127.0.0.1", _port(api)), timeout=timeout) as sock:
+        # The server may answer and close before it has read everything.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)
+        return _response(sock, timeout)
+
+
+def test_a_request_the_parser_refuses_gets_the_json_error_shape(api: str) -> None:
+    """Defect 9 (part): server-level 400s were text/plain."""
+    for garbage in [b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nHost x\r\n\r\n"]:
+        status, body = _raw(api, garbage)
+        assert status == 400, garbage
+        assert body["error"]["code"] == "bad_request"  # type: ignore[index]
+
+
+def test_request_heads_are_bounded(api: str) -> None:
+    """Defect 11 (part): an 8 MB header was accepted. Past 16 KiB: 431, JSON, closed;
+    a head that never ends is cut off at the bound as well."""
+    big = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (8 * 1024 * 1024) + b"\r\n\r\n"
+    status, body = _raw(api, big)
+    assert status == 431 and body["error"]["code"] == "headers_too_large"  # type: ignore[index]
+    endless = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (64 * 1024)
+    status, _ = _raw(api, endless)
+    assert status == 431
+    # Ordinary heads, up to the bound, are untouched (keep-alive included).
+    with httpx.Client(base_url=api, timeout=5) as client:
+        for _ in range(3):
+            assert client.get("/health", headers={"X-Pad": "a" * 12_000}).status_code == 200
+        resp = client.post("/events", content=b"{", headers={"Content-Type": "application/json"})
+        assert resp.status_code in (400, 422) and "error" in resp.json()
+
+
 def test_one_id_rule_for_reads_and_writes(api: str) -> None:
     """Defect 10: POST took a user id with "/" that GET could never read; GET took
     blank ids that POST refused; undecodable path bytes became U+FFFD silently."""
@@ -243,7 +277,10 @@ def test_the_schema_says_what_the_api_accepts(api: str) -> None:
     one, batch = body["schema"]["oneOf"]
     assert batch["minItems"] == 1 and batch["maxItems"] == 1000  # the configured limit
     props = one["properties"]
-    assert (props["ts"]["minimum"], props["ts"]["maximum"]) == (MIN_TS_MS, MAX_TS_MS)
+    assert props["ts"]["minimum"] == MIN_TS_MS
+    # The latest ts accepted moves with the clock (ts_in_future): as of now.
+    assert abs(props["ts"]["maximum"] - future_limit_ms(3_600_000)) < 60_000
+    assert props["ts"]["maximum"] < MAX_TS_MS
     assert props["user_id"]["pattern"] == ID_PATTERN and props["type"]["maxLength"] == 32
     assert props["weight"]["maximum"] == 1e6
     # Valid per that schema, and so accepted (the broker is away: 503, not 422).
@@ -273,7 +310,7 @@ def test_an_idempotency_key_sends_a_retried_batch_once(
         bad_key = httpx.post(f"{url}/events", json=batch, headers={"Idempotency-Key": "a b"})
     assert (first.status_code, first.json()) == (202, {"accepted": 3, "replayed": False})
     assert (again.status_code, again.json()) == (202, {"accepted": 3, "replayed": True})
-    assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
     assert plain.status_code == 202 and bad_key.status_code == 422
     items = [e["item_id"] for e in topic_events(kafka_settings)]
     assert sorted(items) == ["i0", "i0", "i1", "i2"]  # the keyed batch once, the plain one

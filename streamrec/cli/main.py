@@ -112,6 +112,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uvicorn.run(
         "serving.app:create_app",
         factory=True,
+        # JSON errors for requests the parser refuses, a bounded request head.
+        http="serving.protocol:HttpProtocol",
         host=args.host,
         port=args.port,
         workers=args.workers,

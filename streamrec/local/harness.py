@@ -127,12 +127,13 @@ class LiveRun:
         if self.keep_running:
             return
         self.children.stop()
+        if self.client is not None:
+            # Before the stack goes down too: its Redis persists (AOF), and a
+            # run's namespace must not outlive the run.
+            self._drop_namespace()
+            self.client.close()
         if self.started:
             self.stack.down()
-        elif self.client is not None:
-            self._drop_namespace()
-        if self.client is not None:
-            self.client.close()
 
     @property
     def env(self) -> dict[str, str]:
