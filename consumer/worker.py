@@ -30,6 +30,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from consumer import continuity
+from consumer.metrics import ConsumerMetrics
 from consumer.settings import ConsumerSettings
 from consumer.state import ApplyResult, Ingest, Offsets, PartitionBatch, Rewind
 from consumer.store import RedisStateWriter
@@ -110,9 +111,11 @@ class _Rebalance(ConsumerRebalanceListener):
         # commit here: kafka-python runs listeners on its IO thread, where a
         # blocking consumer call raises; Redis holds the offsets anyway.
         self.worker.hand_over([tp.partition for tp in revoked if tp.topic == self.worker.topic])
+        self.worker.metrics.rebalances.labels("revoked").inc()
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        self.worker.metrics.rebalances.labels("assigned").inc()
         self.worker.seek_to_stored(list(assigned))
 
 
@@ -139,6 +142,9 @@ class Worker:
         self._applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-apply")
         self._inflight: Future[ApplyResult] | None = None
         self._committed: dict[int, int] = {}  # what was last committed to Kafka
+        self.metrics = ConsumerMetrics()
+        self._last_positions = 0.0
+        self._owned: set[int] = set()
         self._admin: KafkaAdminClient | None = None  # committed and retained offsets
         # A refusal found in the rebalance listener, where raising is swallowed:
         # the loop raises it before it handles anything that poll returned.
@@ -171,6 +177,7 @@ class Worker:
             bootstrap_servers=k.bootstrap, linger_ms=5, acks=1, enable_idempotence=False
         )
         self._check_redis()
+        self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
         self._consumer.subscribe([self.topic], listener=_Rebalance(self))
         log.info("consuming %s as group %s", self.topic, self.settings.group_id)
         last_data = time.monotonic()
@@ -181,8 +188,12 @@ class Worker:
                 if self._refused is not None:
                     raise self._refused
                 self.stats.polls += 1
+                self.metrics.polls.inc()
                 now = time.monotonic()
                 self._beat(now)
+                if now - self._last_positions >= 1.0:
+                    self._last_positions = now
+                    self._report_positions()
                 if polled:
                     last_data = now
                     self.handle(polled)
@@ -254,6 +265,7 @@ class Worker:
             except Exception:
                 log.exception("error closing the dead-letter producer")
             self._dlq = None
+        self.metrics.close()
         if self._admin is not None:
             try:
                 self._admin.close()
@@ -279,10 +291,12 @@ class Worker:
         self._inflight = self._applier.submit(self._apply, batches)
 
     def _apply(self, batches: list[PartitionBatch]) -> ApplyResult:
-        return self._retry(lambda: self.ingest.apply(batches), "Redis")
+        with self.metrics.apply_seconds.labels("poll").time():
+            return self._retry(lambda: self.ingest.apply(batches), "Redis")
 
     def _flush(self) -> ApplyResult:
-        self._retry(self.ingest.flush, "Redis")
+        with self.metrics.apply_seconds.labels("flush").time():
+            self._retry(self.ingest.flush, "Redis")
         return ApplyResult()
 
     def _finish(self) -> None:
@@ -317,6 +331,8 @@ class Worker:
         result = future.result()
         self.stats.applied += result.applied_events
         self.stats.skipped += result.skipped_events
+        self.metrics.applied.inc(result.applied_events)
+        self.metrics.skipped.inc(result.skipped_events)
         self.stats.dead_lettered += result.rejected
         self.stats.conflicts += result.conflicts
         if commit:
@@ -328,6 +344,7 @@ class Worker:
         (Redis restarted empty under us) goes through the state-loss policy."""
         assert self._consumer is not None
         self.stats.conflicts += 1
+        self.metrics.rewinds.inc()
         named = rewind.offsets
         vanished = [p for p, offset in named.items() if offset is None or offset < 0]
         if vanished:
@@ -370,6 +387,7 @@ class Worker:
                     self.topic, batch.partition, offset, exc.reason, exc.detail, rec.key, rec.value
                 )
                 self._dlq.send(self.settings.kafka.dlq_topic, key=rec.key, value=envelope)
+                self.metrics.dead_letters.labels(exc.reason).inc()
                 log.warning("dead-lettered %s[%d]@%d: %s", self.topic, batch.partition, offset, exc)
         # The offsets move past these records only once the broker has them.
         self._dlq.flush(timeout=10)
@@ -408,6 +426,21 @@ class Worker:
             sorted(tp.partition for tp in mine),
             offsets,
         )
+
+    def _report_positions(self) -> None:
+        """Per owned partition: lag (high watermark minus the next offset to apply)
+        and what every group has stored, for the metrics; no broker round trip."""
+        assert self._consumer is not None
+        owned = {tp.partition: tp for tp in self._consumer.assignment() if tp.topic == self.topic}
+        covered = self.ingest.covered
+        lag = {}
+        for p, tp in owned.items():
+            high = self._consumer.highwater(tp)
+            done = covered.get(p)
+            if high is not None:
+                lag[p] = max(0, high - (done or 0))
+        self.metrics.positions(lag, self.ingest.durable_offsets(), self._owned - set(owned))
+        self._owned = set(owned)
 
     # -- continuity ------------------------------------------------------------
     def _continuity(self, parts: list[int], resume: Offsets, when: str) -> Offsets:
@@ -460,6 +493,7 @@ class Worker:
             else continuity.new_marker(self.settings.group_id, self.topic)
         )
         self._retry(lambda: self.store.mark(fields, rebuild=reason[:500]), "Redis")
+        self.metrics.rebuilds.inc()
         out: Offsets = {}
         for f in findings:
             r = resume.get(f.partition)
@@ -533,6 +567,7 @@ class Worker:
                 if not retriable(exc) or self.stop.is_set():
                     raise
                 attempt += 1
+                self.metrics.retries.labels("redis" if "Redis" in what else "kafka").inc()
                 log.warning(
                     "waiting for %s (attempt %d, retry in %.1fs): %s", what, attempt, delay, exc
                 )

@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import faiss
@@ -173,6 +174,11 @@ class ItemIndex:
 
     def title(self, item_id: str) -> str | None:
         return self._titles.get(item_id)
+
+    @property
+    def titles(self) -> Mapping[str, str]:
+        """The catalogue's titles (item id -> title) of the indexed items."""
+        return MappingProxyType(self._titles)
 
     def similar(self, item_id: str, k: int) -> list[tuple[str, float]]:
         """Up to k (item, cosine) pairs, best first; never the item itself or a zero vector."""

@@ -26,11 +26,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from core import __version__
 from core.events import MAX_TS_MS, future_limit_ms
 from serving import index_watch
-from serving.errors import install_handlers
+from serving.errors import GuardMiddleware, install_handlers
 from serving.fastpath import FastRecommendations
 from serving.ingest import EventSink
 from serving.items import CachedStateReader, ItemCache
 from serving.limits import ConcurrencyLimitMiddleware
+from serving.live import ConsumerLag
 from serving.routes import (
     bench_fetch,
     bench_router,
@@ -85,6 +86,8 @@ async def refresh_items(state: AppState) -> bool:
     try:
         async with asyncio.timeout(state.settings.request_timeout_s * 2):
             await items.refresh()
+        st = items.stats
+        state.metrics.item_cache(st.hits, st.misses, items.rows_held, items.refreshed_at)
         return True
     except Exception as exc:  # Redis away: requests get 503s; the next round retries
         items.stats.refresh_failures += 1
@@ -124,6 +127,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             store=store,
             cached=cached,
             events=EventSink(cfg.kafka),
+            lag=ConsumerLag(cfg.kafka, cfg.consumer_group),
         )
         # Start even when Redis is down: /health reports it and requests get
         # 503s until it is back, which beats a crash loop under an orchestrator.
@@ -144,6 +148,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                 await state.events.close()
             except Exception:
                 log.exception("closing the kafka producer failed")
+            if state.lag is not None:
+                state.lag.close()
             await client.aclose()
 
     app = FastAPI(
@@ -168,7 +174,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                 handler=fetch_only,
             )
     install_handlers(app)
-    # Added last, so outermost: a shed request costs no routing or validation.
+    # Outside the routing: a shed request costs no routing or validation.
     app.add_middleware(
         ConcurrencyLimitMiddleware,
         max_in_flight=cfg.max_in_flight,
@@ -177,6 +183,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         max_body_bytes=cfg.max_body_bytes,
         body_timeout_s=cfg.body_timeout_s,
     )
+    # Added last, so outermost: every request is counted, shed ones included.
+    app.add_middleware(GuardMiddleware)
     app.include_router(router)
     if cfg.bench_routes:
         app.include_router(bench_router)

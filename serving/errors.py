@@ -15,6 +15,7 @@ Each error is counted by code in the metrics.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import ServiceUnavailable
@@ -67,7 +69,7 @@ def error_response(
 ) -> JSONResponse:
     state = app_state(scope)
     if state is not None:
-        state.metrics.errors[code] += 1
+        state.metrics.error(code)
     return JSONResponse(
         {"error": {"code": code, "message": message}}, status_code=status, headers=headers
     )
@@ -115,6 +117,9 @@ def unavailable_response(scope: Scope, exc: Exception) -> JSONResponse:
     """The 503 for an exception in UNAVAILABLE (the handler's, and the fast path's)."""
     # The message names the dependency, never the host or the trace: the log has those.
     path = scope.get("path")
+    state = app_state(scope)
+    if state is not None:
+        state.metrics.backend_error("kafka" if isinstance(exc, ServiceUnavailable) else "redis")
     if isinstance(exc, ServiceUnavailable):
         log.warning("service unavailable on %s: %s", path, exc)
         message = "a backing service is unavailable; retry shortly"
@@ -129,20 +134,23 @@ async def _on_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_handlers(app: FastAPI) -> None:
+    """The exception handlers. The app adds :class:`GuardMiddleware` itself, last,
+    so that it is the outermost middleware and sees every request."""
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     for exc_type in UNAVAILABLE:
         app.add_exception_handler(exc_type, _on_unavailable)
-    app.add_middleware(GuardMiddleware)
 
 
 class GuardMiddleware:
-    """Counts requests by route and turns any unhandled exception into a JSON 500.
+    """Counts every request (route template, method, status, latency; serving.metrics)
+    and turns any unhandled exception into a JSON 500.
 
     Pure ASGI rather than ``@app.middleware("http")``: it adds no extra task or
     body streaming per request, and it sits inside Starlette's ServerErrorMiddleware,
-    so the client gets our JSON shape instead of a plain-text 500.
+    so the client gets our JSON shape instead of a plain-text 500. It is the
+    outermost of the app's own middleware, so shed requests are counted too.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -153,11 +161,14 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         started = False
+        status = 500
+        t0 = time.perf_counter()
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
+                status = message["status"]
             await send(message)
 
         try:
@@ -171,11 +182,21 @@ class GuardMiddleware:
         finally:
             state = app_state(scope)
             if state is not None:
-                state.metrics.requests[_route_name(scope)] += 1
+                state.metrics.request(
+                    scope.get("method", "?"), _route_name(scope), status, time.perf_counter() - t0
+                )
 
 
 def _route_name(scope: Scope) -> str:
+    """The route template that matched (or would have: a shed request is never routed)."""
     route: Any = scope.get("route")
     path = getattr(route, "path", None)
-    # Unmatched paths share one bucket so random URLs cannot grow the counter map.
-    return f"{scope.get('method', '?')} {path}" if path else "unmatched"
+    if path is None:
+        app: Any = scope.get("app")
+        for candidate in getattr(getattr(app, "router", None), "routes", ()):
+            match, _ = candidate.matches(scope)
+            if match == Match.FULL:
+                path = getattr(candidate, "path", None)
+                break
+    # Unmatched paths share one label so random URLs cannot grow the metric's series.
+    return path or "unmatched"

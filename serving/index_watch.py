@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,7 +75,7 @@ async def load_initial(state: AppState) -> None:
         # A corrupt artifact must not keep the API down: co-occurrence and
         # trending still work. The poller retries on the next published version.
         log.exception("embedding index in %s failed to load", artifacts)
-        state.metrics.index_load_failures += 1
+        state.metrics.index_failed()
         index = None
     if index is None:
         log.warning(
@@ -84,6 +85,7 @@ async def load_initial(state: AppState) -> None:
         )
         return
     state.index = index
+    state.metrics.index_loaded(_built_ts(index), len(index), swap=False)
     log.info("embedding index %s loaded (%d items)", index.version, len(index))
 
 
@@ -106,18 +108,18 @@ async def poll_once(state: AppState) -> bool:
             return False  # replaced between the two calls; the next poll sees the new one
         # Still current yet unreadable: a broken artifact. Same handling as below.
         state.failed_version = version
-        state.metrics.index_load_failures += 1
+        state.metrics.index_failed()
         log.exception("embedding index %s is unreadable; keeping the current index", version)
         return False
     except Exception:
         state.failed_version = version
-        state.metrics.index_load_failures += 1
+        state.metrics.index_failed()
         log.exception("embedding index %s failed to load; keeping the current index", version)
         return False
     if held is not None and new.version == held.version:
         return False
     state.index = new
-    state.metrics.index_swaps += 1
+    state.metrics.index_loaded(_built_ts(new), len(new), swap=True)
     # The new index's objects are long-lived: keep them out of full collections
     # too (serving.app.settle_heap; freeze alone, as a collect would stall the loop).
     gc.freeze()
@@ -140,5 +142,13 @@ async def watch(state: AppState) -> None:
         except asyncio.CancelledError:
             raise
         except Exception:
-            state.metrics.index_load_failures += 1
+            state.metrics.index_failed()
             log.exception("embedding index poll failed; keeping the current index")
+
+
+def _built_ts(index: ItemIndex) -> float | None:
+    """The index's build time as epoch seconds (None: its manifest does not say)."""
+    try:
+        return datetime.fromisoformat(index.manifest.built_at).timestamp()
+    except (AttributeError, TypeError, ValueError):
+        return None

@@ -9,7 +9,7 @@ only grows. This middleware keeps the queue small and the wait short instead:
 - anything else is answered at once with 503 ``overloaded`` and ``Retry-After``,
   which costs microseconds, so the server stays responsive while it sheds.
 
-Probes (``/health``, ``/metrics``) bypass the limit: an orchestrator must be able
+Probes (``/health``, ``/metrics``, ``/stats``) bypass the limit: an orchestrator must be able
 to tell "busy" from "dead" exactly when the service is busiest.
 
 Pure ASGI, like serving.errors.GuardMiddleware, so it adds no task per request.
@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.errors import RETRY_AFTER_S, error_response
 
-EXEMPT_PATHS: frozenset[str] = frozenset({"/health", "/metrics"})
+EXEMPT_PATHS: frozenset[str] = frozenset({"/health", "/metrics", "/stats"})
 
 
 class InFlightLimiter:

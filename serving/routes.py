@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import asdict
+from importlib import resources
 from typing import Annotated, Any, Literal, cast
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import HTMLResponse
 
 from core.errors import InvalidEvent
 from core.events import ID_PATTERN, MAX_ID_LEN, future_limit_ms, validate
@@ -24,25 +27,34 @@ from serving.blend import Candidates, Scored, blend
 from serving.errors import ApiError
 from serving.idempotency import Claim, fingerprint
 from serving.items import UserView
+from serving.metrics import EXPOSITION_TYPE
 from serving.reader import UserState
 from serving.schemas import (
     ERROR_RESPONSES,
     EVENTS_BODY_SCHEMA,
     AcceptedOut,
+    CatalogueItem,
     ErrorOut,
     HealthOut,
     ItemCacheOut,
+    ItemOut,
+    LiveOut,
     MetricsOut,
     RecommendationsOut,
+    SearchOut,
     SimilarItem,
     SimilarOut,
     SimilarReason,
 )
 from serving.scoring import fast_blend
+from serving.search import TitleSearch
 from serving.settings import MAX_K_LIMIT
 from serving.state import STATE_KEY, AppState
 
 router = APIRouter()
+PAGE = resources.files("serving").joinpath("page.html").read_text()
+MAX_QUERY_LEN = 100
+MAX_SEARCH_LIMIT = 50
 # GET /bench/fetch/{user_id}: included only when ServingSettings.bench_routes is on.
 bench_router = APIRouter()
 
@@ -186,10 +198,7 @@ async def recommend(state: AppState, user_id: str, size: int) -> Response:
     index = state.index  # read once: a concurrent swap must not change it mid-request
     user = await fetch_user(state, user_id, size, index)
     ranked = rank(state, user, size, index)
-    metrics = state.metrics
-    metrics.recommendations += 1
-    metrics.fallbacks += not any(s.personalised for s in ranked)
-    metrics.items_served += len(ranked)
+    state.metrics.recommended(len(ranked), any(s.personalised for s in ranked))
     return _recommendations_json(user_id, size, ranked, user.sources, index)
 
 
@@ -254,6 +263,87 @@ async def similar(item_id: ItemId, state: State, size: Size) -> SimilarOut:
         ],
         index_version=None if index is None else index.version,
     )
+
+
+@router.get(
+    "/items",
+    response_model=SearchOut,
+    responses=ERROR_RESPONSES,
+    summary="Search the catalogue's titles (case and accents ignored, words as prefixes)",
+)
+async def search_items(
+    state: State,
+    q: Annotated[
+        str,
+        Query(
+            min_length=1,
+            max_length=MAX_QUERY_LEN,
+            description="words to find in titles, in any order, each a prefix of a title word",
+        ),
+    ],
+    limit: Annotated[int, Query(ge=1, le=MAX_SEARCH_LIMIT)] = 10,
+) -> SearchOut:
+    index = state.index
+    if index is None:
+        raise ApiError(
+            503, "index_unavailable", "no embedding index, and so no catalogue, is loaded"
+        )
+    held = state.search
+    if held is None or held[0] != index.version:
+        # Once per index version; ~10 ms for ml-latest-small, off the event loop.
+        held = state.search = (index.version, await asyncio.to_thread(TitleSearch, index.titles))
+    hits = held[1].search(q, limit)
+    return SearchOut(
+        query=q,
+        items=[CatalogueItem(item_id=i, title=t) for i, t in hits],
+        index_version=index.version,
+    )
+
+
+@router.get(
+    "/items/{item_id}",
+    response_model=ItemOut,
+    responses={
+        404: {"model": ErrorOut, "description": "not in the index, never clicked"},
+        **ERROR_RESPONSES,
+    },
+    summary="One item: its title and how often it was clicked",
+)
+async def item(item_id: ItemId, state: State) -> ItemOut:
+    index = state.index
+    async with asyncio.timeout(state.settings.request_timeout_s):
+        pop = (await state.store.popularity_of([item_id])).get(item_id)
+    in_index = index is not None and item_id in index
+    if not in_index and pop is None:
+        raise ApiError(
+            404, "item_not_found", f"item {item_id!r} is neither in the index nor clicked"
+        )
+    return ItemOut(item_id=item_id, title=_title(index, item_id), in_index=in_index, popularity=pop)
+
+
+@router.get("/live", response_model=LiveOut, summary="Throughput, consumer lag and latency now")
+async def live(state: State) -> LiveOut:
+    async with asyncio.timeout(state.settings.request_timeout_s):
+        applied = await state.store.applied_events()
+    lag = None if state.lag is None else await state.lag.read()
+    recent = state.metrics.recent
+    p50 = p99 = None
+    if recent:
+        p50, p99 = (float(v) * 1000 for v in np.percentile(np.fromiter(recent, float), [50, 99]))
+    return LiveOut(
+        events_applied=applied,
+        events_per_s=state.throughput.rate(applied),
+        lag=lag,
+        p50_ms=p50,
+        p99_ms=p99,
+    )
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> HTMLResponse:
+    """The page a person can try: search, similar items, a user's session and
+    recommendations, clicks that change them, and a live panel (serving/page.html)."""
+    return HTMLResponse(PAGE)
 
 
 @router.get(
@@ -362,7 +452,7 @@ async def post_events(
             await claim.drop()  # not sent: the client's retry must send
             raise
         await claim.done(accepted)
-    state.metrics.events_accepted += accepted
+    state.metrics.events(accepted)
     return AcceptedOut(accepted=accepted)
 
 
@@ -379,8 +469,18 @@ def _replay(held: str, batch: str) -> AcceptedOut:
     return AcceptedOut(accepted=int(accepted), replayed=True)
 
 
-@router.get("/metrics", response_model=MetricsOut, summary="Counters since start")
-async def metrics(state: State) -> MetricsOut:
+@router.get(
+    "/metrics",
+    response_class=Response,
+    summary="Prometheus metrics (every worker's)",
+    responses={200: {"content": {EXPOSITION_TYPE: {}}, "description": "the text format"}},
+)
+async def metrics(state: State) -> Response:
+    return Response(state.metrics.exposition(), media_type=EXPOSITION_TYPE)
+
+
+@router.get("/stats", response_model=MetricsOut, summary="This worker's counters since start")
+async def stats(state: State) -> MetricsOut:
     items = None
     if state.cached is not None:
         cache = state.cached.items

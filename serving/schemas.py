@@ -66,6 +66,35 @@ class SimilarOut(BaseModel):
     index_version: str | None = Field(description="embedding index used; null if none loaded")
 
 
+class CatalogueItem(BaseModel):
+    item_id: str
+    title: str | None = None
+
+
+class SearchOut(BaseModel):
+    query: str
+    items: list[CatalogueItem] = Field(description="best first")
+    index_version: str | None = Field(description="the index whose catalogue was searched")
+
+
+class ItemOut(CatalogueItem):
+    in_index: bool = Field(description="the embedding index has this item")
+    popularity: float | None = Field(description="events seen for it (null: none counted)")
+
+
+class LiveOut(BaseModel):
+    events_applied: int = Field(description="events the consumer has applied (Redis)")
+    events_per_s: float | None = Field(
+        description="applied per second since this worker's previous answer (null: first)"
+    )
+    lag: int | None = Field(
+        description="events on the topic past what the consumer group committed (null: "
+        "the broker did not answer)"
+    )
+    p50_ms: float | None = Field(description="this worker's last recommendation latencies")
+    p99_ms: float | None = None
+
+
 class HealthOut(BaseModel):
     status: Literal["ok", "degraded", "down"] = Field(
         description="ok; degraded = no embedding index; down = Redis unreachable (503)"

@@ -66,6 +66,8 @@ class ServingSettings(ServiceSettings):
     # at most this many bytes (1000 events at the 4 KiB per-event limit, plus
     # JSON's brackets and commas, fit in 5 MiB) and within this many seconds.
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    # The consumer group whose lag the page's live panel shows (GET /live).
+    consumer_group: str = "streamrec"
     # The request line and headers, at most (431 past it; serving/protocol.py).
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)
     # API keys for POST /events, comma-separated (several at once, to rotate one

@@ -9,7 +9,9 @@ import redis.asyncio as aioredis
 from offline.index import ItemIndex
 from serving.ingest import EventSink
 from serving.items import CachedStateReader
+from serving.live import ConsumerLag, Throughput
 from serving.metrics import Metrics
+from serving.search import TitleSearch
 from serving.settings import ServingSettings
 from serving.store import RedisStateReader
 
@@ -30,3 +32,8 @@ class AppState:
     index: ItemIndex | None = None
     # A published version that failed to load, so the watcher does not retry it every poll.
     failed_version: str | None = None
+    # GET /items?q=: the title search of one index version, built at its first query.
+    search: tuple[str, TitleSearch] | None = None
+    # GET /live: the consumer group's lag, and this worker's last throughput sample.
+    lag: ConsumerLag | None = None
+    throughput: Throughput = field(default_factory=Throughput)

@@ -216,3 +216,8 @@ class RedisStateReader(StateReader):
 
     async def ping(self) -> bool:
         return bool(await self._client.ping())
+
+    async def applied_events(self) -> int:
+        """Events the consumer has applied (its stats counter)."""
+        raw = await self._client.hget(self._keys.stats, "events")
+        return 0 if raw is None else int(raw)

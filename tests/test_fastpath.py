@@ -44,7 +44,7 @@ def answers(settings: object, fast: bool) -> list[tuple[int, str, str]]:
         for path in PATHS:
             resp = c.get(path)
             out.append((resp.status_code, resp.headers.get("content-type", ""), resp.text))
-        metrics = c.get("/metrics").json()
+        metrics = c.get("/stats").json()
     out.append((0, "requests", str(sorted(metrics["requests"].items()))))
     out.append((0, "counters", str([metrics[k] for k in ("recommendations", "fallbacks")])))
     return out

@@ -102,7 +102,7 @@ def test_flood_beyond_a_tiny_limit_sheds_with_503_and_recovers(
         # 32 clients behind a 0.4 s stall would show seconds.
         assert float(np.max([r.latency_ms for r in records])) < 2000
         with httpx.Client(base_url=url, timeout=5) as http:
-            errors = http.get("/metrics").json()["errors"]
+            errors = http.get("/stats").json()["errors"]
             assert errors.get("overloaded", 0) > 0
             # Calm again: the same process serves every request.
             assert http.get("/health").status_code == 200

@@ -20,7 +20,7 @@ from core.settings import KafkaSettings, RedisSettings
 from offline.index import ItemIndex, publish
 from serving.app import create_app
 from serving.blend import BlendConfig
-from serving.errors import install_handlers
+from serving.errors import GuardMiddleware, install_handlers
 from serving.schemas import RecommendationsOut
 from serving.settings import ServingSettings
 from streamrec.local.stack import free_port
@@ -210,7 +210,7 @@ def test_health_metrics_and_docs(client: TestClient, published: tuple[Path, Item
     client.get("/recommendations/nobody")
     client.get("/recommendations/u1")
     client.get("/recommendations/u1", params={"k": 0})
-    metrics = client.get("/metrics").json()
+    metrics = client.get("/stats").json()
     assert metrics["requests"]["GET /recommendations/{user_id}"] == 3
     assert metrics["recommendations"] == 2
     assert metrics["fallbacks"] == 1
@@ -291,7 +291,7 @@ def test_hot_swap_under_load_never_fails_a_request(
         assert codes and set(codes) == {200}
         assert c.get("/items/2/similar", params={"k": 1}).json()["items"][0]["item_id"] == "3"
         assert c.get("/health").json()["index_version"] == new.version
-        assert c.get("/metrics").json()["index_swaps"] == 1
+        assert c.get("/stats").json()["index_swaps"] == 1
         assert versions <= {old.version, new.version}
 
 
@@ -308,7 +308,7 @@ def test_redis_down_is_503_with_retry_after_never_500(tmp_path: Path) -> None:
         assert health.json()["status"] == "down"
         # A refused connection must fail fast, not wait out a timeout.
         assert time.monotonic() - started < 2.0
-        assert c.get("/metrics").json()["errors"] == {"unavailable": 1}
+        assert c.get("/stats").json()["errors"] == {"unavailable": 1}
 
 
 def wait_until_blocked(url: str, bound_s: float = 5.0) -> None:
@@ -360,6 +360,7 @@ def test_unexpected_exception_is_a_json_500_without_details(
 ) -> None:
     app = FastAPI()
     install_handlers(app)
+    app.add_middleware(GuardMiddleware)
 
     @app.get("/boom")
     async def boom() -> None:
@@ -399,12 +400,12 @@ def test_broken_published_index_keeps_the_old_one(
             (broken / name).write_text("garbage")
         (artifacts / "index" / "CURRENT").write_text("broken-1\n")
         deadline = time.monotonic() + 10.0
-        while c.get("/metrics").json()["index_load_failures"] == 0:
+        while c.get("/stats").json()["index_load_failures"] == 0:
             assert time.monotonic() < deadline, "the broken version was never tried"
         # Tried once and remembered: the old index keeps serving.
         assert c.get("/health").json()["index_version"] == old.version
         assert c.get("/items/1/similar").status_code == 200
-        assert c.get("/metrics").json()["index_load_failures"] == 1
+        assert c.get("/stats").json()["index_load_failures"] == 1
 
 
 def test_popularity_damping_is_applied_by_the_server(

@@ -70,7 +70,7 @@ def test_invalid_batch_is_rejected_whole_and_valid_events_arrive(
         resp = c.post("/events", json=[good, second])
         assert resp.status_code == 202
         assert resp.json() == {"accepted": 2, "replayed": False}
-        assert c.get("/metrics").json()["events_accepted"] == 2
+        assert c.get("/stats").json()["events_accepted"] == 2
 
     records = consume_all(kafka_settings, expected=2)
     # Only the valid batch arrived: nothing of the rejected one was sent.

@@ -72,7 +72,7 @@ def pinned_clients(url: str, workers: int, bound: int = 60) -> dict[int, httpx.C
     found: dict[int, httpx.Client] = {}
     for _ in range(bound):
         client = httpx.Client(base_url=url, timeout=5)
-        pid = client.get("/metrics").json()["pid"]
+        pid = client.get("/stats").json()["pid"]
         if pid in found:
             client.close()
         else:
@@ -121,7 +121,7 @@ def test_two_workers_serve_and_each_hot_swaps_without_failed_requests(
                 assert new.version in versions, "a worker kept the old index"
                 assert versions <= {old.version, new.version}
             for c in clients.values():
-                assert c.get("/metrics").json()["index_swaps"] == 1
+                assert c.get("/stats").json()["index_swaps"] == 1
         finally:
             for c in clients.values():
                 c.close()

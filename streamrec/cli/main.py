@@ -107,8 +107,29 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
     import uvicorn
 
+    # Several workers: prometheus-client's multiprocess mode. Every worker writes
+    # its metrics under one fresh directory, and whichever answers /metrics reads
+    # them all (serving/metrics.py). The variable must be set before a worker
+    # imports prometheus_client: workers are fresh processes, this one has
+    # imported it already, so one worker (in this process) keeps its own registry.
+    own_dir = None
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_dir = tempfile.mkdtemp(prefix="streamrec-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
+    try:
+        _serve(uvicorn, args)
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
+    return 0
+
+
+def _serve(uvicorn: Any, args: argparse.Namespace) -> None:
     uvicorn.run(
         "serving.app:create_app",
         factory=True,
@@ -120,7 +141,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level.lower(),
         access_log=False,
     )
-    return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -165,6 +185,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             speed=args.speed,
             requests=args.requests,
             keep_running=args.keep_running,
+            keep_serving=args.keep_serving,
         )
     )
 
@@ -247,10 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pace.add_argument("--speed", type=float, help="replay at this multiple of real time")
     p.add_argument("--requests", type=int, default=2000, help="API lookups for the latency probe")
-    p.add_argument(
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument(
         "--keep-running",
         action="store_true",
-        help="leave the stack, consumer and API running at the end",
+        help="leave the stack, consumer and API running at the end (detached)",
+    )
+    keep.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="keep the page, API and consumer serving until Ctrl-C, then clean up",
     )
     p.set_defaults(func=cmd_demo)
     evaluate.register(sub)

@@ -174,7 +174,7 @@ def run_loadtest(opts: LoadTestOptions) -> dict[str, Any]:
         fresh, lag, sent = _measure(opts, run, rest, pacing, t0)
         records = load.join()
         final_applied = _wait_caught_up(run, len(warm) + sent.value + len(fresh.samples), 30.0)
-        metrics = httpx.get(f"{api}/metrics", timeout=5).json()
+        metrics = httpx.get(f"{api}/stats", timeout=5).json()
 
     config = {
         "command": opts.command,

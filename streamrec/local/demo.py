@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ class DemoOptions:
     speed: float | None = None
     requests: int = 2000
     keep_running: bool = False
+    keep_serving: bool = False  # wait for Ctrl-C after the summary, then clean up
 
 
 @contextlib.contextmanager
@@ -60,7 +63,7 @@ def run_demo(opts: DemoOptions) -> int:
         with _stage(f"building the embedding index from {len(df):,} ratings"):
             index = build_index(df, run.artifacts, titles=titles, source=str(opts.dataset))
         with _stage("starting the consumer and the API"):
-            run.start_consumer()
+            consumer_metrics = run.start_consumer()
             api = run.start_api()
 
         pacing = Pacing(speed=opts.speed, rate=None if opts.speed else (opts.rate or DEFAULT_RATE))
@@ -105,14 +108,27 @@ def run_demo(opts: DemoOptions) -> int:
             ),
             titles,
         )
+        print(f"\ntry it: {api}/  (search a title, pick user {user}, click an item)")
+        print(f"metrics: {api}/metrics (API), {consumer_metrics} (consumer)")
         if opts.keep_running:
             print(
                 f"\nleft running: API {api}, Redis namespace {run.redis.namespace}, "
                 f"topic {run.kafka.topic}; logs in {run.dir}"
             )
+        elif opts.keep_serving:
+            print("serving until Ctrl-C (or SIGTERM); then everything stops and is cleaned up")
+            _wait_for_a_signal()
         return 0
     finally:
         run.__exit__(None, None, None)
+
+
+def _wait_for_a_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
 
 
 def _ms(value: float | None) -> str:

@@ -141,14 +141,26 @@ class LiveRun:
         return process_env(self.kafka, self.redis, self.artifacts)
 
     # -- processes -----------------------------------------------------------------
+    @property
+    def group(self) -> str:
+        """The run's consumer group."""
+        return f"run-{self.run_id}"
+
     def start_consumer(
         self, name: str = "consumer", extra_env: dict[str, str] | None = None
-    ) -> None:
+    ) -> str:
+        """Start ``streamrec consume``; returns the URL of its Prometheus metrics."""
+        port = free_port()
         self.children.start(
             name,
-            [sys.executable, "-m", "streamrec.cli", "consume", "--group", f"run-{self.run_id}"],
-            {**self.env, **(extra_env or {})},
+            [sys.executable, "-m", "streamrec.cli", "consume", "--group", self.group],
+            {
+                **self.env,
+                "STREAMREC_CONSUMER_METRICS_PORT": str(port),
+                **(extra_env or {}),
+            },
         )
+        return f"http://127.0.0.1:{port}/metrics"
 
     def start_api(
         self, workers: int = 1, extra_env: dict[str, str] | None = None, timeout: float = 60
@@ -169,7 +181,8 @@ class LiveRun:
                 "--workers",
                 str(workers),
             ],
-            {**self.env, **(extra_env or {})},
+            # The page's live panel shows this run's consumer group's lag.
+            {**self.env, "STREAMREC_SERVING_CONSUMER_GROUP": self.group, **(extra_env or {})},
         )
         wait_until(lambda: self._alive() and self._healthy(), timeout, "the API")
         return self.api_url
