@@ -61,11 +61,28 @@ class MethodResult:
     within_session: Tally = field(default_factory=Tally)
     new_session: Tally = field(default_factory=Tally)
     shown: set[str] = field(default_factory=set)  # distinct items in any top-10
+    # user -> [predictions, hits@10, NDCG@10 gains]: the unit of the paired
+    # bootstrap (evaluation/bootstrap.py).
+    by_user: dict[str, list[float]] = field(default_factory=dict)
 
     def add(
-        self, ranked: Sequence[str], target: str, fallback: bool, *, cold: bool, new_session: bool
+        self,
+        ranked: Sequence[str],
+        target: str,
+        fallback: bool,
+        *,
+        cold: bool,
+        new_session: bool,
+        user: str = "",
     ) -> None:
+        hits, gain = self.all.hits[10], self.all.ndcg[10]
         self.all.add(ranked, target, fallback)
+        row = self.by_user.get(user)
+        if row is None:
+            row = self.by_user[user] = [0, 0, 0.0]
+        row[0] += 1
+        row[1] += self.all.hits[10] - hits
+        row[2] += self.all.ndcg[10] - gain
         if cold:
             self.cold.add(ranked, target, fallback)
         else:

@@ -38,6 +38,7 @@ from consumer.logic import SessionRules
 from consumer.settings import ConsumerSettings
 from consumer.state import PartitionBatch, StoreConfig
 from core.events import ClickEvent
+from evaluation.bootstrap import per_user_intervals
 from evaluation.memory import MemoryState
 from evaluation.metrics import KS, MethodResult, SessionSplit
 from offline.embeddings import build_embeddings
@@ -89,6 +90,9 @@ class EvalSetup:
     # > 0: rebuild the embedding index this often (in events) during the predicted part.
     reindex_every: int = 0
     catalog: int | None = None  # item count for coverage (default: items seen)
+    # Each other method's HR@10 and NDCG@10 get a paired per-user bootstrap 95 %
+    # interval of their difference to this one (evaluation/bootstrap.py).
+    baseline: str = "co-occurrence"
 
     @property
     def store(self) -> StoreConfig:
@@ -148,6 +152,9 @@ def default_methods(blend_cfg: BlendConfig) -> list[Method]:
         # ranks: the same weights, no damping.
         methods.append(Method(UNDAMPED, BlendConfig(**{**base, "pop_damping": 0.0})))
     return methods
+
+
+BOOTSTRAP_METRICS = ("hr@10", "ndcg@10")
 
 
 @dataclass
@@ -217,7 +224,9 @@ def prequential(
             ranked: list[Scored] = blend(cands, user_seen, kmax, m.cfg)
             ids = [s.item_id for s in ranked]
             fallback = not any(s.personalised for s in ranked)
-            results[m.name].add(ids, event.item_id, fallback, cold=cold, new_session=new_session)
+            results[m.name].add(
+                ids, event.item_id, fallback, cold=cold, new_session=new_session, user=user
+            )
         state.apply(TOPIC, [PartitionBatch(0, i, i + 1, [(i, event)])])
         seen.setdefault(user, set()).add(event.item_id)
         sessions.see(event)
@@ -225,8 +234,16 @@ def prequential(
     n_items = (
         setup.catalog if setup.catalog is not None else len({e.item_id for e in events[:stop]})
     )
+    summaries = {name: r.summary(n_items) for name, r in results.items()}
+    if setup.baseline in results:
+        per_user = {
+            name: {u: tuple(row) for u, row in r.by_user.items()} for name, r in results.items()
+        }
+        intervals = per_user_intervals(per_user, setup.baseline, BOOTSTRAP_METRICS)
+        for name, by_metric in intervals.items():
+            summaries[name]["vs_baseline"] = {"baseline": setup.baseline, **by_metric}
     return RunResult(
-        methods={name: r.summary(n_items) for name, r in results.items()},
+        methods=summaries,
         predictions=stop - start,
         seconds=time.perf_counter() - began,
         index_builds=builds,

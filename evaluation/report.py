@@ -13,14 +13,43 @@ from typing import Any
 
 from evaluation.metrics import KS
 
+INTERVAL_NOTE = (
+    "Δ columns: each method's difference to the baseline, with a paired per-user "
+    "bootstrap 95 % interval (users drawn with replacement, 2,000 draws; "
+    "evaluation/bootstrap.py). `*`: the interval excludes 0; otherwise the "
+    "difference is within noise."
+)
 COLUMNS = [f"hr@{k}" for k in KS] + [f"mrr@{k}" for k in KS] + [f"ndcg@{k}" for k in KS]
 
 
+def _interval(m: Mapping[str, Any], metric: str) -> str:
+    vs = m.get("vs_baseline")
+    if not vs:
+        return ""
+    iv = vs[metric]
+    mark = "" if iv["lo"] <= 0 <= iv["hi"] else " *"
+    return f"{iv['diff']:+.4f} [{iv['lo']:+.4f}, {iv['hi']:+.4f}]{mark}"
+
+
 def table(methods: Mapping[str, Mapping[str, Any]]) -> str:
-    """One row per method: all metrics, coverage, fallback share, HR@10 split
-    cold/warm, and warm targets' HR@10 split by whether they continue a session."""
+    """One row per method: the difference to the baseline with its paired
+    bootstrap 95 % interval (``*``: the interval excludes 0), all metrics,
+    coverage, fallback share, HR@10 split cold/warm, and warm targets' HR@10 split
+    by whether they continue a session."""
+    baseline = next(
+        (m["vs_baseline"]["baseline"] for m in methods.values() if m.get("vs_baseline")), None
+    )
+    versus = (
+        []
+        if baseline is None
+        else [
+            f"ΔHR@10 vs {baseline} [95% CI]",
+            f"ΔNDCG@10 vs {baseline} [95% CI]",
+        ]
+    )
     head = [
         "method",
+        *versus,
         *COLUMNS,
         "coverage@10",
         "fallback",
@@ -31,7 +60,13 @@ def table(methods: Mapping[str, Mapping[str, Any]]) -> str:
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in methods.items():
-        cells = [name, *(f"{m[c]:.4f}" for c in COLUMNS)]
+        cells = [name]
+        if baseline is not None:
+            if name == baseline:
+                cells += ["(baseline)", "(baseline)"]
+            else:
+                cells += [_interval(m, "hr@10"), _interval(m, "ndcg@10")]
+        cells += [f"{m[c]:.4f}" for c in COLUMNS]
         cells += [f"{m['coverage@10']:.3f}", f"{m['fallback']:.3f}"]
         for group in ("cold", "warm", "within_session", "new_session"):
             g = m[group]
@@ -64,6 +99,8 @@ def markdown(result: Mapping[str, Any]) -> str:
             table(block["methods"]),
             "",
         ]
+        if any(m.get("vs_baseline") for m in block["methods"].values()):
+            parts += [INTERVAL_NOTE, ""]
         if block.get("note"):
             parts += [str(block["note"]), ""]
     if result.get("agreement"):

@@ -104,6 +104,7 @@ def live_run(
                         bool(body["fallback"]),
                         cold=not body["sources"],
                         new_session=sessions.starts_session(e),
+                        user=e.user_id,
                     )
                     producer.send(e)
                     producer.flush()
