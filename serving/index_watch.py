@@ -85,7 +85,7 @@ async def load_initial(state: AppState) -> None:
         )
         return
     state.index = index
-    state.metrics.index_loaded(_built_ts(index), len(index), swap=False)
+    state.metrics.index_loaded(index.version, _built_ts(index), len(index), swap=False)
     log.info("embedding index %s loaded (%d items)", index.version, len(index))
 
 
@@ -119,7 +119,7 @@ async def poll_once(state: AppState) -> bool:
     if held is not None and new.version == held.version:
         return False
     state.index = new
-    state.metrics.index_loaded(_built_ts(new), len(new), swap=True)
+    state.metrics.index_loaded(new.version, _built_ts(new), len(new), swap=True)
     # The new index's objects are long-lived: keep them out of full collections
     # too (serving.app.settle_heap; freeze alone, as a collect would stall the loop).
     gc.freeze()

@@ -68,8 +68,8 @@ class Metrics:
         )
         self.http_latency = Histogram(
             "streamrec_http_request_duration_seconds",
-            "Time from a request's arrival to its last byte, by route template and method",
-            ["route", "method"],
+            "Time from a request's arrival to its last byte, by route template, method and status",
+            ["route", "method", "status"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -109,6 +109,14 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.index_info = Gauge(
+            "streamrec_index_info",
+            "1 for the embedding index version serving now (0 for versions swapped out)",
+            ["version"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self._index_version: str | None = None
         self.index_items = Gauge(
             "streamrec_index_items",
             "Items in the serving embedding index",
@@ -146,7 +154,7 @@ class Metrics:
         if children is None:
             children = (
                 self.http_requests.labels(route, method, str(status)),
-                self.http_latency.labels(route, method),
+                self.http_latency.labels(route, method, str(status)),
             )
             self._children[key] = children
         children[0].inc()
@@ -177,8 +185,12 @@ class Metrics:
         self.events_accepted += n
         self.accepted.inc(n)
 
-    def index_loaded(self, built_at: float | None, items: int, *, swap: bool) -> None:
+    def index_loaded(self, version: str, built_at: float | None, items: int, *, swap: bool) -> None:
         """An index is serving now: at start (``swap`` False) or swapped in."""
+        if self._index_version is not None and self._index_version != version:
+            self.index_info.labels(self._index_version).set(0)
+        self.index_info.labels(version).set(1)
+        self._index_version = version
         if swap:
             self.index_swaps += 1
             self.swaps.inc()

@@ -46,7 +46,7 @@ MUST_HAVE_DATA = [
     "Fallback share (answers with no personalised item)",
     "Item cache: hit ratio and staleness",
     "Consumer batch apply latency p99",
-    "Index age and retries",
+    "Index version and age, retries",
 ]
 
 

@@ -96,6 +96,8 @@ def test_api_workers_report_one_truth(api: tuple[str, int]) -> None:
         assert value(got, "streamrec_recommendations_total") == total
         assert value(got, "streamrec_errors_total", code="invalid_request") == workers
         assert value(got, "streamrec_index_items") == len(make_index())
+        version = client.get("/health").json()["index_version"]
+        assert value(got, "streamrec_index_info", version=version) == 1
         assert value(got, "streamrec_index_built_timestamp_seconds") > 1.6e9
         assert value(got, "streamrec_item_cache_refreshed_timestamp_seconds") > 1.6e9
         ours = {n for n, _ in got if n.startswith("streamrec_")}
