@@ -1,4 +1,17 @@
-"""What a prequential run counts: hits, reciprocal ranks and NDCG at each k, per segment.
+"""What a prequential run counts: hits, reciprocal ranks and NDCG at each k, per segment,
+and beyond accuracy: how popular, novel and diverse the lists are.
+
+Each prediction has one relevant item (the user's next click), so recall@k is
+HR@k and precision@k is HR@k / k; both are reported under their names too.
+Beyond accuracy, over each top-10 list (``ItemStats``, fixed from the events
+before the predicted part):
+
+- popularity bias: the mean popularity percentile of the listed items (1 = the
+  most clicked item of the catalogue, items never clicked share the bottom);
+- novelty: the mean self-information of the listed items, -log2 of an item's
+  share of the clicks (add-one smoothed over the catalogue), in bits;
+- intra-list diversity: the mean Jaccard distance between the genre sets of
+  the pairs of listed items that have genres (none: not counted).
 
 Pure: no I/O, no state other than the running sums.
 """
@@ -6,7 +19,7 @@ Pure: no I/O, no state other than the running sums.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +60,82 @@ class Tally:
             out[f"hr@{k}"] = self.hits[k] / n
             out[f"mrr@{k}"] = self.rr[k] / n
             out[f"ndcg@{k}"] = self.ndcg[k] / n
+            out[f"recall@{k}"] = self.hits[k] / n  # one relevant item per prediction
+            out[f"precision@{k}"] = self.hits[k] / n / k
         out["fallback"] = self.fallbacks / n
         return out
+
+
+@dataclass(frozen=True)
+class ItemStats:
+    """What the beyond-accuracy measures know about items: fixed before the predicted part."""
+
+    percentile: Mapping[str, float]  # item -> popularity percentile in [0, 1]
+    info: Mapping[str, float]  # item -> self-information, bits
+    unseen_percentile: float
+    unseen_info: float
+    genres: Mapping[str, frozenset[str]]
+
+    @classmethod
+    def from_counts(
+        cls, counts: Mapping[str, int], catalog: int, genres: Mapping[str, frozenset[str]]
+    ) -> ItemStats:
+        catalog = max(catalog, len(counts), 1)
+        total = sum(counts.values())
+        # Percentile by rank, ties sharing the middle of their run; the never-clicked
+        # items of the catalogue sit below every clicked one.
+        zeros = catalog - len(counts)
+        by_count: dict[int, int] = {}
+        for c in counts.values():
+            by_count[c] = by_count.get(c, 0) + 1
+        below, middle = zeros, {}
+        for c in sorted(by_count):
+            middle[c] = (below + by_count[c] / 2) / catalog
+            below += by_count[c]
+        denom = total + catalog
+        return cls(
+            percentile={i: middle[c] for i, c in counts.items()},
+            info={i: -math.log2((c + 1) / denom) for i, c in counts.items()},
+            unseen_percentile=zeros / 2 / catalog,
+            unseen_info=-math.log2(1 / denom),
+            genres=genres,
+        )
+
+
+@dataclass
+class BeyondTally:
+    """Running sums of the beyond-accuracy measures over top-10 lists."""
+
+    lists: int = 0
+    percentile: float = 0.0
+    novelty: float = 0.0
+    ild: float = 0.0
+    ild_lists: int = 0
+
+    def add(self, top: Sequence[str], stats: ItemStats) -> None:
+        if not top:
+            return
+        self.lists += 1
+        pct, info = stats.percentile, stats.info
+        self.percentile += sum(pct.get(i, stats.unseen_percentile) for i in top) / len(top)
+        self.novelty += sum(info.get(i, stats.unseen_info) for i in top) / len(top)
+        sets = [g for i in top if (g := stats.genres.get(i))]
+        if len(sets) >= 2:
+            total, pairs = 0.0, 0
+            for a in range(len(sets)):
+                for b in range(a + 1, len(sets)):
+                    total += 1.0 - len(sets[a] & sets[b]) / len(sets[a] | sets[b])
+                    pairs += 1
+            self.ild += total / pairs
+            self.ild_lists += 1
+
+    def summary(self) -> dict[str, float | None]:
+        n = max(self.lists, 1)
+        return {
+            "popularity_percentile@10": self.percentile / n,
+            "novelty@10": self.novelty / n,
+            "ild@10": self.ild / self.ild_lists if self.ild_lists else None,
+        }
 
 
 @dataclass
@@ -64,6 +151,8 @@ class MethodResult:
     # user -> [predictions, hits@10, NDCG@10 gains]: the unit of the paired
     # bootstrap (evaluation/bootstrap.py).
     by_user: dict[str, list[float]] = field(default_factory=dict)
+    stats: ItemStats | None = None  # None: no beyond-accuracy measures
+    beyond: BeyondTally = field(default_factory=BeyondTally)
 
     def add(
         self,
@@ -89,10 +178,14 @@ class MethodResult:
             self.warm.add(ranked, target, fallback)
             (self.new_session if new_session else self.within_session).add(ranked, target, fallback)
         self.shown.update(ranked[:10])
+        if self.stats is not None:
+            self.beyond.add(ranked[:10], self.stats)
 
     def summary(self, catalog: int) -> dict[str, Any]:
         out: dict[str, Any] = self.all.summary()
         out["coverage@10"] = len(self.shown) / max(catalog, 1)
+        if self.stats is not None:
+            out.update(self.beyond.summary())
         out["cold"] = self.cold.summary()
         out["warm"] = self.warm.summary()
         out["within_session"] = self.within_session.summary()

@@ -27,7 +27,8 @@ server reads) are excluded. Users with no history at prediction time are
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -40,7 +41,7 @@ from consumer.state import PartitionBatch, StoreConfig
 from core.events import ClickEvent
 from evaluation.bootstrap import per_user_intervals
 from evaluation.memory import MemoryState
-from evaluation.metrics import KS, MethodResult, SessionSplit
+from evaluation.metrics import KS, ItemStats, MethodResult, SessionSplit
 from offline.embeddings import build_embeddings
 from offline.index import ItemIndex
 from offline.job import OfflineSettings
@@ -93,6 +94,8 @@ class EvalSetup:
     # Each other method's HR@10 and NDCG@10 get a paired per-user bootstrap 95 %
     # interval of their difference to this one (evaluation/bootstrap.py).
     baseline: str = "co-occurrence"
+    # item -> genres, for intra-list diversity (empty: not measured).
+    genres: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def store(self) -> StoreConfig:
@@ -190,7 +193,12 @@ def prequential(
     index: ItemIndex | None = None
     spec = setup.read(methods)
     kmax = max(KS)
-    results = {m.name: MethodResult() for m in methods}
+    counts: Counter[str] = Counter(e.item_id for e in events[:start])
+    catalog = (
+        setup.catalog if setup.catalog is not None else len({e.item_id for e in events[:stop]})
+    )
+    stats = ItemStats.from_counts(counts, catalog, setup.genres)
+    results = {m.name: MethodResult(stats=stats) for m in methods}
     want_pop = any(m.prior == "pop" for m in methods)
     damped = any(m.cfg.pop_damping > 0 for m in methods)
 
@@ -231,10 +239,7 @@ def prequential(
         seen.setdefault(user, set()).add(event.item_id)
         sessions.see(event)
 
-    n_items = (
-        setup.catalog if setup.catalog is not None else len({e.item_id for e in events[:stop]})
-    )
-    summaries = {name: r.summary(n_items) for name, r in results.items()}
+    summaries = {name: r.summary(catalog) for name, r in results.items()}
     if setup.baseline in results:
         per_user = {
             name: {u: tuple(row) for u, row in r.by_user.items()} for name, r in results.items()

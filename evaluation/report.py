@@ -75,6 +75,29 @@ def table(methods: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+BEYOND = [
+    ("precision@10", "precision@10", "{:.4f}"),
+    ("recall@10", "recall@10", "{:.4f}"),
+    ("coverage@10", "coverage@10", "{:.3f}"),
+    ("popularity_percentile@10", "popularity percentile@10", "{:.3f}"),
+    ("novelty@10", "novelty@10 (bits)", "{:.2f}"),
+    ("ild@10", "ILD@10 (genres)", "{:.3f}"),
+]
+
+
+def beyond_table(methods: Mapping[str, Mapping[str, Any]]) -> str:
+    """Precision and recall under their names, and how popular, novel and diverse
+    each method's top-10 lists are (evaluation/metrics.py says how each is measured)."""
+    cols = [
+        (key, name, fmt) for key, name, fmt in BEYOND if any(key in m for m in methods.values())
+    ]
+    lines = ["| method | " + " | ".join(n for _, n, _ in cols) + " |", "|---|" + "---|" * len(cols)]
+    for name, m in methods.items():
+        cells = ["n/a" if m.get(k) is None else fmt.format(m[k]) for k, _, fmt in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown(result: Mapping[str, Any]) -> str:
     parts = [
         "# Prequential evaluation results",
@@ -101,6 +124,8 @@ def markdown(result: Mapping[str, Any]) -> str:
         ]
         if any(m.get("vs_baseline") for m in block["methods"].values()):
             parts += [INTERVAL_NOTE, ""]
+        if any("novelty@10" in m for m in block["methods"].values()):
+            parts += ["Beyond accuracy:", "", beyond_table(block["methods"]), ""]
         if block.get("note"):
             parts += [str(block["note"]), ""]
     if result.get("agreement"):

@@ -225,3 +225,49 @@ def to_events(df: pd.DataFrame) -> Iterator[ClickEvent]:
         weights = part["rating"].tolist()
         for user, item, ts, weight in zip(users, items, stamps, weights, strict=True):
             yield ClickEvent(user, item, ts, "rating", weight)
+
+
+NO_GENRES = "(no genres listed)"
+
+
+def load_genres(path: Path) -> dict[str, frozenset[str]]:
+    """item_id -> its genres from the dataset's movie file (ml-latest and ml-1m/10m:
+    a ``|``-separated field; ml-100k: the flags of ``u.item`` named by ``u.genre``);
+    empty if the dataset has none. MovieLens's "(no genres listed)" is no genre."""
+    layout, ratings = locate_ratings(path)
+    file = ratings.parent / TITLES_FILES[layout]
+    if not file.is_file():
+        return {}
+    out: dict[str, frozenset[str]] = {}
+    if layout == ML_LATEST:
+        movies = pd.read_csv(
+            file, engine="c", dtype=str, usecols=["movieId", "genres"], keep_default_na=False
+        )
+        for item, genres in zip(movies["movieId"].str.strip(), movies["genres"], strict=True):
+            out[item] = frozenset(g for g in genres.split("|") if g and g != NO_GENRES)
+        return out
+    if layout == ML_100K:
+        names_file = ratings.parent / "u.genre"
+        if not names_file.is_file():
+            return {}
+        names = {}
+        for line in _read_text(names_file).splitlines():
+            name, _, code = line.rpartition("|")
+            if name and code.strip().isdigit():
+                names[int(code)] = name
+        for line in _read_text(file).splitlines():
+            parts = line.split("|")
+            if len(parts) >= 6 and parts[0].strip():
+                flags = parts[5:]
+                out[parts[0].strip()] = frozenset(
+                    names[k] for k, f in enumerate(flags) if f.strip() == "1" and k in names
+                )
+        out = {i: frozenset(g for g in gs if g != "unknown") for i, gs in out.items()}
+        return out
+    for line in _read_text(file).splitlines():
+        parts = line.split("::")
+        if len(parts) >= 3 and parts[0].strip():
+            out[parts[0].strip()] = frozenset(
+                g for g in parts[2].strip().split("|") if g and g != NO_GENRES
+            )
+    return out

@@ -18,7 +18,7 @@ from consumer.store import RedisStateWriter
 from core.events import ClickEvent
 from core.settings import RedisSettings
 from evaluation.memory import MemoryState
-from evaluation.metrics import MethodResult, SessionSplit, Tally
+from evaluation.metrics import BeyondTally, ItemStats, MethodResult, SessionSplit, Tally
 from evaluation.prequential import (
     EvalSetup,
     catalog_size,
@@ -30,7 +30,7 @@ from evaluation.prequential import (
 from evaluation.report import table
 from evaluation.tune import Candidate, default_grid
 from offline.job import OfflineSettings
-from producer.movielens import load_ratings, to_events
+from producer.movielens import load_genres, load_ratings, to_events
 from serving.blend import BlendConfig
 from serving.reader import ReadSpec, UserState
 from serving.store import RedisStateReader
@@ -155,6 +155,7 @@ def _slice_run(movielens_dir: Path, limit: int) -> dict[str, Any]:
             offline=(offline := OfflineSettings(dim=32)),
             index_builder=index_builder_for(df, offline),
             catalog=catalog_size(df),
+            genres=load_genres(movielens_dir),
         ),
     )
     return run.methods
@@ -302,3 +303,53 @@ def test_the_slice_reports_intervals_against_the_baseline(movielens_dir: Path) -
     assert methods["popularity"]["vs_baseline"]["hr@10"]["hi"] < 0
     text = table(methods)
     assert "ΔHR@10 vs co-occurrence [95% CI]" in text and "(baseline)" in text
+    # Beyond accuracy: popularity ranks far more popular items than co-occurrence.
+    pop, co = methods["popularity"], methods["co-occurrence"]
+    assert pop["popularity_percentile@10"] > co["popularity_percentile@10"]
+    assert pop["novelty@10"] < co["novelty@10"]
+    assert 0 < co["ild@10"] < 1
+
+
+def test_item_stats_and_the_beyond_accuracy_sums() -> None:
+    # a clicked 3 times, b once, c never, d not in the counts: a catalogue of 4.
+    stats = ItemStats.from_counts(
+        {"a": 3, "b": 1},
+        catalog=4,
+        genres={"a": frozenset({"x", "y"}), "b": frozenset({"y"}), "c": frozenset({"z"})},
+    )
+    # Two never-clicked items share the bottom half: percentiles 0.25 (both zeros'
+    # middle), b 0.625, a 0.875.
+    assert stats.unseen_percentile == 0.25
+    assert (stats.percentile["b"], stats.percentile["a"]) == (0.625, 0.875)
+    assert stats.info["a"] == pytest.approx(-math.log2(4 / 8))
+    assert stats.unseen_info == pytest.approx(3.0)
+    t = BeyondTally()
+    t.add(["a", "b", "c"], stats)
+    s = t.summary()
+    assert s["popularity_percentile@10"] == pytest.approx((0.875 + 0.625 + 0.25) / 3)
+    # Jaccard distances: a-b 1 - 1/2, a-c 1, b-c 1.
+    assert s["ild@10"] == pytest.approx((0.5 + 1 + 1) / 3)
+    t.add(["d"], stats)  # one item: no pair, no genres; counted in the rest
+    assert t.summary()["ild@10"] == pytest.approx((0.5 + 1 + 1) / 3) and t.lists == 2
+    assert Tally().summary()["precision@10"] == 0.0
+    one = Tally()
+    one.add(["x", "y"], "y", False)
+    assert (one.summary()["recall@10"], one.summary()["precision@10"]) == (1.0, 0.1)
+
+
+@pytest.mark.realdata
+def test_the_cli_evaluates_one_half_with_intervals(movielens_dir: Path, tmp_path: Path) -> None:
+    """`streamrec evaluate --half second` on a slice: the report names the half, every
+    method but the baseline has its interval, and the beyond-accuracy table is there."""
+    import json
+
+    from streamrec.cli.main import main
+
+    argv = ["evaluate", "--path", str(movielens_dir), "--limit", "8000", "--half", "second"]
+    assert main([*argv, "--dim", "16", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["dataset"].endswith("(second half)") and result["events"] == 4000
+    methods = result["test"]["methods"]
+    assert all("vs_baseline" in m for name, m in methods.items() if name != "co-occurrence")
+    text = (tmp_path / "results.md").read_text()
+    assert "Beyond accuracy:" in text and "ILD@10 (genres)" in text

@@ -10,7 +10,7 @@ import pytest
 
 from core.errors import DatasetError
 from core.events import ClickEvent, decode
-from producer.movielens import detect_layout, load_ratings, load_titles, to_events
+from producer.movielens import detect_layout, load_genres, load_ratings, load_titles, to_events
 
 Row = tuple[int, int, float, int]
 
@@ -41,9 +41,10 @@ def write_100k(d: Path, rows: list[Row] = ROWS) -> Path:
     lines = ["\t".join(str(int(v)) for v in r) for r in rows]
     (d / "u.data").write_text("\n".join(lines) + "\n")
     (d / "u.item").write_bytes(
-        "10|Toy Story (1995)|01-Jan-1995||http://x|0|0\n"
-        "20|Misérables, Les (1995)|01-Jan-1995||http://x|0|0\n".encode("latin-1")
+        "10|Toy Story (1995)|01-Jan-1995||http://x|0|1|0\n"
+        "20|Misérables, Les (1995)|01-Jan-1995||http://x|0|0|1\n".encode("latin-1")
     )
+    (d / "u.genre").write_text("unknown|0\nAnimation|1\nDrama|2\n")
     return d
 
 
@@ -147,6 +148,13 @@ def test_load_titles(tmp_path: Path, layout: str) -> None:
     second = "American President, The (1995)" if layout == "ml-latest" else "Misérables, Les (1995)"
     assert titles["20"] == second
     assert len(titles) == 2
+
+
+@pytest.mark.parametrize("layout", list(WRITERS))
+def test_load_genres(tmp_path: Path, layout: str) -> None:
+    genres = load_genres(WRITERS[layout](tmp_path))
+    assert "Animation" in genres["10"]
+    assert genres["20"] == ({"Comedy", "Drama"} if layout == "ml-latest" else {"Drama"})
 
 
 def test_load_titles_absent_is_empty(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from consumer.settings import ConsumerSettings
-from core.errors import ConfigError
+from core.errors import ConfigError, StreamrecError
 from evaluation.prequential import (
     EvalSetup,
     catalog_size,
@@ -22,7 +22,7 @@ from evaluation.prequential import (
 from evaluation.report import write_report
 from evaluation.tune import default_grid, tune
 from offline.job import OfflineSettings
-from producer.movielens import load_ratings, to_events
+from producer.movielens import load_genres, load_ratings, to_events
 from serving.settings import ServingSettings
 from streamrec.cli.options import add_dataset_args, resolve_dataset_arg
 from streamrec.local.live_eval import live_compare
@@ -70,6 +70,13 @@ def register(sub: Any) -> None:
         help="test events to send through the live stack (default: %(default)s)",
     )
     p.add_argument(
+        "--half",
+        choices=["first", "second"],
+        help="evaluate only the first or the second time-ordered half of the ratings "
+        "(each split into warm-up, validation and test the same way): a check that a "
+        "result holds on two periods",
+    )
+    p.add_argument(
         "--baseline",
         default="co-occurrence",
         help="the method every other one is compared with, a paired per-user bootstrap "
@@ -82,6 +89,10 @@ def register(sub: Any) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     data = args.path or resolve_dataset_arg(args)
     df = load_ratings(data, limit=args.limit)
+    if args.half:
+        middle = len(df) // 2  # the ratings are in timestamp order (load_ratings)
+        df = df.iloc[:middle] if args.half == "first" else df.iloc[middle:]
+        df = df.reset_index(drop=True)
     events = list(to_events(df))
     try:
         valid_start, test_start = split_points(len(events), args.valid_frac, args.test_frac)
@@ -101,10 +112,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         reindex_every=args.reindex_every,
         catalog=catalog_size(df),
         baseline=args.baseline,
+        genres=_genres(data),
     )
     result: dict[str, Any] = {
         "command": "streamrec " + shlex.join(sys.argv[1:]),
-        "dataset": str(data),
+        "dataset": str(data) + (f" ({args.half} half)" if args.half else ""),
         "events": len(events),
         "split": {
             "validation": [valid_start, test_start],
@@ -157,6 +169,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"in-process on the same events: {_line(result['live_reference']['methods'])}")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _genres(data: Path) -> dict[str, frozenset[str]]:
+    """The dataset's genres for intra-list diversity; none when it has no movie file."""
+    try:
+        return load_genres(data)
+    except (OSError, StreamrecError) as exc:
+        log.info("no genres (%s): intra-list diversity is not measured", exc)
+        return {}
 
 
 def _line(methods: dict[str, dict[str, Any]]) -> str:
