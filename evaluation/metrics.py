@@ -147,6 +147,11 @@ class MethodResult:
     # new one (a return visit). Cold targets (no history) are in neither.
     within_session: Tally = field(default_factory=Tally)
     new_session: Tally = field(default_factory=Tally)
+    # Targets by how new the item is: never clicked before the predicted part
+    # (new_item), and, of those, clicked now for the very first time (first_click:
+    # only a streaming signal can have it at all).
+    new_item: Tally = field(default_factory=Tally)
+    first_click: Tally = field(default_factory=Tally)
     shown: set[str] = field(default_factory=set)  # distinct items in any top-10
     # user -> [predictions, hits@10, NDCG@10 gains]: the unit of the paired
     # bootstrap (evaluation/bootstrap.py).
@@ -163,6 +168,8 @@ class MethodResult:
         cold: bool,
         new_session: bool,
         user: str = "",
+        new_item: bool = False,
+        first_click: bool = False,
     ) -> None:
         hits, gain = self.all.hits[10], self.all.ndcg[10]
         self.all.add(ranked, target, fallback)
@@ -177,6 +184,10 @@ class MethodResult:
         else:
             self.warm.add(ranked, target, fallback)
             (self.new_session if new_session else self.within_session).add(ranked, target, fallback)
+        if new_item:
+            self.new_item.add(ranked, target, fallback)
+            if first_click:
+                self.first_click.add(ranked, target, fallback)
         self.shown.update(ranked[:10])
         if self.stats is not None:
             self.beyond.add(ranked[:10], self.stats)
@@ -190,6 +201,8 @@ class MethodResult:
         out["warm"] = self.warm.summary()
         out["within_session"] = self.within_session.summary()
         out["new_session"] = self.new_session.summary()
+        out["new_item"] = self.new_item.summary()
+        out["first_click"] = self.first_click.summary()
         return out
 
 

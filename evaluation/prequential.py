@@ -198,6 +198,7 @@ def prequential(
         setup.catalog if setup.catalog is not None else len({e.item_id for e in events[:stop]})
     )
     stats = ItemStats.from_counts(counts, catalog, setup.genres)
+    clicked = set(counts)  # items clicked so far
     results = {m.name: MethodResult(stats=stats) for m in methods}
     want_pop = any(m.prior == "pop" for m in methods)
     damped = any(m.cfg.pop_damping > 0 for m in methods)
@@ -233,9 +234,17 @@ def prequential(
             ids = [s.item_id for s in ranked]
             fallback = not any(s.personalised for s in ranked)
             results[m.name].add(
-                ids, event.item_id, fallback, cold=cold, new_session=new_session, user=user
+                ids,
+                event.item_id,
+                fallback,
+                cold=cold,
+                new_session=new_session,
+                user=user,
+                new_item=event.item_id not in counts,
+                first_click=event.item_id not in clicked,
             )
         state.apply(TOPIC, [PartitionBatch(0, i, i + 1, [(i, event)])])
+        clicked.add(event.item_id)
         seen.setdefault(user, set()).add(event.item_id)
         sessions.see(event)
 

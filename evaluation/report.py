@@ -34,8 +34,9 @@ def _interval(m: Mapping[str, Any], metric: str) -> str:
 def table(methods: Mapping[str, Mapping[str, Any]]) -> str:
     """One row per method: the difference to the baseline with its paired
     bootstrap 95 % interval (``*``: the interval excludes 0), all metrics,
-    coverage, fallback share, HR@10 split cold/warm, and warm targets' HR@10 split
-    by whether they continue a session."""
+    coverage, fallback share, HR@10 split cold/warm, warm targets' HR@10 split
+    by whether they continue a session, and targets never clicked before the part
+    (new-item) and clicked for the first time ever (first-click)."""
     baseline = next(
         (m["vs_baseline"]["baseline"] for m in methods.values() if m.get("vs_baseline")), None
     )
@@ -57,6 +58,8 @@ def table(methods: Mapping[str, Mapping[str, Any]]) -> str:
         "warm HR@10 (n)",
         "within-session HR@10 (n)",
         "new-session HR@10 (n)",
+        "new-item HR@10 (n)",
+        "first-click HR@10 (n)",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in methods.items():
@@ -68,7 +71,7 @@ def table(methods: Mapping[str, Mapping[str, Any]]) -> str:
                 cells += [_interval(m, "hr@10"), _interval(m, "ndcg@10")]
         cells += [f"{m[c]:.4f}" for c in COLUMNS]
         cells += [f"{m['coverage@10']:.3f}", f"{m['fallback']:.3f}"]
-        for group in ("cold", "warm", "within_session", "new_session"):
+        for group in ("cold", "warm", "within_session", "new_session", "new_item", "first_click"):
             g = m[group]
             cells.append(f"{g['hr@10']:.4f} ({int(g['n'])})")
         lines.append("| " + " | ".join(cells) + " |")

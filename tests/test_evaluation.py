@@ -303,6 +303,11 @@ def test_the_slice_reports_intervals_against_the_baseline(movielens_dir: Path) -
     assert methods["popularity"]["vs_baseline"]["hr@10"]["hi"] < 0
     text = table(methods)
     assert "ΔHR@10 vs co-occurrence [95% CI]" in text and "(baseline)" in text
+    # New items: a segment of the targets, first clicks a part of it; only a
+    # streaming signal (co-occurrence from the part) can score a first click at all.
+    new, first = methods["co-occurrence"]["new_item"], methods["co-occurrence"]["first_click"]
+    assert 0 < first["n"] <= new["n"] < methods["co-occurrence"]["n"]
+    assert methods["embedding"]["first_click"]["hr@10"] == 0.0
     # Beyond accuracy: popularity ranks far more popular items than co-occurrence.
     pop, co = methods["popularity"], methods["co-occurrence"]
     assert pop["popularity_percentile@10"] > co["popularity_percentile@10"]
@@ -353,3 +358,13 @@ def test_the_cli_evaluates_one_half_with_intervals(movielens_dir: Path, tmp_path
     assert all("vs_baseline" in m for name, m in methods.items() if name != "co-occurrence")
     text = (tmp_path / "results.md").read_text()
     assert "Beyond accuracy:" in text and "ILD@10 (genres)" in text
+
+
+def test_new_item_targets_are_a_segment_and_first_clicks_a_part_of_it() -> None:
+    r = MethodResult()
+    r.add(["n"], "n", False, cold=False, new_session=False, new_item=True, first_click=True)
+    r.add(["x"], "n", False, cold=False, new_session=False, new_item=True)  # seen in the part
+    r.add(["o"], "o", False, cold=False, new_session=False)  # an item of the warm-up
+    s = r.summary(catalog=10)
+    assert (s["new_item"]["n"], s["new_item"]["hr@10"]) == (2, 0.5)
+    assert (s["first_click"]["n"], s["first_click"]["hr@10"]) == (1, 1.0)
