@@ -51,6 +51,11 @@ def volatile(tmp_path: Path) -> Iterator[tuple[Service, RedisSettings]]:
     server.stop()
 
 
+def make_rig(kafka: KafkaSettings, settings: RedisSettings, tmp_path: Path) -> Rig:
+    ensure_topics(kafka)
+    return Rig(kafka, settings, tmp_path / "logs")
+
+
 def restart(server: Service) -> None:
     server.stop()
     server.start()
@@ -75,8 +80,7 @@ def test_redis_restarted_empty_while_stopped_is_rebuilt_from_the_topic(
     """The issue's reproduction: state gone after a restart, the consumer resumed at
     Kafka's position and applied only what came after. Now it replays the topic."""
     server, settings = volatile
-    ensure_topics(kafka_settings)
-    rig = Rig(kafka_settings, settings, tmp_path / "logs")
+    rig = make_rig(kafka_settings, settings, tmp_path)
     events = click_stream(3000, seed=21)
     try:
         rig.produce(events[:2000])
@@ -102,8 +106,7 @@ def test_redis_restarted_empty_mid_stream_is_rebuilt(
     kafka_settings: KafkaSettings, volatile: tuple[Service, RedisSettings], tmp_path: Path
 ) -> None:
     server, settings = volatile
-    ensure_topics(kafka_settings)
-    rig = Rig(kafka_settings, settings, tmp_path / "logs")
+    rig = make_rig(kafka_settings, settings, tmp_path)
     events = click_stream(4000, seed=22)
     try:
         rig.produce(events[:2500])
@@ -123,8 +126,7 @@ def test_refuse_stops_with_a_clear_error_and_writes_nothing(
     kafka_settings: KafkaSettings, volatile: tuple[Service, RedisSettings], tmp_path: Path
 ) -> None:
     server, settings = volatile
-    ensure_topics(kafka_settings)
-    rig = Rig(kafka_settings, settings, tmp_path / "logs")
+    rig = make_rig(kafka_settings, settings, tmp_path)
     try:
         rig.produce(click_stream(1500, seed=23))
         rig.start("first")
@@ -147,8 +149,7 @@ def test_a_backup_restored_to_an_earlier_point_is_replayed_forward(
 ) -> None:
     """Keys DUMPed after 1,500 events and RESTOREd after 3,000: the store is behind
     what was committed. Refuse says so; rebuild replays from the store's offsets."""
-    ensure_topics(kafka_settings)
-    rig = Rig(kafka_settings, redis_settings, tmp_path / "logs")
+    rig = make_rig(kafka_settings, redis_settings, tmp_path)
     events = click_stream(3000, seed=24)
     raw = redis.Redis.from_url(redis_settings.url)
     try:
