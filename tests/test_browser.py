@@ -4,8 +4,8 @@ A real broker and Redis, a ``streamrec consume`` process and a ``streamrec serve
 process; Debian's chromium and chromedriver, driven by Selenium. A person's
 path: search a title, open its similar items, pick a user, click an item, and
 see the session and the recommendations change. Screenshots go to the test's
-directory, or to ``STREAMREC_SCREENSHOTS`` when set (docs/operations.md's come
-from there).
+directory, or to ``STREAMREC_SCREENSHOTS`` when set (the docs' own come from
+the demo, through ``streamrec.local.screenshots``).
 """
 
 from __future__ import annotations
