@@ -39,3 +39,26 @@ def test_version_is_the_distributions() -> None:
     )
     assert out.returncode == 0
     assert out.stdout.strip() == f"streamrec {version('streamrec')}"
+
+
+def test_a_closed_kafka_transport_s_attribute_error_is_not_logged() -> None:
+    """kafka-python 3.0 logs a traceback when it polls a connection it has just
+    closed (seen in a consumer's clean exit); that one record is dropped, others not."""
+    import logging
+
+    from streamrec.cli.main import ClosedTransportNoise
+
+    noise = ClosedTransportNoise()
+
+    def record(message: str, exc: BaseException | None) -> logging.LogRecord:
+        info = (type(exc), exc, None) if exc is not None else None
+        return logging.LogRecord(
+            "kafka.net.transport", logging.ERROR, __file__, 1, message, (), info
+        )
+
+    closed = "<KafkaTCPTransport [none] (closed)>: Error receiving network data closing socket"
+    gone = AttributeError("'NoneType' object has no attribute 'recv'")
+    assert not noise.filter(record(closed, gone))
+    live = "<KafkaTCPTransport node=1 host=x:9092 (connected)>: Error receiving network data"
+    assert noise.filter(record(live, gone))
+    assert noise.filter(record(closed, ConnectionResetError()))

@@ -290,8 +290,25 @@ def build_parser() -> argparse.ArgumentParser:
 CHATTY_LOGGERS = ("kafka", "httpx", "httpcore", "faiss", "uvicorn.access")
 
 
+class ClosedTransportNoise(logging.Filter):
+    """kafka-python 3.0 can still poll a connection it has just closed while the
+    client shuts down, and logs the AttributeError of its socket (now None) with a
+    traceback at ERROR: "<KafkaTCPTransport [none] (closed)>: Error receiving
+    network data". Nothing is lost (the connection was closed on purpose), and a
+    user should not find a stack trace in a clean exit's log: drop exactly that."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (
+            isinstance(exc, AttributeError)
+            and "(closed)" in record.getMessage()
+            and "Error receiving network data" in record.getMessage()
+        )
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka.net.transport").addFilter(ClosedTransportNoise())
     if level != "DEBUG":
         for name in CHATTY_LOGGERS:
             logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
