@@ -39,19 +39,21 @@ class Tally:
     ndcg: dict[int, float] = field(default_factory=lambda: dict.fromkeys(KS, 0.0))
     fallbacks: int = 0
 
-    def add(self, ranked: Sequence[str], target: str, fallback: bool) -> None:
+    def add(self, ranked: Sequence[str], target: str, fallback: bool) -> int | None:
+        """Count one prediction; returns the target's rank (None: not listed)."""
         self.n += 1
         self.fallbacks += fallback
         try:
             rank = ranked.index(target) + 1
         except ValueError:
-            return
+            return None
         for k in KS:
             if rank <= k:
                 self.hits[k] += 1
                 self.rr[k] += 1.0 / rank
                 # One relevant item: IDCG = 1, DCG = 1 / log2(rank + 1).
                 self.ndcg[k] += 1.0 / math.log2(rank + 1)
+        return rank
 
     def summary(self) -> dict[str, float]:
         n = max(self.n, 1)
@@ -171,14 +173,14 @@ class MethodResult:
         new_item: bool = False,
         first_click: bool = False,
     ) -> None:
-        hits, gain = self.all.hits[10], self.all.ndcg[10]
-        self.all.add(ranked, target, fallback)
+        rank = self.all.add(ranked, target, fallback)
         row = self.by_user.get(user)
         if row is None:
             row = self.by_user[user] = [0, 0, 0.0]
         row[0] += 1
-        row[1] += self.all.hits[10] - hits
-        row[2] += self.all.ndcg[10] - gain
+        if rank is not None and rank <= 10:
+            row[1] += 1
+            row[2] += 1.0 / math.log2(rank + 1)
         if cold:
             self.cold.add(ranked, target, fallback)
         else:
