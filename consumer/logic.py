@@ -9,6 +9,10 @@ at most ``gap_ms`` apart (and carry the same ``session_id`` when both have one);
 otherwise it starts a new session. Each event is paired with the distinct items
 among the last ``pair_window`` entries of its session: those pairs are the
 co-occurrence counts.
+
+Events weigh what ``consumer.feedback.Feedback`` says of their type and weight:
+an event's weight scales its pairs, popularity and trending, and negative
+feedback (weight 0) is recorded in the history, flagged, and pairs with nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from consumer.feedback import Feedback
 from core.events import ClickEvent
 
 # Forward-decayed scores are 2 ** ((ts - ref) / half_life) against a landmark
@@ -45,8 +50,14 @@ class Entry:
     # (partition, offset) of the event, where it came from the stream. Not part
     # of equality: a history is the same whichever offsets delivered it.
     pos: tuple[int, int] | None = field(default=None, compare=False)
+    # Negative feedback (consumer.feedback): it excludes the item for the user and
+    # pairs with nothing. Encoded as a sixth element, 1, after the position.
+    neg: bool = False
 
     def encode(self) -> bytes:
+        if self.neg:
+            pos = self.pos if self.pos is not None else (None, None)
+            return orjson.dumps([self.ts, self.item, self.session_id, *pos, 1])
         if self.pos is None:
             return orjson.dumps([self.ts, self.item, self.session_id])
         return orjson.dumps([self.ts, self.item, self.session_id, *self.pos])
@@ -54,8 +65,9 @@ class Entry:
     @classmethod
     def decode(cls, raw: bytes | str) -> Entry:
         value = orjson.loads(raw)
-        pos = (int(value[3]), int(value[4])) if len(value) >= 5 else None
-        return cls(int(value[0]), str(value[1]), value[2], pos)
+        n = len(value)
+        pos = (int(value[3]), int(value[4])) if n >= 5 and value[3] is not None else None
+        return cls(int(value[0]), str(value[1]), value[2], pos, n >= 6 and value[5] == 1)
 
 
 class SessionRules(BaseModel):
@@ -85,6 +97,8 @@ class SessionRules(BaseModel):
     # it once. 1 = symmetric. An integer, so counts stay exact in Redis. 2 is best
     # on ml-latest-small's validation part (over 1, 3 and 4; docs/evaluation.md).
     forward_weight: int = Field(default=2, ge=1, le=100)
+    # How much each event counts by its type and weight (consumer/feedback.py).
+    feedback: Feedback = Field(default_factory=Feedback)
 
 
 def session_window(
@@ -109,12 +123,22 @@ def session_window(
     return out
 
 
+def event_weight(event: ClickEvent, rules: SessionRules) -> float:
+    """What the event adds (consumer.feedback); at or below 0: negative feedback."""
+    return rules.feedback.weight(event.type, event.weight)
+
+
 def partners(history: Sequence[Entry], event: ClickEvent, rules: SessionRules) -> list[str]:
-    """Distinct items the event pairs with, newest first, never the event's own item."""
+    """Distinct items the event pairs with, newest first, never the event's own item.
+
+    Negative feedback pairs with nothing: as the event (no partners) or as an
+    entry of the window (skipped, though it still carries the session on)."""
+    if event_weight(event, rules) <= 0:
+        return []
     seen: set[str] = {event.item_id}
     out: list[str] = []
     for entry in session_window(history, event.ts, event.session_id, rules):
-        if entry.item not in seen:
+        if not entry.neg and entry.item not in seen:
             seen.add(entry.item)
             out.append(entry.item)
     return out
@@ -125,7 +149,8 @@ def step(
 ) -> tuple[list[Entry], list[str]]:
     """Apply one event to one user's history: the new history and the pairing partners."""
     found = partners(history, event, rules)
-    new_history = [Entry(event.ts, event.item_id, event.session_id), *history]
+    neg = event_weight(event, rules) <= 0
+    new_history = [Entry(event.ts, event.item_id, event.session_id, neg=neg), *history]
     return new_history[: rules.history_len], found
 
 
@@ -138,13 +163,17 @@ class StateDelta:
     histories: dict[str, list[Entry]] = field(default_factory=dict)
     # How many of the front entries of ``histories[user]`` the batch added.
     added: Counter[str] = field(default_factory=Counter)
-    # (row item, neighbour) -> increment: an integer weight, times the event's
-    # forward-decay factor when co counts decay.
+    # (row item, neighbour) -> increment: an integer, the pair weight times the
+    # event's weight (and its forward-decay factor when co counts decay), rounded.
     co: Counter[tuple[str, str]] = field(default_factory=Counter)
-    pop: Counter[str] = field(default_factory=Counter)
-    # item -> list of event timestamps; decay weights are computed against the
-    # landmark at apply time (see trend_weights), so the delta stays landmark-free.
+    # item -> the summed weights of its events (a count when every event weighs 1)
+    pop: dict[str, float] = field(default_factory=dict)
+    # item -> its events' timestamps, and the weights of those that do not weigh 1
+    # (trend_w, index-aligned with trend_ts where present); decay weights are
+    # computed against the landmark at apply time (see trend_weights), so the
+    # delta stays landmark-free.
     trend_ts: dict[str, list[int]] = field(default_factory=dict)
+    trend_w: dict[str, list[float]] = field(default_factory=dict)
     events: int = 0
     pairs: int = 0  # distinct (event, partner) pairings, whatever their weights
     max_ts: int | None = None
@@ -173,7 +202,8 @@ def fold(
 
     ``co_decay`` = (landmark, half_life_ms) weighs each event's pairs by
     ``round(2 ** ((ts - landmark) / half_life_ms) * CO_SCALE)`` (forward decay in
-    fixed point); None: plain integer counts. ``positions``
+    fixed point); None: plain integer counts (an event whose weight is not 1
+    adds its pair weights times its weight, rounded). ``positions``
     gives each event's (partition, offset), kept
     on its history entry.
     """
@@ -182,7 +212,9 @@ def fold(
     linear = rules.linear_pair_weights
     fwd = rules.forward_weight
     work: dict[str, list[Entry]] = {}
-    co, pop, trend_ts, added = out.co, out.pop, out.trend_ts, out.added
+    co, pop, trend_ts, trend_w, added = out.co, out.pop, out.trend_ts, out.trend_w, out.added
+    weigh = rules.feedback.weight
+    pop_get = pop.get
     # dict.get, not Counter's ``+=``: a missing key would call Counter.__missing__
     # in Python, and most pairs of a batch are new (~17 updates per event).
     co_get = co.get
@@ -194,15 +226,32 @@ def fold(
         if positions is not None:
             pos = positions[k]
         user, item, ts, sid = event.user_id, event.item_id, event.ts, event.session_id
-        # The event's decay factor in fixed point, rounded once per event: every
-        # pair weight is then an integer times it (exact sums, no rounding per pair).
-        scale = int(2.0 ** ((ts - ref) / half_life) * CO_SCALE + 0.5) if half_life else 1
         h = work.get(user)
         if h is None:
             start: Sequence[Entry] | None = out.histories.get(user)
             if start is None:
                 start = histories.get(user, ())
             h = work[user] = list(reversed(start))
+        n += 1
+        if max_ts is None or ts > max_ts:
+            max_ts = ts
+        wt = weigh(event.type, event.weight)
+        added[user] += 1
+        if wt <= 0:  # negative feedback: in the history, flagged; adds nothing
+            h.append(Entry(ts, item, sid, pos, True))
+            if len(h) > 2 * cap:
+                del h[:-cap]
+            continue
+        # The event's decay factor (times its weight) in fixed point, rounded once
+        # per event: every pair weight is then an integer times it (exact sums, no
+        # rounding per pair). Without decay, a weight other than 1 is rounded per pair.
+        frac = 0.0
+        if half_life:
+            scale = int(wt * 2.0 ** ((ts - ref) / half_life) * CO_SCALE + 0.5)
+        elif wt == 1.0:
+            scale = 1
+        else:
+            scale, frac = 1, wt
         # Walk back through the session window (see session_window) pairing distinct items.
         seen = {item}
         prev_ts, prev_sid = ts, sid
@@ -214,10 +263,15 @@ def fold(
                 break
             if prev_sid is not None and e.session_id is not None and prev_sid != e.session_id:
                 break
-            if e.item not in seen:
+            if e.item not in seen and not e.neg:
                 # The p-th distinct partner (p = len(seen) - 1, 0 = newest).
-                w = (window - len(seen) + 1 if linear else 1) * scale
-                wf = w * fwd
+                base = window - len(seen) + 1 if linear else 1
+                if frac:
+                    w = int(base * frac + 0.5)
+                    wf = int(base * fwd * frac + 0.5)
+                else:
+                    w = base * scale
+                    wf = w * fwd
                 seen.add(e.item)
                 pairs += 1
                 pair = (item, e.item)
@@ -229,16 +283,20 @@ def fold(
         h.append(Entry(ts, item, sid, pos))
         if len(h) > 2 * cap:  # trim in bulk: amortised O(1) per event
             del h[:-cap]
-        added[user] += 1
-        pop[item] += 1
         stamps = trend_ts.get(item)
         if stamps is None:
-            trend_ts[item] = [ts]
+            stamps = trend_ts[item] = []
+        stamps.append(ts)
+        pop[item] = pop_get(item, 0) + wt
+        if wt == 1.0:
+            weights = trend_w.get(item)
+            if weights is not None:
+                weights.append(1.0)
         else:
-            stamps.append(ts)
-        n += 1
-        if max_ts is None or ts > max_ts:
-            max_ts = ts
+            weights = trend_w.get(item)
+            if weights is None:
+                weights = trend_w[item] = [1.0] * (len(stamps) - 1)
+            weights.append(wt)
     for user, h in work.items():
         out.histories[user] = h[: -cap - 1 : -1]
         if added[user] > cap:
@@ -257,13 +315,25 @@ def landmark(ts: int, half_life_ms: int, epoch_half_lives: int = EPOCH_HALF_LIVE
 
 
 def trend_weights(
-    trend_ts: Mapping[str, Sequence[int]], ref: int, half_life_ms: int
+    trend_ts: Mapping[str, Sequence[int]],
+    ref: int,
+    half_life_ms: int,
+    trend_w: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, float]:
-    """Forward-decay increments per item against landmark ``ref``."""
-    return {
-        item: sum(2.0 ** ((ts - ref) / half_life_ms) for ts in stamps)
-        for item, stamps in trend_ts.items()
-    }
+    """Forward-decay increments per item against landmark ``ref``: each event's
+    weight (``trend_w``, aligned with ``trend_ts``; 1 where an item has none)
+    times its decay factor."""
+    out: dict[str, float] = {}
+    for item, stamps in trend_ts.items():
+        weights = trend_w.get(item) if trend_w else None
+        if weights is None:
+            out[item] = sum(2.0 ** ((ts - ref) / half_life_ms) for ts in stamps)
+        else:
+            out[item] = sum(
+                w * 2.0 ** ((ts - ref) / half_life_ms)
+                for ts, w in zip(stamps, weights, strict=True)
+            )
+    return out
 
 
 def decayed_count(score: float, ref: int, clock: int, half_life_ms: int) -> float:

@@ -169,7 +169,7 @@ class GroupWrite:
     rows: dict[str, dict[str, float]] = field(default_factory=dict)
     co_ref: int | None = None
     # item group: increments against trend_ref; stats; the largest event time
-    pop: dict[str, int] = field(default_factory=dict)
+    pop: dict[str, float] = field(default_factory=dict)
     trend: dict[str, float] = field(default_factory=dict)
     trend_ref: int | None = None
     stats: dict[str, int] = field(default_factory=dict)
@@ -300,7 +300,7 @@ class Pending:
 
     co: dict[tuple[str, str], int] = field(default_factory=dict)
     co_ref: int | None = None
-    pop: Counter[str] = field(default_factory=Counter)
+    pop: dict[str, float] = field(default_factory=dict)
     trend: dict[str, float] = field(default_factory=dict)
     trend_ref: int | None = None
     stats: Counter[str] = field(default_factory=Counter)
@@ -586,11 +586,15 @@ class Ingest:
                 if keys.row_tag(pair[0]) in behind:
                     co[pair] = co_get(pair, 0) + w
         if self._lacks(keys.item_tag, p, lo):
-            pend.pop.update(delta.pop)
+            pop, pop_get = pend.pop, pend.pop.get
+            for item, n in delta.pop.items():
+                pop[item] = pop_get(item, 0.0) + n
             assert pend.trend_ref is not None or not delta.trend_ts
             if delta.trend_ts:
                 half_life = self.store.config.half_life_ms
-                weights = trend_weights(delta.trend_ts, pend.trend_ref or 0, half_life)
+                weights = trend_weights(
+                    delta.trend_ts, pend.trend_ref or 0, half_life, delta.trend_w
+                )
                 trend = pend.trend
                 for item, weight in weights.items():
                     trend[item] = trend.get(item, 0.0) + weight

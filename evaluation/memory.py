@@ -41,7 +41,7 @@ from consumer.state import (
     rows_at,
 )
 from core.keyspace import Keyspace
-from serving.blend import recent_sources
+from serving.history import history_of
 from serving.reader import ReadSpec, StateReader, UserState, best
 
 
@@ -314,8 +314,8 @@ class MemoryState(StateWriter, StateReader):
 
     def read_user(self, user: str, spec: ReadSpec) -> UserState:
         """``user_state`` without the coroutine: the evaluation loop's hot path."""
-        history = [(e.ts, e.item) for e in self._history(user)[: spec.history_len]]
-        sources = recent_sources([item for _, item in history], spec.n_sources)
+        history = history_of((e.ts, e.item, e.neg) for e in self._history(user)[: spec.history_len])
+        sources = history.sources(spec.n_sources)
         co = {s: self.co_row(s, spec.per_item) for s in sources}
         pop_get = self.popularity().get
         pop = {}
@@ -324,11 +324,12 @@ class MemoryState(StateWriter, StateReader):
                 if item not in pop and (count := pop_get(item)) is not None:
                     pop[item] = count
         return UserState(
-            history=history,
+            history=history.entries,
             sources=sources,
             co=co,
             trending=self.trend.top(spec.n_trend),
             pop=pop,
+            negative=history.negative,
         )
 
     async def user_state(self, user_id: str, spec: ReadSpec) -> UserState:

@@ -42,7 +42,8 @@ import numpy as np
 
 from core.keyspace import FEED_KEEP
 from offline.index import ItemIndex
-from serving.blend import BlendConfig, recent_sources
+from serving.blend import BlendConfig
+from serving.history import Seen, seen_items
 from serving.reader import ReadSpec, StateReader, UserState
 from serving.scoring import (
     EMPTY_ROW,
@@ -80,6 +81,7 @@ class UserView:
     history: list[tuple[int, str]]
     candidates: ArrayCandidates
     skipped: int = 0  # history entries that did not parse
+    negative: frozenset[str] = frozenset()  # negative feedback in the history
 
     @property
     def sources(self) -> Sequence[str]:
@@ -88,6 +90,10 @@ class UserView:
     @property
     def history_items(self) -> list[str]:
         return [item for _, item in self.history]
+
+    def seen(self, policy: Seen, gap_ms: int) -> set[str]:
+        """What a request excludes under ``policy`` (serving.history.seen_items)."""
+        return seen_items(self.history, self.negative, policy, gap_ms)
 
 
 class ItemCache:
@@ -319,8 +325,8 @@ class CachedStateReader(StateReader):
 
     async def view(self, user_id: str, spec: ReadSpec, index: ItemIndex | None) -> UserView:
         """The fast path's input: the user's history from Redis, item arrays from the cache."""
-        history, skipped = await self.store.history(user_id, spec.history_len)
-        sources = recent_sources([item for _, item in history], spec.n_sources)
+        history = await self.store.history(user_id, spec.history_len)
+        sources = history.sources(spec.n_sources)
         items = self.items
         cands = ArrayCandidates(
             sources=sources,
@@ -329,7 +335,7 @@ class CachedStateReader(StateReader):
             trending=items.trending(spec.n_trend),
             damping=items.damping(),
         )
-        return UserView(history, cands, skipped)
+        return UserView(history.entries, cands, history.skipped, history.negative)
 
     async def user_state(self, user_id: str, spec: ReadSpec) -> UserState:
         """The same reads as :meth:`view`, as the contract's lists."""
@@ -343,7 +349,9 @@ class CachedStateReader(StateReader):
                 if (count := items.popularity(member)) is not None:
                     pop[member] = count
         trending = cands.trending.row.pairs(vocab)
-        return UserState(view.history, list(cands.sources), co, trending, pop, view.skipped)
+        return UserState(
+            view.history, list(cands.sources), co, trending, pop, view.skipped, view.negative
+        )
 
     async def hot_items(self, n: int) -> list[str]:
         return await self.store.hot_items(n)

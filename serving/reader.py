@@ -4,8 +4,10 @@ A backend (Redis in ``serving.store``, the evaluation's in-memory twin in
 ``evaluation.memory``) answers, for one user and a :class:`ReadSpec`:
 
 - ``history``: the newest ``history_len`` entries as ``(ts_ms, item)``, newest first;
-- ``sources``: the newest ``n_sources`` distinct items of that history
-  (``serving.blend.recent_sources``);
+- ``negative``: the items of that history whose newest entry is negative
+  feedback (``serving.history``);
+- ``sources``: the newest ``n_sources`` distinct items of that history that are
+  not negative (``serving.history.sources_of``);
 - ``co``: each source's co-occurrence row, its ``per_item`` best neighbours
   with their counts, best first, equal counts by member *descending* (Redis's
   ZREVRANGE order); a source with no row maps to ``[]``;
@@ -26,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from serving.blend import BlendConfig
+from serving.history import Seen, seen_items
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +66,15 @@ class UserState:
     # All-time counts ({ns}:pop) of the co-row members the pop set holds.
     pop: dict[str, float] = field(default_factory=dict)
     skipped: int = 0  # history entries that did not parse
+    negative: frozenset[str] = frozenset()  # negative feedback in the history
 
     @property
     def history_items(self) -> list[str]:
         return [item for _, item in self.history]
+
+    def seen(self, policy: Seen, gap_ms: int) -> set[str]:
+        """What a request excludes under ``policy`` (serving.history.seen_items)."""
+        return seen_items(self.history, self.negative, policy, gap_ms)
 
 
 def best(row: Mapping[str, float], n: int) -> list[tuple[str, float]]:

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from core.keyspace import ROW_REF, Keyspace
-from serving.blend import recent_sources
+from serving.history import History, parse_history
 from serving.reader import ReadSpec, StateReader, UserState
 
 log = logging.getLogger(__name__)
@@ -37,34 +37,6 @@ def _text(value: Any) -> str:
 def _list(value: Any) -> list[Any]:
     """A JSON array from the script; cjson writes an empty Lua table as ``{}``."""
     return value if isinstance(value, list) else []
-
-
-def parse_history(raw: list[Any]) -> tuple[list[tuple[int, str]], int]:
-    """Parse newest-first JSON entries ``[ts_ms, item_id, session]``; count the unparseable.
-
-    A usable entry is a list whose first element is a number and whose second is a
-    non-empty string.
-    """
-    out: list[tuple[int, str]] = []
-    skipped = 0
-    for entry in raw:
-        try:
-            value = orjson.loads(entry)
-        except orjson.JSONDecodeError:
-            skipped += 1
-            continue
-        if (
-            isinstance(value, list)
-            and len(value) >= 2
-            and isinstance(value[1], str)
-            and value[1]
-            and isinstance(value[0], int | float)
-            and not isinstance(value[0], bool)
-        ):
-            out.append((int(value[0]), value[1]))
-        else:
-            skipped += 1
-    return out, skipped
 
 
 ROW_TOP_LUA = resources.files("serving").joinpath("row_top.lua").read_text(encoding="utf-8")
@@ -104,29 +76,30 @@ class RedisStateReader(StateReader):
 
     async def user_state(self, user_id: str, spec: ReadSpec) -> UserState:
         """Everything one recommendation needs, read per request (the reference path)."""
-        history, skipped = await self.history(user_id, spec.history_len)
-        if skipped:
-            log.warning("user %r: %d history entries did not parse", user_id, skipped)
-        sources = recent_sources([item for _, item in history], spec.n_sources)
+        history = await self.history(user_id, spec.history_len)
+        if history.skipped:
+            log.warning("user %r: %d history entries did not parse", user_id, history.skipped)
+        sources = history.sources(spec.n_sources)
         rows, pop = await self.rows(sources, spec.per_item, with_items=False)
         co = {
             src: list(zip(members, counts.tolist(), strict=True))
             for src, (members, counts) in zip(sources, rows, strict=True)
         }
         return UserState(
-            history=history,
+            history=history.entries,
             sources=sources,
             co=co,
             trending=await self.trending(spec.n_trend),
             pop=pop,
-            skipped=skipped,
+            skipped=history.skipped,
+            negative=history.negative,
         )
 
     # -- what serving.items reads: the user alone, and item state in bulk ----------
-    async def history(self, user_id: str, n: int) -> tuple[list[tuple[int, str]], int]:
-        """The user's newest ``n`` entries as (ts, item), and how many did not parse."""
+    async def history(self, user_id: str, n: int) -> History:
+        """The user's newest ``n`` entries (serving.history)."""
         if n <= 0:
-            return [], 0
+            return History([])
         return parse_history(await self._client.lrange(self._keys.hist(user_id), 0, n - 1))
 
     async def rows(

@@ -16,7 +16,8 @@ import redis.asyncio as aioredis
 from core.settings import RedisSettings
 from serving.blend import recent_sources
 from serving.reader import ReadSpec, UserState, best
-from serving.store import RedisStateReader, parse_history, top_of_row
+from serving.history import parse_history
+from serving.store import RedisStateReader, top_of_row
 
 
 def entry(ts: int, item: str, session: str | None = "s1") -> str:
@@ -110,9 +111,9 @@ def test_history_parser_skips_what_is_not_an_entry() -> None:
         '[true, "c"]',
         "{",
     ]
-    history, skipped = parse_history(raw)
-    assert history == [(1, "a")]
-    assert skipped == 7
+    history = parse_history(raw)
+    assert history.entries == [(1, "a")]
+    assert history.skipped == 7
 
 
 def test_the_row_cut_in_numpy_equals_the_reference_order() -> None:
