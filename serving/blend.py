@@ -128,14 +128,21 @@ _DEFAULT = BlendConfig()  # frozen, so one shared default is safe
 
 
 def blend(
-    cands: Candidates, exclude: Collection[str], k: int, cfg: BlendConfig = _DEFAULT
+    cands: Candidates,
+    exclude: Collection[str],
+    k: int,
+    cfg: BlendConfig = _DEFAULT,
+    allow: Callable[[str], bool] | None = None,
 ) -> list[Scored]:
     """Rank candidates for one user; see the module docstring for the formula.
 
     Personalised candidates come first, by score; trending items then fill up to
-    ``k``. Items in ``exclude`` or ``cands.sources`` never appear. Ties break on
-    item id. ``cands.popularity`` (item -> all-time clicks, the ``pop`` set) is
-    read only when ``cfg.pop_damping`` > 0; items missing from it count as 1 (not damped).
+    ``k``. Items in ``exclude`` or ``cands.sources`` never appear, nor items
+    ``allow`` refuses (a request's category rule, serving.filters); a refused
+    item still counts in its row's normalisation, as an excluded one does. Ties
+    break on item id. ``cands.popularity`` (item -> all-time clicks, the ``pop``
+    set) is read only when ``cfg.pop_damping`` > 0; items missing from it count
+    as 1 (not damped).
     """
     if k <= 0:
         return []
@@ -174,7 +181,7 @@ def blend(
                 factor /= scale
             reason = Reason(kind, src)
             for item, value in row:
-                if value <= 0 or item in banned:
+                if value <= 0 or item in banned or (allow is not None and not allow(item)):
                     continue
                 contrib = factor * value
                 total[item] = total.get(item, 0.0) + contrib
@@ -198,7 +205,7 @@ def blend(
         prior = w_trend * trend_norm.get(item, 0.0)
         top_term, reason = best[item]
         out.append(Scored(item, -neg_score, _TRENDING_REASON if prior > top_term else reason))
-    return fill_with_trending(out, trending, trend_norm, banned, k, w_trend)
+    return fill_with_trending(out, trending, trend_norm, banned, k, w_trend, allow)
 
 
 def trend_norms(trending: Sequence[tuple[str, float]]) -> dict[str, float]:
@@ -216,10 +223,12 @@ def fill_with_trending(
     banned: Collection[str],
     k: int,
     w_trend: float,
+    allow: Callable[[str], bool] | None = None,
 ) -> list[Scored]:
     """Append trending filler to ``out`` (the personalised items) until it holds ``k``.
 
-    The filler is the trending items not already shown, best first. Their score
+    The filler is the trending items not already shown (nor banned, nor refused
+    by ``allow``), best first. Their score
     is the prior alone, so it may exceed a weak personalised score; they still
     rank after every personalised item because a personal signal beats none.
     """
@@ -230,7 +239,7 @@ def fill_with_trending(
         (
             Scored(item, w_trend * trend_norm.get(item, 0.0), _TRENDING_REASON, False)
             for item, _ in trending
-            if item not in banned and item not in chosen
+            if item not in banned and item not in chosen and (allow is None or allow(item))
         ),
         key=lambda s: (-trend_norm.get(s.item_id, 0.0), s.item_id),
     )

@@ -7,9 +7,11 @@ does. This ASGI layer answers the one hot route, for requests the route would
 accept, by calling the route's own code (``serving.routes.recommend``; and,
 when the benchmark routes are on, the bare fetch the benchmark compares it
 with, so both are dispatched alike).
-Anything else (an id or a ``k`` the route would reject, another query
-parameter, another method) goes on to FastAPI, so validation and error bodies
-have one source; tests/test_fastpath.py holds both paths to the same answers.
+The query may hold ``k`` and the filter parameters (serving.filters), parsed
+by the same code as the route's. Anything else (an id, a ``k`` or a filter the
+route would reject, another query parameter, another method) goes on to
+FastAPI, so validation and error bodies have one source; tests/test_fastpath.py
+holds both paths to the same answers.
 It sits inside the load shedding and the error guard, like the route.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qsl
 
 from fastapi.routing import APIRoute
 from starlette.responses import Response
@@ -24,14 +27,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.events import id_problem
 from serving.errors import UNAVAILABLE, app_state, unavailable_response
+from serving.filters import NO_FILTERS, FilterError, Filters
 from serving.state import AppState
 
-# The one query string answered here: nothing, or k=<a number without leading
-# zeros>; whether it is within max_k is checked against the settings.
+# k=<a number without leading zeros>; whether it is within max_k is checked
+# against the settings. The common query (k alone) is matched without parsing.
 _K = re.compile(rb"k=([1-9][0-9]{0,3})")
+_K_VALUE = re.compile(r"[1-9][0-9]{0,3}")
+_LISTS = ("exclude", "category", "exclude_category")
 
 
-Handler = Callable[[AppState, str, int], Awaitable[Response]]
+Handler = Callable[[AppState, str, int, Filters], Awaitable[Response]]
 
 
 class FastRecommendations:
@@ -49,11 +55,12 @@ class FastRecommendations:
             state = app_state(scope)
             if path.startswith(self.prefix) and state is not None:
                 user_id = path[len(self.prefix) :]
-                k = _page(scope["query_string"], state.settings.default_k, state.settings.max_k)
-                if k is not None and id_problem(user_id) is None:
+                settings = state.settings
+                query = _query(scope["query_string"], settings.default_k, settings.max_k)
+                if query is not None and id_problem(user_id) is None:
                     scope["route"] = self.route
                     try:
-                        response = await self.handler(state, user_id, k)
+                        response = await self.handler(state, user_id, *query)
                     except UNAVAILABLE as exc:
                         response = unavailable_response(scope, exc)
                     await response(scope, receive, send)
@@ -61,12 +68,34 @@ class FastRecommendations:
         await self.app(scope, receive, send)
 
 
-def _page(query: bytes, default_k: int, max_k: int) -> int | None:
-    """The page size of a query string answered here, or None (FastAPI decides)."""
+def _query(query: bytes, default_k: int, max_k: int) -> tuple[int, Filters] | None:
+    """The page size and filters of a query string answered here, or None (FastAPI
+    decides, and answers the error where there is one)."""
     if not query:
-        return default_k
+        return default_k, NO_FILTERS
     match = _K.fullmatch(query)
-    if match is None:
+    if match is not None:
+        k = int(match.group(1))
+        return (k, NO_FILTERS) if k <= max_k else None
+    # As Starlette reads a query string (latin-1, then percent-decoding as UTF-8).
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    k: int | None = None
+    lists: dict[str, list[str]] = {name: [] for name in _LISTS}
+    seen: str | None = None
+    for name, value in pairs:
+        if name in lists:
+            lists[name].append(value)
+        elif name == "k" and _K_VALUE.fullmatch(value) and k is None:
+            k = int(value)
+        elif name == "seen" and seen is None:
+            seen = value
+        else:
+            return None  # unknown, repeated k or seen, or a k FastAPI must refuse
+    if k is None:
+        k = default_k
+    elif k > max_k:
         return None
-    k = int(match.group(1))
-    return k if k <= max_k else None
+    try:
+        return k, Filters.parse(seen=seen, **lists)
+    except FilterError:
+        return None

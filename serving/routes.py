@@ -25,6 +25,8 @@ from offline.index import ItemIndex
 from serving.auth import require_write_key
 from serving.blend import Candidates, Scored, blend
 from serving.errors import ApiError
+from serving.filters import NO_FILTERS, CategoryRule, FilterError, Filters
+from serving.history import Seen
 from serving.idempotency import Claim, fingerprint
 from serving.items import UserView
 from serving.metrics import EXPOSITION_TYPE
@@ -87,6 +89,37 @@ async def page_size(
 
 
 Size = Annotated[int, Depends(page_size)]
+
+_LIST = "comma-separated, or the parameter repeated"
+
+
+async def request_filters(
+    exclude: Annotated[
+        list[str] | None, Query(description=f"item ids never to return ({_LIST})")
+    ] = None,
+    category: Annotated[
+        list[str] | None,
+        Query(description=f"only items in at least one of these categories ({_LIST})"),
+    ] = None,
+    exclude_category: Annotated[
+        list[str] | None, Query(description=f"no item in any of these categories ({_LIST})")
+    ] = None,
+    seen: Annotated[
+        Seen | None,
+        Query(
+            description="what of the user's history is not shown again (default: the "
+            "seen setting); negative feedback never is"
+        ),
+    ] = None,
+) -> Filters:
+    """The request's business rules (serving.filters), or a 422 naming the bad one."""
+    try:
+        return Filters.parse(exclude or (), category or (), exclude_category or (), seen)
+    except FilterError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from None
+
+
+Rules = Annotated[Filters, Depends(request_filters)]
 UserId = Annotated[
     str,
     Path(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN, description="the user's id"),
@@ -163,15 +196,37 @@ async def fetch_user(
         return await state.store.user_state(user_id, spec)
 
 
+def category_rule(filters: Filters, index: ItemIndex | None) -> CategoryRule | None:
+    """The request's category rule over the index's catalogue (none loaded: no
+    item is in any category)."""
+    if not filters.by_category:
+        return None
+    if index is None:
+        return filters.rule(_no_categories, None)
+    return filters.rule(index.catalogue.categories, index.version)
+
+
+def _no_categories(item: str) -> frozenset[str]:
+    return frozenset()
+
+
 def rank(
-    state: AppState, user: UserView | UserState, size: int, index: ItemIndex | None
+    state: AppState,
+    user: UserView | UserState,
+    size: int,
+    index: ItemIndex | None,
+    filters: Filters = NO_FILTERS,
 ) -> list[Scored]:
     """The blend: the vectorised one on the cache's arrays, the reference otherwise
-    (the two rank alike: tests/test_scoring.py)."""
-    cfg = state.settings.blend
+    (the two rank alike: tests/test_scoring.py), under the request's rules."""
+    settings = state.settings
+    cfg = settings.blend
+    exclude = user.seen(filters.seen or settings.seen, settings.session_gap_ms)
+    exclude.update(filters.exclude)
+    rule = category_rule(filters, index)
     if isinstance(user, UserView):
         assert state.cached is not None
-        return fast_blend(user.candidates, user.history_items, size, cfg, state.cached.items.vocab)
+        return fast_blend(user.candidates, exclude, size, cfg, state.cached.items.vocab, rule)
     # Ready-made lists from the index's cache (warmed with the trending head
     # when the index loads); a miss is one batched FAISS search.
     emb = (
@@ -180,7 +235,7 @@ def rank(
         else {}
     )
     cands = Candidates(user.sources, user.co, emb, user.trending, user.pop)
-    return blend(cands, user.history_items, size, cfg)
+    return blend(cands, exclude, size, cfg, rule.allows if rule is not None else None)
 
 
 @router.get(
@@ -189,15 +244,17 @@ def rank(
     responses=ERROR_RESPONSES,
     summary="What next for this user",
 )
-async def recommendations(user_id: UserId, state: State, size: Size) -> Response:
-    return await recommend(state, user_id, size)
+async def recommendations(user_id: UserId, state: State, size: Size, rules: Rules) -> Response:
+    return await recommend(state, user_id, size, rules)
 
 
-async def recommend(state: AppState, user_id: str, size: int) -> Response:
+async def recommend(
+    state: AppState, user_id: str, size: int, filters: Filters = NO_FILTERS
+) -> Response:
     """The recommendation for a validated request (the route's body, and serving.fastpath's)."""
     index = state.index  # read once: a concurrent swap must not change it mid-request
     user = await fetch_user(state, user_id, size, index)
-    ranked = rank(state, user, size, index)
+    ranked = rank(state, user, size, index, filters)
     state.metrics.recommended(len(ranked), any(s.personalised for s in ranked))
     return _recommendations_json(user_id, size, ranked, user.sources, index)
 
@@ -211,7 +268,9 @@ async def bench_fetch(user_id: UserId, state: State, size: Size) -> Response:
     return await fetch_only(state, user_id, size)
 
 
-async def fetch_only(state: AppState, user_id: str, size: int) -> Response:
+async def fetch_only(
+    state: AppState, user_id: str, size: int, filters: Filters = NO_FILTERS
+) -> Response:
     """The recommendation's reads without scoring (the benchmark's baseline)."""
     user = await fetch_user(state, user_id, size, state.index)
     return Response(f'{{"sources":{len(user.sources)}}}', media_type="application/json")
@@ -226,7 +285,7 @@ async def fetch_only(state: AppState, user_id: str, size: int) -> Response:
     },
     summary="Items like this one: co-clicked with it, and close to it in the embedding",
 )
-async def similar(item_id: ItemId, state: State, size: Size) -> SimilarOut:
+async def similar(item_id: ItemId, state: State, size: Size, rules: Rules) -> SimilarOut:
     """The blend with the item as the one source: its co-occurrence row (fresh from
     Redis, so an item the index has never seen answers as soon as anyone clicked
     it with something) and its embedding neighbours, each item with its reason."""
@@ -248,7 +307,14 @@ async def similar(item_id: ItemId, state: State, size: Size) -> SimilarOut:
             404, "item_not_found", f"item {item_id!r} is neither in the index nor co-clicked"
         )
     emb = {item_id: index.similar(item_id, cfg.candidates_per_item)} if index and in_index else {}
-    ranked = blend(Candidates([item_id], {item_id: co}, emb, [], pop), {item_id}, size, cfg)
+    rule = category_rule(rules, index)
+    ranked = blend(
+        Candidates([item_id], {item_id: co}, emb, [], pop),
+        {item_id, *rules.exclude},
+        size,
+        cfg,
+        rule.allows if rule is not None else None,
+    )
     return SimilarOut(
         item_id=item_id,
         title=_title(index, item_id),

@@ -53,6 +53,7 @@ from serving.blend import (
     fill_with_trending,
     trend_norms,
 )
+from serving.filters import CategoryRule, RuleMasks
 
 _EMPTY_CODES = np.zeros(0, dtype=np.int64)
 _EMPTY_VALUES = np.zeros(0, dtype=np.float64)
@@ -88,6 +89,8 @@ class Vocab:
         self._codes: dict[str, int] = {}
         self.names: list[str] = []
         self._scratch = Scratch(1024)
+        # Category rules' verdicts per code (serving.filters), valid while codes are.
+        self.rule_masks = RuleMasks()
 
     def __len__(self) -> int:
         return len(self.names)
@@ -197,9 +200,15 @@ class ArrayCandidates:
 
 
 def fast_blend(
-    cands: ArrayCandidates, exclude: Collection[str], k: int, cfg: BlendConfig, vocab: Vocab
+    cands: ArrayCandidates,
+    exclude: Collection[str],
+    k: int,
+    cfg: BlendConfig,
+    vocab: Vocab,
+    rule: CategoryRule | None = None,
 ) -> list[Scored]:
-    """``serving.blend.blend`` over prepared arrays; see the module docstring."""
+    """``serving.blend.blend`` over prepared arrays; see the module docstring.
+    ``rule``: a request's category rule (the reference's ``allow=rule.allows``)."""
     if k <= 0:
         return []
     banned = set(exclude)
@@ -229,11 +238,12 @@ def fast_blend(
     if seg_codes:
         damping = cands.damping if cfg.pop_damping > 0 else None
         segs = _Segments(seg_codes, seg_values, factors, kinds, srcs)
-        out = _personal(segs, banned, cands.trending, damping, k, vocab)
+        out = _personal(segs, banned, cands.trending, damping, k, vocab, rule)
     if len(out) >= k:
         return out
     pairs = cands.trending.row.pairs(vocab)
-    return fill_with_trending(out, pairs, trend_norms(pairs), banned, k, cfg.w_trend)
+    allow = rule.allows if rule is not None else None
+    return fill_with_trending(out, pairs, trend_norms(pairs), banned, k, cfg.w_trend, allow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +264,7 @@ def _personal(
     damping: np.ndarray | None,
     k: int,
     vocab: Vocab,
+    rule: CategoryRule | None,
 ) -> list[Scored]:
     """Steps 2-4 for the personalised candidates."""
     lengths = [len(c) for c in seg.codes]
@@ -276,6 +287,8 @@ def _personal(
         buf.banned[banned_codes] = True
         keep &= ~buf.banned[codes]
         buf.banned[banned_codes] = False
+    if rule is not None:
+        keep &= rule.mask(codes, vocab)
     at = np.flatnonzero(keep)  # positions in the concatenation, in visiting order
     if not len(at):
         return []

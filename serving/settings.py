@@ -16,6 +16,7 @@ from pydantic_settings import SettingsConfigDict
 from consumer.logic import SessionRules
 from core.settings import KafkaSettings, PathSettings, RedisSettings, ServiceSettings
 from serving.blend import BlendConfig
+from serving.history import Seen
 from serving.reader import ReadSpec
 
 # The largest page any deployment may configure (``max_k``'s bound).
@@ -40,6 +41,12 @@ class ServingSettings(ServiceSettings):
     # History entries read per request: by default the consumer's cap, so
     # everything the user has seen recently is excluded.
     history_len: int = Field(default=SessionRules().history_len, ge=1, le=1000)
+    # What of the history read is not recommended again: all of it ("history"),
+    # the current session ("session": entries at most session_gap_ms apart, the
+    # consumer's rule), or nothing ("none"); a request's ?seen= overrides it.
+    # Negative feedback is excluded under all three (serving/history.py).
+    seen: Seen = "history"
+    session_gap_ms: int = Field(default=SessionRules().gap_ms, ge=1)
     # Trending items read per request, at least k + history_len so the filler
     # still reaches k after every history item is excluded. 100 also gives the
     # prior to personalised candidates that sit in the trending head.
