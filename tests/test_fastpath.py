@@ -29,6 +29,11 @@ PATHS = [
     "/recommendations/u1?k=abc",
     "/recommendations/u1?k=3&extra=1",
     "/recommendations/u1?k=3&k=4",
+    "/recommendations/u1?k=3&exclude=4",  # rules (serving/filters.py): answered here
+    "/recommendations/u1?seen=none&exclude=4&exclude=5",
+    "/recommendations/u1?category=x&exclude_category=y",
+    "/recommendations/u1?seen=bad",  # ... and their errors, by the route
+    "/recommendations/u1?exclude=",
     "/recommendations/",  # no id: 404
     "/recommendations/a%2Fb",  # an encoded slash
     "/recommendations/u1/more",

@@ -22,6 +22,7 @@ from evaluation.prequential import build_item_index
 from offline.job import OfflineSettings
 from producer.movielens import load_ratings, to_events
 from serving.blend import BlendConfig, Candidates, Scored, blend
+from serving.filters import CategoryRule, Filters
 from serving.reader import ReadSpec
 from serving.scoring import (
     EMPTY_ROW,
@@ -35,6 +36,22 @@ from serving.scoring import (
 
 Pairs = list[tuple[str, float]]
 ITEMS = [f"i{n}" for n in range(30)]
+# Each item's categories (none for every fifth): what a request's category rule reads.
+CATEGORIES = {
+    item: frozenset(c for j, c in enumerate("abcd") if (n >> j) & 1 and n % 5)
+    for n, item in enumerate(ITEMS)
+}
+CATS = sorted("abcde")  # "e" holds no item
+
+
+def categories_of(item: str) -> frozenset[str]:
+    return CATEGORIES.get(item, frozenset())
+
+
+def rule_of(include: set[str], exclude: set[str]) -> CategoryRule | None:
+    return Filters(categories=frozenset(include), exclude_categories=frozenset(exclude)).rule(
+        categories_of, "test"
+    )
 
 
 def as_arrays(cands: Candidates, cfg: BlendConfig, vocab: Vocab) -> ArrayCandidates:
@@ -57,12 +74,23 @@ def assert_same(reference: list[Scored], fast: list[Scored]) -> None:
         assert b.score == pytest.approx(a.score, rel=1e-9, abs=0.0)
 
 
-def check(cands: Candidates, exclude: set[str], k: int, cfg: BlendConfig) -> list[Scored]:
-    vocab = Vocab()
-    # Some ids are known before the request (a warm vocabulary), like a worker's.
-    vocab.codes(ITEMS[::3])
-    reference = blend(cands, exclude, k, cfg)
-    assert_same(reference, fast_blend(as_arrays(cands, cfg, vocab), exclude, k, cfg, vocab))
+def check(
+    cands: Candidates,
+    exclude: set[str],
+    k: int,
+    cfg: BlendConfig,
+    rule: CategoryRule | None = None,
+    vocab: Vocab | None = None,
+) -> list[Scored]:
+    if vocab is None:
+        vocab = Vocab()
+        # Some ids are known before the request (a warm vocabulary), like a worker's.
+        vocab.codes(ITEMS[::3])
+    reference = blend(cands, exclude, k, cfg, rule.allows if rule is not None else None)
+    fast = fast_blend(as_arrays(cands, cfg, vocab), exclude, k, cfg, vocab, rule)
+    assert_same(reference, fast)
+    if rule is not None:
+        assert all(rule.allows(s.item_id) for s in reference)
     return reference
 
 
@@ -80,8 +108,11 @@ def ranked(values: st.SearchStrategy[float], max_size: int = 12) -> st.SearchStr
     )
 
 
+Case = tuple[Candidates, set[str], int, BlendConfig, CategoryRule | None]
+
+
 @st.composite
-def cases(draw: st.DrawFn) -> tuple[Candidates, set[str], int, BlendConfig]:
+def cases(draw: st.DrawFn) -> Case:
     sources = draw(st.lists(item, max_size=6, unique=True))
     co = {s: draw(ranked(count)) for s in sources if draw(st.booleans())}
     emb = {s: draw(ranked(cosine)) for s in sources if draw(st.booleans())}
@@ -99,18 +130,18 @@ def cases(draw: st.DrawFn) -> tuple[Candidates, set[str], int, BlendConfig]:
         pop_damping=draw(st.sampled_from([0.0, 0.15, 1.0])),
     )
     k = draw(st.integers(min_value=0, max_value=15))
-    return Candidates(sources, co, emb, trending, popularity), exclude, k, cfg
+    cats = st.sets(st.sampled_from(CATS), max_size=2)
+    rule = draw(st.none() | st.builds(rule_of, cats, cats))
+    return Candidates(sources, co, emb, trending, popularity), exclude, k, cfg, rule
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
-def test_fast_blend_equals_the_reference_on_random_cases(
-    case: tuple[Candidates, set[str], int, BlendConfig],
-) -> None:
+def test_fast_blend_equals_the_reference_on_random_cases(case: Case) -> None:
     check(*case)
 
 
-def seeded_case(rnd: random.Random) -> tuple[Candidates, set[str], int, BlendConfig]:
+def seeded_case(rnd: random.Random) -> Case:
     """The same space as ``cases()``, drawn from a seeded generator: thousands cost
     seconds, where hypothesis spends most of its time drawing."""
 
@@ -139,23 +170,50 @@ def seeded_case(rnd: random.Random) -> tuple[Candidates, set[str], int, BlendCon
         pop_damping=rnd.choice([0.0, 0.15, 1.0]),
     )
     k = rnd.randint(0, 15)
-    return Candidates(sources, co, emb, trending, popularity), exclude, k, cfg
+    rule = None
+    if rnd.random() < 0.4:
+        rule = rule_of(set(rnd.sample(CATS, rnd.randint(0, 2))), set(rnd.sample(CATS, 1)))
+    return Candidates(sources, co, emb, trending, popularity), exclude, k, cfg, rule
 
 
 def test_fast_blend_equals_the_reference_on_seeded_random_cases() -> None:
     """5,000 more cases, and a tally that shows they reach what matters:
-    every reason kind, filler, ties and damping (not a vacuous comparison)."""
+    every reason kind, filler, ties, damping and category rules (not a vacuous
+    comparison)."""
     rnd = random.Random(20261201)
-    seen = dict.fromkeys(["co_clicked", "similar", "trending", "filler", "tie", "damped"], 0)
+    seen = dict.fromkeys(
+        ["co_clicked", "similar", "trending", "filler", "tie", "damped", "ruled"], 0
+    )
     for _ in range(5000):
-        cands, exclude, k, cfg = seeded_case(rnd)
-        out = check(cands, exclude, k, cfg)
+        cands, exclude, k, cfg, rule = seeded_case(rnd)
+        out = check(cands, exclude, k, cfg, rule)
+        seen["ruled"] += rule is not None and bool(out)
         for s in out:
             seen["filler" if not s.personalised else s.reason.kind] += 1
         scores = [s.score for s in out if s.personalised]
         seen["tie"] += len(scores) - len(set(scores))
         seen["damped"] += cfg.pop_damping > 0 and cands.popularity is not None and bool(cands.co)
     assert all(n > 100 for n in seen.values()), seen
+
+
+def test_category_rules_on_one_growing_vocabulary() -> None:
+    """One worker's vocabulary across requests: the verdicts each rule keeps per
+    code stay right while new codes arrive (they are filled in as met)."""
+    rnd = random.Random(7)
+    vocab = Vocab()
+    rules = [rule_of({"a"}, set()), rule_of({"b", "c"}, {"a"}), rule_of(set(), {"d"})]
+    for n in range(1500):
+        cands, exclude, k, cfg, _ = seeded_case(rnd)
+        extra = f"new{n}"  # a code assigned mid-way, in no category
+        cands = Candidates(
+            cands.sources,
+            {**cands.co, **({cands.sources[0]: [(extra, 9.0)]} if cands.sources else {})},
+            cands.emb,
+            cands.trending,
+            cands.popularity,
+        )
+        check(cands, exclude, k, cfg, rnd.choice(rules), vocab)
+    assert len(vocab) > 1000
 
 
 def test_known_answers_carry_over() -> None:
