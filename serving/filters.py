@@ -1,8 +1,8 @@
 """Business rules on the read endpoints: exclusions, categories, what counts as seen.
 
 A request may say (query parameters of ``GET /recommendations/{user_id}`` and
-``GET /items/{item_id}/similar``; ids and categories comma-separated, or the
-parameter repeated):
+``GET /items/{item_id}/similar``; the list ones repeated for several values,
+``?exclude=a&exclude=b``: ids and categories may hold commas):
 
 - ``exclude``: item ids never to return (an out-of-stock list, what the page
   already shows);
@@ -25,13 +25,13 @@ The parsing here is the one both the route and ``serving.fastpath`` use.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from core.events import MAX_ID_LEN, id_problem
+from core.events import id_problem
 from serving.history import SEEN_POLICIES, Seen
 
 if TYPE_CHECKING:
@@ -53,21 +53,16 @@ class FilterError(ValueError):
         self.field = field
 
 
-def parse_values(field: str, values: Iterable[str]) -> frozenset[str]:
-    """Comma-separated values (the parameter possibly repeated) as a set; FilterError
-    for an empty value, one that breaks the id rule, or too many."""
-    out: set[str] = set()
+def parse_values(field: str, values: Collection[str]) -> frozenset[str]:
+    """The values of a repeated parameter as a set; FilterError for too many, or
+    for one that breaks the id rule (core.events.ID_PATTERN, at most MAX_ID_LEN):
+    ids and category names follow the same rule."""
+    if len(values) > MAX_VALUES:
+        raise FilterError(field, f"at most {MAX_VALUES} values, got {len(values)}")
     for value in values:
-        for part in value.split(","):
-            part = part.strip()
-            if not part:
-                raise FilterError(field, "empty value in the list")
-            if len(part) > MAX_ID_LEN or id_problem(part) is not None:
-                raise FilterError(field, f"{part[:40]!r} is not a valid id or category name")
-            out.add(part)
-    if len(out) > MAX_VALUES:
-        raise FilterError(field, f"at most {MAX_VALUES} values, got {len(out)}")
-    return frozenset(out)
+        if id_problem(value) is not None:
+            raise FilterError(field, f"{value[:40]!r} is not a valid id or category name")
+    return frozenset(values)
 
 
 def parse_seen(value: str | None) -> Seen | None:
@@ -90,9 +85,9 @@ class Filters:
     @classmethod
     def parse(
         cls,
-        exclude: Iterable[str] = (),
-        category: Iterable[str] = (),
-        exclude_category: Iterable[str] = (),
+        exclude: Collection[str] = (),
+        category: Collection[str] = (),
+        exclude_category: Collection[str] = (),
         seen: str | None = None,
     ) -> Filters:
         """From the query parameters' values; FilterError names the one that is wrong."""

@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse
+from pydantic import StringConstraints
 
 from core.errors import InvalidEvent
 from core.events import ID_PATTERN, MAX_ID_LEN, future_limit_ms, validate
@@ -25,7 +26,7 @@ from offline.index import ItemIndex
 from serving.auth import require_write_key
 from serving.blend import Candidates, Scored, blend
 from serving.errors import ApiError
-from serving.filters import NO_FILTERS, CategoryRule, FilterError, Filters
+from serving.filters import MAX_VALUES, NO_FILTERS, CategoryRule, FilterError, Filters
 from serving.history import Seen
 from serving.idempotency import Claim, fingerprint
 from serving.items import UserView
@@ -90,19 +91,27 @@ async def page_size(
 
 Size = Annotated[int, Depends(page_size)]
 
-_LIST = "comma-separated, or the parameter repeated"
+
+# One value of a repeated filter parameter: an item id or a category name, both
+# under the id rule (serving.filters checks the same on the fast path).
+FilterValue = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)
+]
+
+
+def _values(description: str) -> Any:
+    return Query(
+        description=description + " (repeat the parameter for several)", max_length=MAX_VALUES
+    )
 
 
 async def request_filters(
-    exclude: Annotated[
-        list[str] | None, Query(description=f"item ids never to return ({_LIST})")
-    ] = None,
+    exclude: Annotated[list[FilterValue] | None, _values("item ids never to return")] = None,
     category: Annotated[
-        list[str] | None,
-        Query(description=f"only items in at least one of these categories ({_LIST})"),
+        list[FilterValue] | None, _values("only items in at least one of these categories")
     ] = None,
     exclude_category: Annotated[
-        list[str] | None, Query(description=f"no item in any of these categories ({_LIST})")
+        list[FilterValue] | None, _values("no item in any of these categories")
     ] = None,
     seen: Annotated[
         Seen | None,

@@ -100,13 +100,14 @@ def test_what_counts_as_seen(clients: dict[str, TestClient]) -> None:
     assert "6" not in ids(clients, "/recommendations/s1?k=10&seen=none")
 
 
-def test_exclude_takes_ids_as_a_list_or_repeated(clients: dict[str, TestClient]) -> None:
-    assert ids(clients, "/recommendations/s1?k=4&seen=none&exclude=1,3") == ["5", "2"]
+def test_exclude_takes_ids_by_repeating_the_parameter(clients: dict[str, TestClient]) -> None:
     assert ids(clients, "/recommendations/s1?k=4&seen=none&exclude=1&exclude=3") == ["5", "2"]
+    # A comma is part of an id, not a separator.
+    assert ids(clients, "/recommendations/s1?k=4&seen=none&exclude=1,3") == ["1", "5", "3", "2"]
     # Trending filler obeys it too: a cold user gets trending minus the excluded.
     assert ids(clients, "/recommendations/nobody?k=3&exclude=1") == ["6", "3", "2"]
     # /similar takes the same rules.
-    status, body = get(clients, "/items/4/similar?k=3&exclude=1,5")
+    status, body = get(clients, "/items/4/similar?k=3&exclude=1&exclude=5")
     assert status == 200 and [i["item_id"] for i in body["items"]] == ["6", "3", "2"]
 
 
@@ -115,9 +116,9 @@ def test_exclude_takes_ids_as_a_list_or_repeated(clients: dict[str, TestClient])
     [
         ("seen=everything", "seen"),
         ("exclude=", "exclude"),
-        ("exclude=a,,b", "exclude"),
+        ("exclude=a&exclude=", "exclude"),
         ("exclude=a%2Fb", "exclude"),
-        ("category=" + ",".join(f"c{n}" for n in range(MAX_VALUES + 1)), "category"),
+        ("&".join(f"category=c{n}" for n in range(MAX_VALUES + 1)), "category"),
         ("exclude_category=" + "x" * 129, "exclude_category"),
     ],
 )
@@ -134,7 +135,7 @@ def test_the_fast_path_takes_filtered_requests() -> None:
     """Filtered queries are answered beside the router (the same answers are held
     equal above), and what it does not take goes on to FastAPI."""
     assert _query(b"", 10, 100) == (10, Filters())
-    assert _query(b"k=3&exclude=a,b&seen=session&category=Drama", 10, 100) == (
+    assert _query(b"k=3&exclude=a&exclude=b&seen=session&category=Drama", 10, 100) == (
         3,
         Filters(frozenset("ab"), frozenset({"Drama"}), frozenset(), "session"),
     )
