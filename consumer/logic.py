@@ -10,7 +10,7 @@ otherwise it starts a new session. Each event is paired with the distinct items
 among the last ``pair_window`` entries of its session: those pairs are the
 co-occurrence counts.
 
-Events weigh what ``consumer.feedback.Feedback`` says of their type and weight:
+Events weigh what ``core.feedback.Feedback`` says of their type and weight:
 an event's weight scales its pairs, popularity and trending, and negative
 feedback (weight 0) is recorded in the history, flagged, and pairs with nothing.
 """
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from consumer.feedback import Feedback
+from core.feedback import Feedback
 from core.events import ClickEvent
 
 # Forward-decayed scores are 2 ** ((ts - ref) / half_life) against a landmark
@@ -50,7 +50,7 @@ class Entry:
     # (partition, offset) of the event, where it came from the stream. Not part
     # of equality: a history is the same whichever offsets delivered it.
     pos: tuple[int, int] | None = field(default=None, compare=False)
-    # Negative feedback (consumer.feedback): it excludes the item for the user and
+    # Negative feedback (core.feedback): it excludes the item for the user and
     # pairs with nothing. Encoded as a sixth element, 1, after the position.
     neg: bool = False
 
@@ -97,7 +97,7 @@ class SessionRules(BaseModel):
     # it once. 1 = symmetric. An integer, so counts stay exact in Redis. 2 is best
     # on ml-latest-small's validation part (over 1, 3 and 4; docs/evaluation.md).
     forward_weight: int = Field(default=2, ge=1, le=100)
-    # How much each event counts by its type and weight (consumer/feedback.py).
+    # How much each event counts by its type and weight (core/feedback.py).
     feedback: Feedback = Field(default_factory=Feedback)
 
 
@@ -124,7 +124,7 @@ def session_window(
 
 
 def event_weight(event: ClickEvent, rules: SessionRules) -> float:
-    """What the event adds (consumer.feedback); at or below 0: negative feedback."""
+    """What the event adds (core.feedback); at or below 0: negative feedback."""
     return rules.feedback.weight(event.type, event.weight)
 
 

@@ -75,8 +75,8 @@ def _query(query: bytes, default_k: int, max_k: int) -> tuple[int, Filters] | No
         return default_k, NO_FILTERS
     match = _K.fullmatch(query)
     if match is not None:
-        k = int(match.group(1))
-        return (k, NO_FILTERS) if k <= max_k else None
+        size = int(match.group(1))
+        return (size, NO_FILTERS) if size <= max_k else None
     # As Starlette reads a query string (latin-1, then percent-decoding as UTF-8).
     pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
     k: int | None = None

@@ -3,7 +3,7 @@
 Pure, shared by every reader backend and the evaluation. The consumer writes
 history entries as JSON arrays ``[ts_ms, item, session, partition, offset,
 neg]`` (``consumer.logic.Entry``), newest first; ``neg`` = 1 marks negative
-feedback (``consumer.feedback``): the item is excluded from the user's
+feedback (``core.feedback``): the item is excluded from the user's
 answers whatever the seen policy, and is never a source.
 """
 

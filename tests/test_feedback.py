@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from consumer.feedback import Feedback
+from core.feedback import Feedback
 from consumer.logic import CO_SCALE, Entry, SessionRules, event_weight, fold, step
 from core.events import ClickEvent
 from core.settings import RedisSettings

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 ALLOWED_IMPORTS: dict[str, tuple[str, ...]] = {
     "core": (),
     "producer": ("core",),
-    "offline": ("core",),
+    "offline": ("core", "producer"),
     "consumer": ("core", "producer"),
     "serving": ("core", "producer", "offline", "consumer"),
     "evaluation": ("core", "producer", "offline", "consumer", "serving"),
