@@ -1,4 +1,4 @@
-"""Choose how MovieLens ratings count (consumer.feedback) on the validation part.
+"""Choose how MovieLens ratings count (core.feedback) on the validation part.
 
     STREAMREC_DATA_DIR=../shared/datasets .venv/bin/python -m benchmarks.feedback_mapping \
         [--out docs/evaluation/feedback_mapping.json]
@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.sweep import parser, sweep
-from consumer.feedback import Feedback
 from consumer.settings import ConsumerSettings
+from core.feedback import Feedback
 
 MAPPINGS: dict[str, dict[str, Any]] = {
     "flat": {},

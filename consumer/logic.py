@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.feedback import Feedback
 from core.events import ClickEvent
+from core.feedback import Feedback
 
 # Forward-decayed scores are 2 ** ((ts - ref) / half_life) against a landmark
 # ref that is an epoch of the event time: a multiple of 256 half-lives. Terms

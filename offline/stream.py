@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 from kafka import KafkaConsumer, TopicPartition
 
-from core.feedback import Feedback
 from core.errors import DatasetError, InvalidEvent
 from core.events import decode, future_limit_ms
+from core.feedback import Feedback
 from core.settings import KafkaSettings
 from producer.client import check_reachable
 

@@ -7,9 +7,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from core.feedback import Feedback
 from consumer.logic import CO_SCALE, Entry, SessionRules, event_weight, fold, step
 from core.events import ClickEvent
+from core.feedback import Feedback
 from core.settings import RedisSettings
 from serving.history import parse_history, seen_items, sources_of
 

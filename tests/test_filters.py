@@ -95,7 +95,7 @@ def test_what_counts_as_seen(clients: dict[str, TestClient]) -> None:
     assert ids(clients, "/recommendations/s1?k=4&seen=session") == ["1", "3", "2"]
     # none: only the source itself and the dislike stay out.
     assert ids(clients, "/recommendations/s1?k=4&seen=none") == ["1", "5", "3", "2"]
-    status, body = get(clients, "/recommendations/s1?k=4&seen=none")
+    _, body = get(clients, "/recommendations/s1?k=4&seen=none")
     assert body["sources"] == ["4"]  # the disliked 6 is newer than 5 but never a source
     assert "6" not in ids(clients, "/recommendations/s1?k=10&seen=none")
 

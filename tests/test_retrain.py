@@ -12,8 +12,8 @@ import redis
 from fastapi.testclient import TestClient
 from test_serving_api import settings_for
 
-from core.feedback import Feedback
 from core.events import ClickEvent
+from core.feedback import Feedback
 from core.settings import KafkaSettings, RedisSettings
 from offline.index import current_version, load_current
 from offline.job import OfflineSettings, build_index

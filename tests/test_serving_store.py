@@ -15,8 +15,8 @@ import redis.asyncio as aioredis
 
 from core.settings import RedisSettings
 from serving.blend import recent_sources
-from serving.reader import ReadSpec, UserState, best
 from serving.history import parse_history
+from serving.reader import ReadSpec, UserState, best
 from serving.store import RedisStateReader, top_of_row
 
 
