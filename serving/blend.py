@@ -5,8 +5,13 @@ No I/O here, so the live endpoint and the offline evaluation run exactly this co
 For a candidate ``c`` and the user's sources ``s_0`` (newest) .. ``s_n``::
 
     score(c) = Σ_p decay**p · ( w_co  · co(s_p, c) / max_c' co(s_p, c')
-                              + w_emb · max(cos(s_p, c), 0) )
+                              + w_emb · max(cos(s_p, c), 0)
+                              + w_content · content(s_p, c) )
              + w_trend · trend(c) / max_c' trend(c')
+
+``content`` is the cosine of the two items' catalogue categories and tags
+(``offline.content``), given for candidates the embedding has not seen (cold
+items): the one personalised signal a never-clicked item can have.
 
 Each co-occurrence row is normalised by its own largest count so a source with
 thousands of co-clicks does not drown one with ten: every row then lies in [0, 1],
@@ -32,14 +37,15 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ReasonKind = Literal["co_clicked", "similar", "trending"]
+ReasonKind = Literal["co_clicked", "similar", "same_category", "trending"]
 CO_CLICKED: Final = "co_clicked"
 SIMILAR: Final = "similar"
+SAME_CATEGORY: Final = "same_category"
 TRENDING: Final = "trending"
 
 
@@ -58,6 +64,8 @@ class BlendConfig(BaseModel):
     w_co: float = Field(default=1.0, ge=0.0)
     # Embedding cosine weight (negative cosines clipped to 0).
     w_emb: float = Field(default=0.25, ge=0.0)
+    # Content (categories and tags) cosine weight, for cold candidates only.
+    w_content: float = Field(default=0.0, ge=0.0)
     # Trending prior (normalised by the top score); also orders the filler.
     w_trend: float = Field(default=0.2, ge=0.0)
     candidates_per_item: int = Field(default=50, ge=1, le=1000)
@@ -76,6 +84,8 @@ class Candidates:
     trending: Sequence[tuple[str, float]]  # the prior list, best first
     # item -> all-time clicks, for popularity damping; None: no damping.
     popularity: Mapping[str, float] | None = None
+    # source -> content neighbours among cold items (offline.content), best first.
+    content: Mapping[str, Sequence[tuple[str, float]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +157,7 @@ def blend(
     if k <= 0:
         return []
     sources, co, emb, trending = cands.sources, cands.co, cands.emb, cands.trending
+    content = cands.content
     popularity = cands.popularity
     banned = set(exclude)
     banned.update(sources)
@@ -164,6 +175,7 @@ def blend(
         signals: tuple[tuple[ReasonKind, Sequence[tuple[str, float]], float], ...] = (
             (CO_CLICKED, co.get(src, ()), cfg.w_co),
             (SIMILAR, emb.get(src, ()), cfg.w_emb),
+            (SAME_CATEGORY, content.get(src, ()), cfg.w_content),
         )
         for kind, row, weight in signals:
             row = row[:per_item]

@@ -19,7 +19,11 @@ class ErrorOut(BaseModel):
 
 
 class ReasonOut(BaseModel):
-    kind: Literal["co_clicked", "similar", "trending"]
+    kind: Literal["co_clicked", "similar", "same_category", "trending"] = Field(
+        description="the largest term: co_clicked (clicked in the same sessions as "
+        "because_of), similar (close to it in the embedding), same_category (alike in "
+        "categories and tags, for an item too new for the others), trending"
+    )
     because_of: str | None = Field(description="the history item that led here, if any")
     because_of_title: str | None = None
 
@@ -42,7 +46,7 @@ class RecommendationsOut(BaseModel):
     index_version: str | None = Field(description="embedding index used; null if none loaded")
 
 
-SimilarReason = Literal["co_clicked", "similar"]
+SimilarReason = Literal["co_clicked", "similar", "same_category"]
 
 
 class SimilarItem(BaseModel):
@@ -51,11 +55,13 @@ class SimilarItem(BaseModel):
     score: float = Field(
         description="the blend's score with the item as the one source: its co-occurrence "
         "row normalised by its largest count (weight w_co), plus the embedding cosine "
-        "(weight w_emb)"
+        "(weight w_emb); for an item with neither, the content cosine of its "
+        "categories and tags"
     )
     reason: SimilarReason = Field(
-        description="the larger term: co_clicked (clicked in the same sessions) or "
-        "similar (close in the embedding)"
+        description="the larger term: co_clicked (clicked in the same sessions), "
+        "similar (close in the embedding) or same_category (alike in categories and "
+        "tags: the item has no clicks and is not in the index yet)"
     )
 
 

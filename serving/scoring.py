@@ -44,6 +44,7 @@ import numpy as np
 
 from serving.blend import (
     CO_CLICKED,
+    SAME_CATEGORY,
     SIMILAR,
     TRENDING,
     BlendConfig,
@@ -197,6 +198,8 @@ class ArrayCandidates:
     # Each code's damping factor (see damping_factor), covering every code in
     # the co rows; None: no damping (β = 0 or no popularity known).
     damping: np.ndarray | None = None
+    # Content neighbours among cold items, aligned with sources (empty: none).
+    content: Sequence[Row] = ()
 
 
 def fast_blend(
@@ -221,11 +224,13 @@ def fast_blend(
     kinds: list[ReasonKind] = []
     srcs: list[str] = []
     w_co, w_emb, per_item = cfg.w_co, cfg.w_emb, cfg.candidates_per_item
+    w_content = cfg.w_content
     for p, src in enumerate(cands.sources):
         recency = cfg.recency_decay**p
         signals: tuple[tuple[ReasonKind, Row, float], ...] = (
             (CO_CLICKED, cands.co[p], w_co),
             (SIMILAR, cands.emb[p], w_emb),
+            (SAME_CATEGORY, cands.content[p] if cands.content else EMPTY_ROW, w_content),
         )
         for kind, row, weight in signals:
             if weight > 0 and row.codes.size:

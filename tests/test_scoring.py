@@ -63,7 +63,8 @@ def as_arrays(cands: Candidates, cfg: BlendConfig, vocab: Vocab) -> ArrayCandida
     if cands.popularity is not None:
         damping = damping_array(cands.popularity, cfg.pop_damping, vocab)
         damping = np.concatenate([damping, np.ones(len(vocab) - len(damping))])
-    return ArrayCandidates(cands.sources, co, emb, trending, damping)
+    content = [Row.of(vocab, cands.content.get(s, [])) for s in cands.sources]
+    return ArrayCandidates(cands.sources, co, emb, trending, damping, content)
 
 
 def assert_same(reference: list[Scored], fast: list[Scored]) -> None:
@@ -116,6 +117,7 @@ def cases(draw: st.DrawFn) -> Case:
     sources = draw(st.lists(item, max_size=6, unique=True))
     co = {s: draw(ranked(count)) for s in sources if draw(st.booleans())}
     emb = {s: draw(ranked(cosine)) for s in sources if draw(st.booleans())}
+    content = {s: draw(ranked(cosine)) for s in sources if draw(st.booleans())}
     trending = draw(ranked(st.sampled_from([0.0, 1.0, 2.0, 2.0, 7.5, 100.0]), max_size=15))
     popularity = draw(
         st.none() | st.dictionaries(item, st.sampled_from([1.0, 2.0, 10.0, 1e4, 0.0, 0.5]))
@@ -125,6 +127,7 @@ def cases(draw: st.DrawFn) -> Case:
         recency_decay=draw(st.sampled_from([0.5, 0.8, 1.0])),
         w_co=draw(st.sampled_from([0.0, 0.5, 1.0])),
         w_emb=draw(st.sampled_from([0.0, 0.25, 1.0])),
+        w_content=draw(st.sampled_from([0.0, 0.1, 1.0])),
         w_trend=draw(st.sampled_from([0.0, 0.2, 2.0])),
         candidates_per_item=draw(st.sampled_from([1, 3, 50])),
         pop_damping=draw(st.sampled_from([0.0, 0.15, 1.0])),
@@ -132,7 +135,8 @@ def cases(draw: st.DrawFn) -> Case:
     k = draw(st.integers(min_value=0, max_value=15))
     cats = st.sets(st.sampled_from(CATS), max_size=2)
     rule = draw(st.none() | st.builds(rule_of, cats, cats))
-    return Candidates(sources, co, emb, trending, popularity), exclude, k, cfg, rule
+    cands = Candidates(sources, co, emb, trending, popularity, content)
+    return cands, exclude, k, cfg, rule
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -154,6 +158,7 @@ def seeded_case(rnd: random.Random) -> Case:
     sources = rnd.sample(ITEMS, rnd.randint(0, 6))
     co = {src: ranked_list(counts) for src in sources if rnd.random() < 0.6}
     emb = {src: ranked_list(cosines) for src in sources if rnd.random() < 0.5}
+    content = {src: ranked_list(cosines) for src in sources if rnd.random() < 0.4}
     trending = ranked_list([0.0, 1.0, 2.0, 2.0, 7.5, 100.0], 15)
     popularity = (
         None
@@ -165,6 +170,7 @@ def seeded_case(rnd: random.Random) -> Case:
         recency_decay=rnd.choice([0.5, 0.8, 1.0]),
         w_co=rnd.choice([0.0, 0.5, 1.0, 1.0]),
         w_emb=rnd.choice([0.0, 0.25, 1.0]),
+        w_content=rnd.choice([0.0, 0.1, 1.0]),
         w_trend=rnd.choice([0.0, 0.2, 2.0]),
         candidates_per_item=rnd.choice([1, 3, 50]),
         pop_damping=rnd.choice([0.0, 0.15, 1.0]),
@@ -173,7 +179,7 @@ def seeded_case(rnd: random.Random) -> Case:
     rule = None
     if rnd.random() < 0.4:
         rule = rule_of(set(rnd.sample(CATS, rnd.randint(0, 2))), set(rnd.sample(CATS, 1)))
-    return Candidates(sources, co, emb, trending, popularity), exclude, k, cfg, rule
+    return Candidates(sources, co, emb, trending, popularity, content), exclude, k, cfg, rule
 
 
 def test_fast_blend_equals_the_reference_on_seeded_random_cases() -> None:
@@ -182,7 +188,8 @@ def test_fast_blend_equals_the_reference_on_seeded_random_cases() -> None:
     comparison)."""
     rnd = random.Random(20261201)
     seen = dict.fromkeys(
-        ["co_clicked", "similar", "trending", "filler", "tie", "damped", "ruled"], 0
+        ["co_clicked", "similar", "same_category", "trending", "filler", "tie", "damped", "ruled"],
+        0,
     )
     for _ in range(5000):
         cands, exclude, k, cfg, rule = seeded_case(rnd)
