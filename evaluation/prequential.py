@@ -42,6 +42,7 @@ from core.events import ClickEvent
 from evaluation.bootstrap import per_user_intervals
 from evaluation.memory import MemoryState
 from evaluation.metrics import KS, ItemStats, MethodResult, SessionSplit
+from offline.content import ContentIndex
 from offline.embeddings import build_embeddings
 from offline.index import ItemIndex
 from offline.job import OfflineSettings
@@ -66,6 +67,10 @@ class Method:
     @property
     def uses_emb(self) -> bool:
         return self.cfg.w_emb > 0
+
+    @property
+    def uses_content(self) -> bool:
+        return self.cfg.w_content > 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "prior": self.prior, **self.cfg.model_dump()}
@@ -96,6 +101,9 @@ class EvalSetup:
     baseline: str = "co-occurrence"
     # item -> genres, for intra-list diversity (empty: not measured).
     genres: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # item -> content features (offline.content.features_of: its catalogue's
+    # categories and tags), for the blend's content term (empty: no content).
+    content_features: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     @property
     def store(self) -> StoreConfig:
@@ -141,7 +149,7 @@ class EvalSetup:
 
 def default_methods(blend_cfg: BlendConfig) -> list[Method]:
     """The references and the blend, all as configurations of one blend."""
-    solo = {"w_co": 0.0, "w_emb": 0.0, "w_trend": 0.0, "pop_damping": 0.0}
+    solo = {"w_co": 0.0, "w_emb": 0.0, "w_content": 0.0, "w_trend": 0.0, "pop_damping": 0.0}
     base = blend_cfg.model_dump()
     methods = [
         Method("popularity", BlendConfig(**{**base, **solo}), prior="pop"),
@@ -189,8 +197,11 @@ def prequential(
 
     builder = setup.index_builder
     need_emb = any(m.uses_emb for m in methods) and builder is not None
+    need_content = any(m.uses_content for m in methods) and bool(setup.content_features)
     builds: list[int] = []
     index: ItemIndex | None = None
+    # Cold = not in the embedding index in use (everything, without one).
+    content = ContentIndex(setup.content_features) if need_content else None
     spec = setup.read(methods)
     kmax = max(KS)
     counts: Counter[str] = Counter(e.item_id for e in events[:start])
@@ -210,12 +221,19 @@ def prequential(
             assert builder is not None
             index = builder(event.ts)
             builds.append(event.ts)
+            if need_content:
+                content = ContentIndex(setup.content_features, cold=_not_in(index))
         user = event.user_id
         us = state.read_user(user, spec)
         cold = not us.history
         emb = (
             index.similar_many(us.sources, spec.per_item)
             if index is not None and need_emb and us.sources
+            else {}
+        )
+        near = (
+            content.similar_many(us.sources, spec.per_item, cold_only=True)
+            if content is not None and us.sources
             else {}
         )
         pop = state.popular_head(spec.n_trend) if want_pop else []
@@ -229,6 +247,7 @@ def prequential(
                 emb if m.uses_emb else {},
                 pop if m.prior == "pop" else us.trending,
                 popularity,
+                near if m.uses_content else {},
             )
             ranked: list[Scored] = blend(cands, user_seen, kmax, m.cfg)
             ids = [s.item_id for s in ranked]
@@ -262,6 +281,10 @@ def prequential(
         seconds=time.perf_counter() - began,
         index_builds=builds,
     )
+
+
+def _not_in(index: ItemIndex) -> Callable[[str], bool]:
+    return lambda item: item not in index
 
 
 def build_item_index(df: pd.DataFrame, before_ts: int, settings: OfflineSettings) -> ItemIndex:
