@@ -9,18 +9,17 @@ benchmarks/sweep.py: validation (and test) on the whole file and its halves.
 
 from __future__ import annotations
 
-from benchmarks.sweep import parser, sweep
+from benchmarks.sweep import Configure, parser, sweep, with_consumer
 from consumer.settings import ConsumerSettings
 
 DAY = 24 * 3600 * 1000
 
 
-def with_half_life(days: float | None) -> ConsumerSettings:
+def with_half_life(days: float | None) -> Configure:
     consumer = ConsumerSettings()
     hl = None if days is None else int(days * DAY)
-    return consumer.model_copy(
-        update={"state": consumer.state.model_copy(update={"co_half_life_ms": hl})}
-    )
+    state = consumer.state.model_copy(update={"co_half_life_ms": hl})
+    return with_consumer(consumer.model_copy(update={"state": state}))
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.sweep import parser, sweep
+from benchmarks.sweep import Configure, parser, sweep, with_consumer
 from consumer.settings import ConsumerSettings
 from core.feedback import Feedback
 
@@ -28,11 +28,13 @@ MAPPINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def with_mapping(fields: dict[str, Any]) -> ConsumerSettings:
+def with_mapping(fields: dict[str, Any]) -> Configure:
     consumer = ConsumerSettings()
     state = consumer.state
     rules = state.rules.model_copy(update={"feedback": Feedback(**fields)})
-    return consumer.model_copy(update={"state": state.model_copy(update={"rules": rules})})
+    return with_consumer(
+        consumer.model_copy(update={"state": state.model_copy(update={"rules": rules})})
+    )
 
 
 def main() -> None:

@@ -1,11 +1,12 @@
-"""One consumer setting swept over the validation part, the way settings are chosen.
+"""One setting swept over the validation part, the way settings are chosen.
 
 Each choice is one prequential pass (70/10/20, as ``streamrec evaluate``) with
 the shipped settings otherwise, scoring the blend and co-occurrence alone, on
 the whole file and on its two time-ordered halves, so a choice that only holds
 on one stretch of time shows. The winner is the best validation HR@10 of the
 blend on the whole file; test-part figures are printed beside it but never
-used to choose. Used by benchmarks/co_half_life.py and benchmarks/feedback_mapping.py.
+used to choose. Used by benchmarks/co_half_life.py, benchmarks/feedback_mapping.py
+and benchmarks/content_weight.py.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +38,28 @@ from serving.settings import ServingSettings
 METHODS = ("blend", "co-occurrence")
 
 
-def run_part(df: pd.DataFrame, consumer: ConsumerSettings, ranges: list[str]) -> dict[str, float]:
-    """``{"valid blend hr@10": ..., ...}`` for one frame and one consumer setting."""
+Configure = Callable[[EvalSetup], EvalSetup]
+# Segments reported beside the whole: targets unseen before the part, and an
+# item's very first click (evaluation.metrics).
+SEGMENTS = ("new_item", "first_click")
+
+
+def with_consumer(consumer: ConsumerSettings) -> Configure:
+    return lambda setup: replace(setup, consumer=consumer)
+
+
+def run_part(df: pd.DataFrame, configure: Configure, ranges: list[str]) -> dict[str, float]:
+    """``{"valid blend hr@10": ..., ...}`` for one frame and one setting."""
     events = list(to_events(df))
     valid_start, test_start = split_points(len(events), 0.1, 0.2)
     offline = OfflineSettings()
-    setup = EvalSetup(
-        consumer=consumer,
-        serving=ServingSettings(),
-        offline=offline,
-        index_builder=index_builder_for(df, offline),
-        catalog=catalog_size(df),
+    setup = configure(
+        EvalSetup(
+            serving=ServingSettings(),
+            offline=offline,
+            index_builder=index_builder_for(df, offline),
+            catalog=catalog_size(df),
+        )
     )
     methods = [m for m in default_methods(setup.serving.blend) if m.name in METHODS]
     spans = {"valid": (valid_start, test_start), "test": (test_start, len(events))}
@@ -55,8 +68,12 @@ def run_part(df: pd.DataFrame, consumer: ConsumerSettings, ranges: list[str]) ->
         lo, hi = spans[name]
         res = prequential(events, lo, hi, methods, setup)
         for m in methods:
+            got = res.methods[m.name]
             for metric in ("hr@10", "ndcg@10"):
-                out[f"{name} {m.name} {metric}"] = res.methods[m.name][metric]
+                out[f"{name} {m.name} {metric}"] = got[metric]
+            if m.name == "blend":
+                for seg in SEGMENTS:
+                    out[f"{name} blend {seg} hr@10"] = got[seg]["hr@10"]
     return out
 
 
@@ -73,7 +90,7 @@ def sweep(
     args: argparse.Namespace,
     name: str,
     choices: Mapping[str, Any],
-    setting: Callable[[Any], ConsumerSettings],
+    setting: Callable[[Any], Configure],
 ) -> None:
     """Run every choice on every part, print the table and the choice, write the JSON."""
     logging.basicConfig(level=logging.WARNING)
