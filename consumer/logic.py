@@ -25,7 +25,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.events import ClickEvent
-from core.feedback import Feedback
+from core.feedback import RATING, Feedback
 
 # Forward-decayed scores are 2 ** ((ts - ref) / half_life) against a landmark
 # ref that is an epoch of the event time: a multiple of 256 half-lives. Terms
@@ -213,7 +213,14 @@ def fold(
     fwd = rules.forward_weight
     work: dict[str, list[Entry]] = {}
     co, pop, trend_ts, trend_w, added = out.co, out.pop, out.trend_ts, out.trend_w, out.added
-    weigh = rules.feedback.weight
+    feedback = rules.feedback
+    weigh = feedback.weight
+    # The common cases inline (a dict lookup, not a method call): an event whose
+    # own weight does not matter (none given, or a rating while ratings are flat)
+    # weighs its type's weight, or 0 for a negative type.
+    type_get, default_w = feedback.type_weights.get, feedback.default_weight
+    negative_types = feedback.negative_types
+    flat_ratings = feedback.rating_negative_below is None and not feedback.rating_pivot
     pop_get = pop.get
     # dict.get, not Counter's ``+=``: a missing key would call Counter.__missing__
     # in Python, and most pairs of a batch are new (~17 updates per event).
@@ -235,7 +242,11 @@ def fold(
         n += 1
         if max_ts is None or ts > max_ts:
             max_ts = ts
-        wt = weigh(event.type, event.weight)
+        etype, ev_w = event.type, event.weight
+        if ev_w is None or (flat_ratings and etype == RATING):
+            wt = 0.0 if etype in negative_types else type_get(etype, default_w)
+        else:
+            wt = weigh(etype, ev_w)
         added[user] += 1
         if wt <= 0:  # negative feedback: in the history, flagged; adds nothing
             h.append(Entry(ts, item, sid, pos, True))
@@ -289,9 +300,10 @@ def fold(
         stamps.append(ts)
         pop[item] = pop_get(item, 0) + wt
         if wt == 1.0:
-            weights = trend_w.get(item)
-            if weights is not None:
-                weights.append(1.0)
+            if trend_w:
+                weights = trend_w.get(item)
+                if weights is not None:
+                    weights.append(1.0)
         else:
             weights = trend_w.get(item)
             if weights is None:
