@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,8 +134,9 @@ class ItemCache:
         self._damping = np.ones(1024, dtype=np.float64)
         self._trending = Row.of(self.vocab, kept)
         self._priors: dict[int, TrendPrior] = {}
-        self._emb: dict[str, Row] = {}
-        self._emb_version: str | None = None
+        # Per index version: each source's embedding ("emb") and content neighbours.
+        self._near: dict[str, dict[str, Row]] = {"emb": {}, "content": {}}
+        self._near_version: str | None = None
         self.seq: dict[str, int] | None = None  # each change feed's sequence, as last read
         self.store_id: str | None = None  # the store's marker id, as last read
 
@@ -296,14 +297,33 @@ class ItemCache:
         """Embedding neighbours of each source as arrays (per index version)."""
         if index is None:
             return [EMPTY_ROW] * len(sources)
-        if index.version != self._emb_version:
-            self._emb, self._emb_version = {}, index.version
-        missing = [s for s in sources if s not in self._emb]
+        return self._neighbours("emb", index, sources, index.similar_many)
+
+    def content(self, index: ItemIndex | None, sources: Sequence[str]) -> list[Row]:
+        """Content neighbours among cold items of each source (offline.content), as
+        arrays; none while the blend gives content no weight."""
+        if index is None or self.cfg.w_content <= 0:
+            return []
+        near = index.content.similar_many
+        return self._neighbours("content", index, sources, lambda s, n: near(s, n, cold_only=True))
+
+    def _neighbours(
+        self,
+        kind: str,
+        index: ItemIndex,
+        sources: Sequence[str],
+        fetch: Callable[[list[str], int], Mapping[str, Pairs]],
+    ) -> list[Row]:
+        if index.version != self._near_version:
+            self._near = {"emb": {}, "content": {}}
+            self._near_version = index.version
+        held = self._near[kind]
+        missing = [s for s in sources if s not in held]
         if missing:
-            found = index.similar_many(missing, self.cfg.candidates_per_item)
+            found = fetch(missing, self.cfg.candidates_per_item)
             for src in missing:
-                self._emb[src] = Row.of(self.vocab, found.get(src, []))
-        out = [self._emb[s] for s in sources]
+                held[src] = Row.of(self.vocab, found.get(src, []))
+        out = [held[s] for s in sources]
         self._bound()
         return out
 
@@ -312,8 +332,9 @@ class ItemCache:
         while len(self._rows) > max(self.max_rows, keep):
             self._rows.popitem(last=False)
             self.stats.evictions += 1
-        if len(self._emb) > self.max_rows:
-            self._emb = {}
+        for held in self._near.values():
+            if len(held) > self.max_rows:
+                held.clear()
 
 
 class CachedStateReader(StateReader):
@@ -332,6 +353,7 @@ class CachedStateReader(StateReader):
             sources=sources,
             co=await items.rows(sources),
             emb=items.emb(index, sources),
+            content=items.content(index, sources),
             trending=items.trending(spec.n_trend),
             damping=items.damping(),
         )

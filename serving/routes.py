@@ -243,7 +243,12 @@ def rank(
         if index is not None and user.sources
         else {}
     )
-    cands = Candidates(user.sources, user.co, emb, user.trending, user.pop)
+    content = (
+        index.content.similar_many(user.sources, cfg.candidates_per_item, cold_only=True)
+        if index is not None and cfg.w_content > 0 and user.sources
+        else {}
+    )
+    cands = Candidates(user.sources, user.co, emb, user.trending, user.pop, content)
     return blend(cands, exclude, size, cfg, rule.allows if rule is not None else None)
 
 
@@ -289,10 +294,14 @@ async def fetch_only(
     "/items/{item_id}/similar",
     response_model=SimilarOut,
     responses={
-        404: {"model": ErrorOut, "description": "neither in the index nor co-clicked"},
+        404: {
+            "model": ErrorOut,
+            "description": "neither co-clicked, nor in the index, nor in its catalogue",
+        },
         **ERROR_RESPONSES,
     },
-    summary="Items like this one: co-clicked with it, and close to it in the embedding",
+    summary="Items like this one: co-clicked with it, close to it in the embedding, "
+    "or alike in categories and tags when nobody has clicked it yet",
 )
 async def similar(item_id: ItemId, state: State, size: Size, rules: Rules) -> SimilarOut:
     """The blend with the item as the one source: its co-occurrence row (fresh from
@@ -305,6 +314,7 @@ async def similar(item_id: ItemId, state: State, size: Size, rules: Rules) -> Si
     members, counts = rows[0]
     co = list(zip(members, counts.tolist(), strict=True))
     in_index = index is not None and item_id in index
+    content: dict[str, list[tuple[str, float]]] = {}
     if not co and not in_index:
         if index is None:
             raise ApiError(
@@ -312,13 +322,22 @@ async def similar(item_id: ItemId, state: State, size: Size, rules: Rules) -> Si
                 "index_unavailable",
                 "no embedding index is loaded, and the item has no co-clicks",
             )
-        raise ApiError(
-            404, "item_not_found", f"item {item_id!r} is neither in the index nor co-clicked"
-        )
+        if item_id not in index.content:
+            raise ApiError(
+                404,
+                "item_not_found",
+                f"item {item_id!r} is neither co-clicked, nor in the index, nor in its catalogue",
+            )
+        # Nobody has clicked it yet: items alike in categories and tags stand in.
+        content = {item_id: index.content.similar(item_id, cfg.candidates_per_item)}
+        cfg = cfg.model_copy(update={"w_content": 1.0})
+    elif index is not None and cfg.w_content > 0:
+        near = index.content.similar(item_id, cfg.candidates_per_item, cold_only=True)
+        content = {item_id: near}
     emb = {item_id: index.similar(item_id, cfg.candidates_per_item)} if index and in_index else {}
     rule = category_rule(rules, index)
     ranked = blend(
-        Candidates([item_id], {item_id: co}, emb, [], pop),
+        Candidates([item_id], {item_id: co}, emb, [], pop, content),
         {item_id, *rules.exclude},
         size,
         cfg,
