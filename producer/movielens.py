@@ -1,4 +1,4 @@
-"""MovieLens files to a ratings DataFrame and click events. Pure file parsing, no network.
+"""MovieLens files to an interactions frame and their titles. Pure file parsing, no network.
 
 Three on-disk layouts cover every MovieLens release:
 
@@ -9,20 +9,21 @@ Three on-disk layouts cover every MovieLens release:
                titles in movies.dat
 
 Every layout stores timestamps in epoch seconds; the event contract wants
-milliseconds, so ``load_ratings`` multiplies by 1000 once, here.
+milliseconds, so ``load_ratings`` multiplies by 1000 once, here. A rating is an
+event of type "rating" whose weight is the rating (producer.frame).
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from core.errors import DatasetError
-from core.events import ClickEvent
+from producer.frame import interactions_frame
+from producer.frame import to_events as to_events  # where callers have always found it
 
 ML_LATEST = "ml-latest"
 ML_100K = "ml-100k"
@@ -30,6 +31,7 @@ ML_DAT = "ml-dat"
 
 RATINGS_FILES: dict[str, str] = {ML_LATEST: "ratings.csv", ML_100K: "u.data", ML_DAT: "ratings.dat"}
 TITLES_FILES: dict[str, str] = {ML_LATEST: "movies.csv", ML_100K: "u.item", ML_DAT: "movies.dat"}
+RATING_TYPE = "rating"
 LATEST_HEADER = "userId,movieId,rating,timestamp"
 COLUMNS = ["user_id", "item_id", "rating", "ts"]  # file column order in every layout
 
@@ -38,11 +40,6 @@ LAYOUT_HINT = (
     "ml-latest-small, ml-20m, ml-25m, ml-latest), ml-100k (u.data, tab-separated), "
     "ml-dat (ratings.dat with '::' separators: ml-1m, ml-10m)"
 )
-
-# to_events converts this many rows to Python objects at a time: large enough that
-# the per-chunk overhead vanishes, small enough (~64k events, a few MB) that a
-# 25M-row replay never holds every event in memory at once.
-_EVENT_CHUNK = 65_536
 
 
 def _first_line(file: Path) -> str:
@@ -114,19 +111,19 @@ def _read(layout: str, file: Path) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(data), engine="c", sep="\t", header=None, names=COLUMNS)
 
 
-def _as_str(ids: pd.Series) -> pd.Series:
-    """Ids as strings, one shared str object per distinct id.
+def _codes(ids: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Ids as (code per row, distinct ids as str): one str object per distinct id.
 
     Parsing ids as str makes one Python object per row: 25M rows of ml-25m cost
     ~1.5 s per 2M rows and ~50 bytes each. Ids repeat (ml-25m: 162k users, 59k
-    items), so factorize the integers, stringify the few uniques, and index.
-    MovieLens ids have no leading zeros, so int -> str round-trips exactly.
+    items), so factorize the integers and stringify the few uniques (the frame
+    points every row at its shared str, producer.frame.strings). MovieLens ids
+    have no leading zeros, so int -> str round-trips exactly.
     """
     if not pd.api.types.is_integer_dtype(ids):
-        return ids.astype(str)
+        ids = ids.astype(str)
     codes, uniques = pd.factorize(ids)
-    names = np.asarray([str(v) for v in uniques.tolist()], dtype=object)
-    return pd.Series(names[codes], index=ids.index, dtype="str")
+    return codes, [str(v) for v in uniques.tolist()]
 
 
 def _check(raw: pd.DataFrame, file: Path, header_lines: int) -> tuple[pd.Series, pd.Series]:
@@ -152,7 +149,8 @@ def _check(raw: pd.DataFrame, file: Path, header_lines: int) -> tuple[pd.Series,
 
 
 def load_ratings(path: Path, *, limit: int | None = None) -> pd.DataFrame:
-    """Ratings in timestamp order: user_id, item_id (str), ts (int64 ms), rating (float32).
+    """Ratings as an interactions frame (producer.frame) in timestamp order: user_id,
+    item_id (str), ts (int64 ms), type ("rating"), weight (float32, the rating).
 
     The sort is stable, so events with equal timestamps keep their file order
     (the tie rule of the prequential evaluation). ``limit`` keeps the first
@@ -169,17 +167,18 @@ def load_ratings(path: Path, *, limit: int | None = None) -> pd.DataFrame:
         raise DatasetError(f"{file}: unreadable ratings file: {exc}") from exc
     rating, ts = _check(raw, file, header_lines=1 if layout == ML_LATEST else 0)
     # Stable argsort on the int64 column alone, then gather: cheaper than sorting
-    # a frame, and the ids are turned into strings only for the rows kept.
+    # a frame, and every column is built once, already in order.
     order = np.argsort(ts.to_numpy(), kind="stable")
     if limit is not None:
         order = order[:limit]
-    return pd.DataFrame(
-        {
-            "user_id": _as_str(raw["user_id"].take(order)).reset_index(drop=True),
-            "item_id": _as_str(raw["item_id"].take(order)).reset_index(drop=True),
-            "ts": ts.to_numpy().astype("int64")[order] * 1000,
-            "rating": rating.to_numpy().astype("float32")[order],
-        }
+    user_codes, users = _codes(raw["user_id"])
+    item_codes, items = _codes(raw["item_id"])
+    return interactions_frame(
+        users=(user_codes[order], users),
+        items=(item_codes[order], items),
+        ts=ts.to_numpy().astype("int64")[order] * 1000,
+        types=(np.zeros(len(order), dtype=np.int8), [RATING_TYPE]),
+        weight=rating.to_numpy().astype("float32")[order],
     )
 
 
@@ -211,20 +210,6 @@ def load_titles(path: Path) -> dict[str, str]:
         if len(parts) >= 2 and parts[0].strip():
             titles[parts[0].strip()] = parts[1]
     return titles
-
-
-def to_events(df: pd.DataFrame) -> Iterator[ClickEvent]:
-    """One ``rating`` event per row, in the frame's order, weight = the rating."""
-    for start in range(0, len(df), _EVENT_CHUNK):
-        part = df.iloc[start : start + _EVENT_CHUNK]
-        # tolist() hands out Python int/float: orjson and the contract's isinstance
-        # checks want those, not numpy scalars.
-        users = part["user_id"].tolist()
-        items = part["item_id"].tolist()
-        stamps = part["ts"].tolist()
-        weights = part["rating"].tolist()
-        for user, item, ts, weight in zip(users, items, stamps, weights, strict=True):
-            yield ClickEvent(user, item, ts, "rating", weight)
 
 
 NO_GENRES = "(no genres listed)"

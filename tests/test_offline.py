@@ -42,10 +42,10 @@ def two_worlds(
             chosen = rng.random(items_per_group) < p
             chosen[:2] = group == "A"
             for i in np.flatnonzero(chosen):
-                rows.append((f"{group}u{u}", f"{group}{i}", ts, 4.0))
+                rows.append((f"{group}u{u}", f"{group}{i}", ts, "rating", 4.0))
                 ts += 1000
-    return pd.DataFrame(rows, columns=["user_id", "item_id", "ts", "rating"]).astype(
-        {"ts": "int64", "rating": "float32"}
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "ts", "type", "weight"]).astype(
+        {"ts": "int64", "type": "category", "weight": "float32"}
     )
 
 
@@ -55,7 +55,8 @@ def test_interaction_matrix_is_binary_with_items_sorted_as_strings() -> None:
             "user_id": ["u1", "u1", "u1", "u2"],
             "item_id": ["2", "10", "2", "10"],
             "ts": [TS0, TS0 + 1, TS0 + 2, TS0 + 3],
-            "rating": [1.0, 2.0, 3.0, 4.0],
+            "type": "click",
+            "weight": [1.0, 2.0, 3.0, 4.0],
         }
     )
     matrix, items = interaction_matrix(df)
@@ -280,9 +281,10 @@ def test_build_index_excludes_events_at_or_after_before_ts(
             "user_id": ["Au0", "Au1", "Bu0"],
             "item_id": ["late", "late", "at-cut"],
             "ts": [cut + 5, cut + 9, cut],
-            "rating": [5.0, 5.0, 5.0],
+            "type": "rating",
+            "weight": [5.0, 5.0, 5.0],
         }
-    ).astype({"ts": "int64", "rating": "float32"})
+    ).astype({"ts": "int64", "type": "category", "weight": "float32"})
     index = build_index(
         pd.concat([df, late], ignore_index=True),
         tmp_path,
