@@ -1,12 +1,15 @@
-"""MovieLens files to an interactions frame and their titles. Pure file parsing, no network.
+"""MovieLens files to an interactions frame and a catalogue. Pure file parsing, no network.
 
 Three on-disk layouts cover every MovieLens release:
 
     ml-latest  ratings.csv  header ``userId,movieId,rating,timestamp``, comma-separated
-               (ml-latest-small, ml-20m, ml-25m, ml-latest); titles in movies.csv
-    ml-100k    u.data       ``user<TAB>item<TAB>rating<TAB>ts``, no header; titles in u.item
+               (ml-latest-small, ml-20m, ml-25m, ml-latest); titles and genres in
+               movies.csv, tags in tags.csv (``userId,movieId,tag,timestamp``)
+    ml-100k    u.data       ``user<TAB>item<TAB>rating<TAB>ts``, no header; titles and
+               genre flags in u.item, the flags' names in u.genre; no tags
     ml-dat     ratings.dat  ``user::item::rating::ts``, no header (ml-1m, ml-10m);
-               titles in movies.dat
+               titles and genres in movies.dat, tags in tags.dat (ml-10m only,
+               ``user::item::tag::ts``)
 
 Every layout stores timestamps in epoch seconds; the event contract wants
 milliseconds, so ``load_ratings`` multiplies by 1000 once, here. A rating is an
@@ -21,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.catalogue import Catalogue, CatalogueItem
 from core.errors import DatasetError
 from producer.frame import interactions_frame
 from producer.frame import to_events as to_events  # where callers have always found it
@@ -31,6 +35,7 @@ ML_DAT = "ml-dat"
 
 RATINGS_FILES: dict[str, str] = {ML_LATEST: "ratings.csv", ML_100K: "u.data", ML_DAT: "ratings.dat"}
 TITLES_FILES: dict[str, str] = {ML_LATEST: "movies.csv", ML_100K: "u.item", ML_DAT: "movies.dat"}
+TAGS_FILES: dict[str, str] = {ML_LATEST: "tags.csv", ML_DAT: "tags.dat"}
 RATING_TYPE = "rating"
 LATEST_HEADER = "userId,movieId,rating,timestamp"
 COLUMNS = ["user_id", "item_id", "rating", "ts"]  # file column order in every layout
@@ -191,68 +196,117 @@ def _read_text(file: Path) -> str:
         return data.decode("latin-1")
 
 
+NO_GENRES = "(no genres listed)"
+
+
+def load_movielens_catalogue(path: Path) -> Catalogue:
+    """Titles, genres (as categories) and tags of a MovieLens dataset (directory or
+    ratings file); empty if it has neither a movie nor a tag file. Tags are
+    stripped, lower-cased and deduplicated per movie; "(no genres listed)" (and
+    ml-100k's "unknown") is no genre. A movie tagged but not in the movie file is
+    in it without a title."""
+    layout, ratings = locate_ratings(path)
+    folder = ratings.parent
+    movies = _movies(layout, folder)
+    tags = _tags(layout, folder)
+    items = {
+        item: CatalogueItem(title, genres, tags.get(item, frozenset()))
+        for item, (title, genres) in movies.items()
+    }
+    for item, item_tags in tags.items():
+        if item not in items:
+            items[item] = CatalogueItem(None, frozenset(), item_tags)
+    return Catalogue(items)
+
+
 def load_titles(path: Path) -> dict[str, str]:
     """item_id -> title from the dataset's movie file; empty if the dataset has none."""
-    layout, ratings = locate_ratings(path)
-    file = ratings.parent / TITLES_FILES[layout]
+    return load_movielens_catalogue(path).titles()
+
+
+def load_genres(path: Path) -> dict[str, frozenset[str]]:
+    """item_id -> its genres (the catalogue's categories); empty without a movie file."""
+    return {item: entry.categories for item, entry in load_movielens_catalogue(path).items()}
+
+
+Movies = dict[str, tuple[str | None, frozenset[str]]]  # item -> (title, genres)
+
+
+def _genres(field: str) -> frozenset[str]:
+    return frozenset(g for g in field.strip().split("|") if g and g != NO_GENRES)
+
+
+def _movies(layout: str, folder: Path) -> Movies:
+    file = folder / TITLES_FILES[layout]
     if not file.is_file():
         return {}
     if layout == ML_LATEST:
         # Titles contain commas and quotes: leave the quoting rules to the CSV parser.
-        movies = pd.read_csv(
-            file, engine="c", dtype=str, usecols=["movieId", "title"], keep_default_na=False
-        )
-        return dict(zip(movies["movieId"].str.strip(), movies["title"], strict=True))
-    sep = "|" if layout == ML_100K else "::"
-    titles: dict[str, str] = {}
-    for line in _read_text(file).splitlines():
-        parts = line.split(sep, 2)
-        if len(parts) >= 2 and parts[0].strip():
-            titles[parts[0].strip()] = parts[1]
-    return titles
-
-
-NO_GENRES = "(no genres listed)"
-
-
-def load_genres(path: Path) -> dict[str, frozenset[str]]:
-    """item_id -> its genres from the dataset's movie file (ml-latest and ml-1m/10m:
-    a ``|``-separated field; ml-100k: the flags of ``u.item`` named by ``u.genre``);
-    empty if the dataset has none. MovieLens's "(no genres listed)" is no genre."""
-    layout, ratings = locate_ratings(path)
-    file = ratings.parent / TITLES_FILES[layout]
-    if not file.is_file():
-        return {}
-    out: dict[str, frozenset[str]] = {}
-    if layout == ML_LATEST:
-        movies = pd.read_csv(
-            file, engine="c", dtype=str, usecols=["movieId", "genres"], keep_default_na=False
-        )
-        for item, genres in zip(movies["movieId"].str.strip(), movies["genres"], strict=True):
-            out[item] = frozenset(g for g in genres.split("|") if g and g != NO_GENRES)
-        return out
+        table = pd.read_csv(file, engine="c", dtype=str, keep_default_na=False)
+        genres = table["genres"] if "genres" in table else pd.Series([""] * len(table))
+        return {
+            item: (title or None, _genres(field))
+            for item, title, field in zip(
+                table["movieId"].str.strip(), table["title"], genres, strict=True
+            )
+        }
     if layout == ML_100K:
-        names_file = ratings.parent / "u.genre"
-        if not names_file.is_file():
-            return {}
-        names = {}
-        for line in _read_text(names_file).splitlines():
-            name, _, code = line.rpartition("|")
-            if name and code.strip().isdigit():
-                names[int(code)] = name
-        for line in _read_text(file).splitlines():
-            parts = line.split("|")
-            if len(parts) >= 6 and parts[0].strip():
-                flags = parts[5:]
-                out[parts[0].strip()] = frozenset(
-                    names[k] for k, f in enumerate(flags) if f.strip() == "1" and k in names
-                )
-        out = {i: frozenset(g for g in gs if g != "unknown") for i, gs in out.items()}
-        return out
+        return _movies_100k(file, folder / "u.genre")
+    movies: Movies = {}
     for line in _read_text(file).splitlines():
         parts = line.split("::")
-        if len(parts) >= 3 and parts[0].strip():
-            out[parts[0].strip()] = frozenset(
-                g for g in parts[2].strip().split("|") if g and g != NO_GENRES
+        if len(parts) >= 2 and parts[0].strip():
+            movies[parts[0].strip()] = (
+                parts[1] or None,
+                _genres(parts[2]) if len(parts) >= 3 else frozenset(),
             )
-    return out
+    return movies
+
+
+def _movies_100k(file: Path, genre_file: Path) -> Movies:
+    """u.item: ``id|title|release|video release|url|flag0|flag1|...``, flag k named
+    by the line ``name|k`` of u.genre (no genres without u.genre)."""
+    names: dict[int, str] = {}
+    if genre_file.is_file():
+        for line in _read_text(genre_file).splitlines():
+            name, _, code = line.rpartition("|")
+            if name and code.strip().isdigit() and name != "unknown":
+                names[int(code)] = name
+    movies: Movies = {}
+    for line in _read_text(file).splitlines():
+        parts = line.split("|")
+        if len(parts) >= 2 and parts[0].strip():
+            flags = parts[5:]
+            genres = frozenset(
+                names[k] for k, f in enumerate(flags) if f.strip() == "1" and k in names
+            )
+            movies[parts[0].strip()] = (parts[1] or None, genres)
+    return movies
+
+
+def _tags(layout: str, folder: Path) -> dict[str, frozenset[str]]:
+    name = TAGS_FILES.get(layout)
+    file = folder / name if name else None
+    if file is None or not file.is_file():
+        return {}
+    if layout == ML_LATEST:
+        table = pd.read_csv(
+            file, engine="c", dtype=str, usecols=["movieId", "tag"], keep_default_na=False
+        )
+        items, tags = table["movieId"].str.strip(), table["tag"]
+    else:
+        # ``user::item::tag::ts``; a tag holding "::" keeps it (split from both ends).
+        rows = [line.split("::") for line in _read_text(file).splitlines()]
+        rows = [r for r in rows if len(r) >= 4]
+        items = pd.Series([r[1].strip() for r in rows], dtype=str)
+        tags = pd.Series(["::".join(r[2:-1]) for r in rows], dtype=str)
+    tags = tags.str.strip().str.lower()
+    pairs = pd.DataFrame({"item": items, "tag": tags})
+    pairs = pairs[(pairs["tag"] != "") & (pairs["item"] != "")].drop_duplicates()
+    # One shared str object per distinct tag: ml-25m has 1.1M tag rows, 74k distinct.
+    codes, uniques = pd.factorize(pairs["tag"])
+    shared = np.asarray(uniques, dtype=object)[codes]
+    out: dict[str, set[str]] = {}
+    for item, tag in zip(pairs["item"].tolist(), shared.tolist(), strict=True):
+        out.setdefault(item, set()).add(tag)
+    return {item: frozenset(t) for item, t in out.items()}
