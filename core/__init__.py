@@ -1,8 +1,10 @@
-"""Contracts shared by every streamrec component: the event, the keyspace, settings, errors."""
+"""Contracts shared by every streamrec component: the event, the catalogue, the keyspace,
+settings, errors."""
 
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
+from core.catalogue import Catalogue, CatalogueItem
 from core.errors import (
     ConfigError,
     DatasetError,
@@ -21,6 +23,8 @@ except PackageNotFoundError:  # pragma: no cover - run from a tree that was neve
     __version__ = "0+unknown"
 
 __all__ = [
+    "Catalogue",
+    "CatalogueItem",
     "ClickEvent",
     "ConfigError",
     "DatasetError",

@@ -34,8 +34,8 @@ _DENSE_SVD_MAX_ITEMS = 1_000
 def interaction_matrix(df: pd.DataFrame) -> tuple[sp.csr_matrix, list[str]]:
     """Binary users x items matrix and the item id of each column.
 
-    Every row of ``df`` counts as one consumption; ``rating`` and ``ts`` are not
-    used (rating a film means having watched it, whatever the score). Repeated
+    Every row of ``df`` counts as one consumption; ``type``, ``weight`` and ``ts``
+    are not used (rating a film means having watched it, whatever the score). Repeated
     (user, item) pairs collapse to 1. Items are ordered by their string id and
     users likewise, so the same data gives the same matrix whatever the row order.
     """

@@ -3,7 +3,10 @@
 One index lives in one directory::
 
     index.faiss     faiss.write_index of an IndexFlatIP over L2-normalised float32 rows
-    items.json      {"ids": [...row order...], "titles": {id: title}}
+    items.json      {"ids": [...row order...], "titles": {id: title}} (titles of indexed items)
+    catalogue.json  core.catalogue.Catalogue.to_json(): every catalogued item, indexed
+                    or not (titles, categories, tags); absent in versions built before
+                    it existed, whose catalogue is items.json's titles
     manifest.json   Manifest.to_dict()
 
 Published versions (see ``publish``) live under ``<artifacts>/index/<version>/``
@@ -32,6 +35,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from core.catalogue import Catalogue
 from core.errors import IndexNotFound
 from offline.manifest import Manifest
 
@@ -41,6 +45,7 @@ log = logging.getLogger("streamrec.offline")
 
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.json"
+CATALOGUE_FILE = "catalogue.json"
 MANIFEST_FILE = "manifest.json"
 BUILD_HINT = "run `streamrec build-index`"
 INDEX_SUBDIR = "index"
@@ -79,7 +84,7 @@ class ItemIndex:
         item_ids: list[str],
         vectors: np.ndarray,
         index: faiss.Index,
-        titles: dict[str, str],
+        catalogue: Catalogue,
         manifest: Manifest,
     ) -> None:
         # Use from_vectors or load; this only wires validated parts together.
@@ -88,7 +93,9 @@ class ItemIndex:
         self._rows = {item_id: row for row, item_id in enumerate(item_ids)}
         self._vectors = vectors
         self._index = index
-        self._titles = titles
+        self._catalogue = catalogue
+        # The titles of indexed items: what search offers (every hit can be looked up).
+        self._titles = {i: t for i in item_ids if (t := catalogue.title(i)) is not None}
         self._nonzero = np.linalg.norm(vectors, axis=1) > 0
         self._search_params = self._exclude_rows(np.flatnonzero(~self._nonzero))
         # row -> (neighbours best first, whether that is every neighbour there is)
@@ -114,13 +121,20 @@ class ItemIndex:
         item_ids: Sequence[str],
         vectors: np.ndarray,
         *,
+        catalogue: Catalogue | None = None,
         titles: Mapping[str, str] | None = None,
         method: str = "ppmi-svd",
         params: Mapping[str, Any] | None = None,
         source: str = "",
         before_ts: int | None = None,
     ) -> ItemIndex:
-        """Index ``vectors[i]`` under ``item_ids[i]``; rows are L2-normalised here."""
+        """Index ``vectors[i]`` under ``item_ids[i]``; rows are L2-normalised here.
+
+        ``catalogue`` is kept whole, indexed items or not. ``titles`` (instead of a
+        catalogue) keeps the titles of indexed items only.
+        """
+        if catalogue is not None and titles is not None:
+            raise ValueError("give a catalogue or titles, not both")
         ids = [str(i) for i in item_ids]
         vecs = np.ascontiguousarray(vectors, dtype=np.float32)
         if vecs.ndim != 2 or vecs.shape[0] != len(ids) or vecs.shape[1] < 1:
@@ -136,13 +150,16 @@ class ItemIndex:
             params_json = json.dumps(params_dict, sort_keys=True)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"params must be JSON-serialisable: {exc}") from None
-        known = set(ids)
-        kept_titles = {str(k): str(v) for k, v in (titles or {}).items() if str(k) in known}
+        if catalogue is None:
+            known = set(ids)
+            catalogue = Catalogue.from_titles(
+                {str(k): str(v) for k, v in (titles or {}).items() if str(k) in known}
+            )
 
         digest = hashlib.sha256()
         digest.update("\n".join(ids).encode())
         digest.update(vecs.tobytes())
-        digest.update(json.dumps(kept_titles, sort_keys=True).encode())
+        digest.update(catalogue.to_json())
         digest.update(json.dumps([method, params_json, source, before_ts]).encode())
         now = datetime.now(UTC)
         manifest = Manifest(
@@ -160,7 +177,7 @@ class ItemIndex:
         # per-item cache cold under load, IndexHNSWFlat would pay for its build time.
         index = faiss.IndexFlatIP(manifest.dim)
         index.add(vecs)
-        return cls(ids, vecs, index, kept_titles, manifest)
+        return cls(ids, vecs, index, catalogue, manifest)
 
     @property
     def version(self) -> str:
@@ -173,12 +190,18 @@ class ItemIndex:
         return len(self._ids)
 
     def title(self, item_id: str) -> str | None:
-        return self._titles.get(item_id)
+        """The catalogue's title of any catalogued item, indexed or not."""
+        return self._catalogue.title(item_id)
 
     @property
     def titles(self) -> Mapping[str, str]:
         """The catalogue's titles (item id -> title) of the indexed items."""
         return MappingProxyType(self._titles)
+
+    @property
+    def catalogue(self) -> Catalogue:
+        """Everything known about the items (empty when the build had no catalogue)."""
+        return self._catalogue
 
     def similar(self, item_id: str, k: int) -> list[tuple[str, float]]:
         """Up to k (item, cosine) pairs, best first; never the item itself or a zero vector."""
@@ -243,12 +266,15 @@ class ItemIndex:
         return found
 
     def save(self, directory: Path) -> None:
-        """Write the three files into ``directory`` (created if needed)."""
+        """Write the four files into ``directory`` (created if needed)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self._index, str(directory / INDEX_FILE))
+        # items.json keeps the titles too, so a reader older than catalogue.json
+        # can still serve (and roll back to) this version.
         items = {"ids": self._ids, "titles": self._titles}
         (directory / ITEMS_FILE).write_text(json.dumps(items, ensure_ascii=False))
+        (directory / CATALOGUE_FILE).write_bytes(self._catalogue.to_json())
         # Manifest last: a directory with a manifest has everything before it.
         (directory / MANIFEST_FILE).write_text(json.dumps(self.manifest.to_dict(), indent=2))
 
@@ -270,6 +296,11 @@ class ItemIndex:
                 raise ValueError("items.json ids must be a list of strings")
             if not isinstance(titles, dict):
                 raise ValueError("items.json titles must be an object")
+            catalogue_file = directory / CATALOGUE_FILE
+            if catalogue_file.is_file():
+                catalogue = Catalogue.from_json(catalogue_file.read_bytes())
+            else:  # a version built before catalogue.json: titles only
+                catalogue = Catalogue.from_titles(titles)
             index = faiss.read_index(str(paths[0]))
             _check_consistent(manifest, ids, index)
             vectors = index.reconstruct_n(0, index.ntotal)
@@ -278,7 +309,8 @@ class ItemIndex:
             raise IndexNotFound(
                 f"index in {directory} is unreadable: {exc}", hint=BUILD_HINT
             ) from exc
-        return cls(ids, np.ascontiguousarray(vectors, dtype=np.float32), index, titles, manifest)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        return cls(ids, vectors, index, catalogue, manifest)
 
 
 def _check_consistent(manifest: Manifest, ids: list[str], index: faiss.Index) -> None:

@@ -11,6 +11,7 @@ import pandas as pd
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from core.catalogue import Catalogue
 from core.errors import DatasetError
 from core.settings import ServiceSettings
 from offline.embeddings import build_embeddings
@@ -40,6 +41,7 @@ def build_index(
     settings: OfflineSettings | None = None,
     *,
     before_ts: int | None = None,
+    catalogue: Catalogue | None = None,
     titles: Mapping[str, str] | None = None,
     source: str = "",
 ) -> ItemIndex:
@@ -48,7 +50,9 @@ def build_index(
     ``settings`` (default: from the environment) gives the dimension, the seed
     and how many versions to keep. ``before_ts`` (epoch ms) keeps only events
     with ``ts < before_ts``, so an evaluation that predicts events from that
-    time on never trains on them.
+    time on never trains on them. ``catalogue`` is stored whole with the version
+    (catalogue.json, part of its digest), items never clicked included; ``titles``
+    instead keeps only the titles of indexed items.
     """
     cfg = settings if settings is not None else OfflineSettings()
     dim, seed = cfg.dim, cfg.seed
@@ -64,6 +68,7 @@ def build_index(
     index = ItemIndex.from_vectors(
         item_ids,
         vectors,
+        catalogue=catalogue,
         titles=titles,
         method=METHOD,
         params={
@@ -78,10 +83,11 @@ def build_index(
     )
     version_dir = publish(index, artifacts_dir, keep=cfg.keep_versions)
     log.info(
-        "published index %s: %d items, dim %d, %.2f s, at %s",
+        "published index %s: %d items, dim %d, %d catalogued, %.2f s, at %s",
         index.version,
         len(index),
         index.manifest.dim,
+        len(index.catalogue),
         time.perf_counter() - started,
         version_dir,
     )

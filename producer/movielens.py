@@ -1,28 +1,33 @@
-"""MovieLens files to a ratings DataFrame and click events. Pure file parsing, no network.
+"""MovieLens files to an interactions frame and a catalogue. Pure file parsing, no network.
 
 Three on-disk layouts cover every MovieLens release:
 
     ml-latest  ratings.csv  header ``userId,movieId,rating,timestamp``, comma-separated
-               (ml-latest-small, ml-20m, ml-25m, ml-latest); titles in movies.csv
-    ml-100k    u.data       ``user<TAB>item<TAB>rating<TAB>ts``, no header; titles in u.item
+               (ml-latest-small, ml-20m, ml-25m, ml-latest); titles and genres in
+               movies.csv, tags in tags.csv (``userId,movieId,tag,timestamp``)
+    ml-100k    u.data       ``user<TAB>item<TAB>rating<TAB>ts``, no header; titles and
+               genre flags in u.item, the flags' names in u.genre; no tags
     ml-dat     ratings.dat  ``user::item::rating::ts``, no header (ml-1m, ml-10m);
-               titles in movies.dat
+               titles and genres in movies.dat, tags in tags.dat (ml-10m only,
+               ``user::item::tag::ts``)
 
 Every layout stores timestamps in epoch seconds; the event contract wants
-milliseconds, so ``load_ratings`` multiplies by 1000 once, here.
+milliseconds, so ``load_ratings`` multiplies by 1000 once, here. A rating is an
+event of type "rating" whose weight is the rating (producer.frame).
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from core.catalogue import Catalogue, CatalogueItem
 from core.errors import DatasetError
-from core.events import ClickEvent
+from producer.frame import interactions_frame
+from producer.frame import to_events as to_events  # where callers have always found it
 
 ML_LATEST = "ml-latest"
 ML_100K = "ml-100k"
@@ -30,6 +35,8 @@ ML_DAT = "ml-dat"
 
 RATINGS_FILES: dict[str, str] = {ML_LATEST: "ratings.csv", ML_100K: "u.data", ML_DAT: "ratings.dat"}
 TITLES_FILES: dict[str, str] = {ML_LATEST: "movies.csv", ML_100K: "u.item", ML_DAT: "movies.dat"}
+TAGS_FILES: dict[str, str] = {ML_LATEST: "tags.csv", ML_DAT: "tags.dat"}
+RATING_TYPE = "rating"
 LATEST_HEADER = "userId,movieId,rating,timestamp"
 COLUMNS = ["user_id", "item_id", "rating", "ts"]  # file column order in every layout
 
@@ -38,11 +45,6 @@ LAYOUT_HINT = (
     "ml-latest-small, ml-20m, ml-25m, ml-latest), ml-100k (u.data, tab-separated), "
     "ml-dat (ratings.dat with '::' separators: ml-1m, ml-10m)"
 )
-
-# to_events converts this many rows to Python objects at a time: large enough that
-# the per-chunk overhead vanishes, small enough (~64k events, a few MB) that a
-# 25M-row replay never holds every event in memory at once.
-_EVENT_CHUNK = 65_536
 
 
 def _first_line(file: Path) -> str:
@@ -114,19 +116,19 @@ def _read(layout: str, file: Path) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(data), engine="c", sep="\t", header=None, names=COLUMNS)
 
 
-def _as_str(ids: pd.Series) -> pd.Series:
-    """Ids as strings, one shared str object per distinct id.
+def _codes(ids: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Ids as (code per row, distinct ids as str): one str object per distinct id.
 
     Parsing ids as str makes one Python object per row: 25M rows of ml-25m cost
     ~1.5 s per 2M rows and ~50 bytes each. Ids repeat (ml-25m: 162k users, 59k
-    items), so factorize the integers, stringify the few uniques, and index.
-    MovieLens ids have no leading zeros, so int -> str round-trips exactly.
+    items), so factorize the integers and stringify the few uniques (the frame
+    points every row at its shared str, producer.frame.strings). MovieLens ids
+    have no leading zeros, so int -> str round-trips exactly.
     """
     if not pd.api.types.is_integer_dtype(ids):
-        return ids.astype(str)
+        ids = ids.astype(str)
     codes, uniques = pd.factorize(ids)
-    names = np.asarray([str(v) for v in uniques.tolist()], dtype=object)
-    return pd.Series(names[codes], index=ids.index, dtype="str")
+    return codes, [str(v) for v in uniques.tolist()]
 
 
 def _check(raw: pd.DataFrame, file: Path, header_lines: int) -> tuple[pd.Series, pd.Series]:
@@ -152,7 +154,8 @@ def _check(raw: pd.DataFrame, file: Path, header_lines: int) -> tuple[pd.Series,
 
 
 def load_ratings(path: Path, *, limit: int | None = None) -> pd.DataFrame:
-    """Ratings in timestamp order: user_id, item_id (str), ts (int64 ms), rating (float32).
+    """Ratings as an interactions frame (producer.frame) in timestamp order: user_id,
+    item_id (str), ts (int64 ms), type ("rating"), weight (float32, the rating).
 
     The sort is stable, so events with equal timestamps keep their file order
     (the tie rule of the prequential evaluation). ``limit`` keeps the first
@@ -169,17 +172,18 @@ def load_ratings(path: Path, *, limit: int | None = None) -> pd.DataFrame:
         raise DatasetError(f"{file}: unreadable ratings file: {exc}") from exc
     rating, ts = _check(raw, file, header_lines=1 if layout == ML_LATEST else 0)
     # Stable argsort on the int64 column alone, then gather: cheaper than sorting
-    # a frame, and the ids are turned into strings only for the rows kept.
+    # a frame, and every column is built once, already in order.
     order = np.argsort(ts.to_numpy(), kind="stable")
     if limit is not None:
         order = order[:limit]
-    return pd.DataFrame(
-        {
-            "user_id": _as_str(raw["user_id"].take(order)).reset_index(drop=True),
-            "item_id": _as_str(raw["item_id"].take(order)).reset_index(drop=True),
-            "ts": ts.to_numpy().astype("int64")[order] * 1000,
-            "rating": rating.to_numpy().astype("float32")[order],
-        }
+    user_codes, users = _codes(raw["user_id"])
+    item_codes, items = _codes(raw["item_id"])
+    return interactions_frame(
+        users=(user_codes[order], users),
+        items=(item_codes[order], items),
+        ts=ts.to_numpy().astype("int64")[order] * 1000,
+        types=(np.zeros(len(order), dtype=np.int8), [RATING_TYPE]),
+        weight=rating.to_numpy().astype("float32")[order],
     )
 
 
@@ -192,82 +196,117 @@ def _read_text(file: Path) -> str:
         return data.decode("latin-1")
 
 
+NO_GENRES = "(no genres listed)"
+
+
+def load_movielens_catalogue(path: Path) -> Catalogue:
+    """Titles, genres (as categories) and tags of a MovieLens dataset (directory or
+    ratings file); empty if it has neither a movie nor a tag file. Tags are
+    stripped, lower-cased and deduplicated per movie; "(no genres listed)" (and
+    ml-100k's "unknown") is no genre. A movie tagged but not in the movie file is
+    in it without a title."""
+    layout, ratings = locate_ratings(path)
+    folder = ratings.parent
+    movies = _movies(layout, folder)
+    tags = _tags(layout, folder)
+    items = {
+        item: CatalogueItem(title, genres, tags.get(item, frozenset()))
+        for item, (title, genres) in movies.items()
+    }
+    for item, item_tags in tags.items():
+        if item not in items:
+            items[item] = CatalogueItem(None, frozenset(), item_tags)
+    return Catalogue(items)
+
+
 def load_titles(path: Path) -> dict[str, str]:
     """item_id -> title from the dataset's movie file; empty if the dataset has none."""
-    layout, ratings = locate_ratings(path)
-    file = ratings.parent / TITLES_FILES[layout]
+    return load_movielens_catalogue(path).titles()
+
+
+def load_genres(path: Path) -> dict[str, frozenset[str]]:
+    """item_id -> its genres (the catalogue's categories); empty without a movie file."""
+    return {item: entry.categories for item, entry in load_movielens_catalogue(path).items()}
+
+
+Movies = dict[str, tuple[str | None, frozenset[str]]]  # item -> (title, genres)
+
+
+def _genres(field: str) -> frozenset[str]:
+    return frozenset(g for g in field.strip().split("|") if g and g != NO_GENRES)
+
+
+def _movies(layout: str, folder: Path) -> Movies:
+    file = folder / TITLES_FILES[layout]
     if not file.is_file():
         return {}
     if layout == ML_LATEST:
         # Titles contain commas and quotes: leave the quoting rules to the CSV parser.
-        movies = pd.read_csv(
-            file, engine="c", dtype=str, usecols=["movieId", "title"], keep_default_na=False
-        )
-        return dict(zip(movies["movieId"].str.strip(), movies["title"], strict=True))
-    sep = "|" if layout == ML_100K else "::"
-    titles: dict[str, str] = {}
-    for line in _read_text(file).splitlines():
-        parts = line.split(sep, 2)
-        if len(parts) >= 2 and parts[0].strip():
-            titles[parts[0].strip()] = parts[1]
-    return titles
-
-
-def to_events(df: pd.DataFrame) -> Iterator[ClickEvent]:
-    """One ``rating`` event per row, in the frame's order, weight = the rating."""
-    for start in range(0, len(df), _EVENT_CHUNK):
-        part = df.iloc[start : start + _EVENT_CHUNK]
-        # tolist() hands out Python int/float: orjson and the contract's isinstance
-        # checks want those, not numpy scalars.
-        users = part["user_id"].tolist()
-        items = part["item_id"].tolist()
-        stamps = part["ts"].tolist()
-        weights = part["rating"].tolist()
-        for user, item, ts, weight in zip(users, items, stamps, weights, strict=True):
-            yield ClickEvent(user, item, ts, "rating", weight)
-
-
-NO_GENRES = "(no genres listed)"
-
-
-def load_genres(path: Path) -> dict[str, frozenset[str]]:
-    """item_id -> its genres from the dataset's movie file (ml-latest and ml-1m/10m:
-    a ``|``-separated field; ml-100k: the flags of ``u.item`` named by ``u.genre``);
-    empty if the dataset has none. MovieLens's "(no genres listed)" is no genre."""
-    layout, ratings = locate_ratings(path)
-    file = ratings.parent / TITLES_FILES[layout]
-    if not file.is_file():
-        return {}
-    out: dict[str, frozenset[str]] = {}
-    if layout == ML_LATEST:
-        movies = pd.read_csv(
-            file, engine="c", dtype=str, usecols=["movieId", "genres"], keep_default_na=False
-        )
-        for item, genres in zip(movies["movieId"].str.strip(), movies["genres"], strict=True):
-            out[item] = frozenset(g for g in genres.split("|") if g and g != NO_GENRES)
-        return out
+        table = pd.read_csv(file, engine="c", dtype=str, keep_default_na=False)
+        genres = table["genres"] if "genres" in table else pd.Series([""] * len(table))
+        return {
+            item: (title or None, _genres(field))
+            for item, title, field in zip(
+                table["movieId"].str.strip(), table["title"], genres, strict=True
+            )
+        }
     if layout == ML_100K:
-        names_file = ratings.parent / "u.genre"
-        if not names_file.is_file():
-            return {}
-        names = {}
-        for line in _read_text(names_file).splitlines():
-            name, _, code = line.rpartition("|")
-            if name and code.strip().isdigit():
-                names[int(code)] = name
-        for line in _read_text(file).splitlines():
-            parts = line.split("|")
-            if len(parts) >= 6 and parts[0].strip():
-                flags = parts[5:]
-                out[parts[0].strip()] = frozenset(
-                    names[k] for k, f in enumerate(flags) if f.strip() == "1" and k in names
-                )
-        out = {i: frozenset(g for g in gs if g != "unknown") for i, gs in out.items()}
-        return out
+        return _movies_100k(file, folder / "u.genre")
+    movies: Movies = {}
     for line in _read_text(file).splitlines():
         parts = line.split("::")
-        if len(parts) >= 3 and parts[0].strip():
-            out[parts[0].strip()] = frozenset(
-                g for g in parts[2].strip().split("|") if g and g != NO_GENRES
+        if len(parts) >= 2 and parts[0].strip():
+            movies[parts[0].strip()] = (
+                parts[1] or None,
+                _genres(parts[2]) if len(parts) >= 3 else frozenset(),
             )
-    return out
+    return movies
+
+
+def _movies_100k(file: Path, genre_file: Path) -> Movies:
+    """u.item: ``id|title|release|video release|url|flag0|flag1|...``, flag k named
+    by the line ``name|k`` of u.genre (no genres without u.genre)."""
+    names: dict[int, str] = {}
+    if genre_file.is_file():
+        for line in _read_text(genre_file).splitlines():
+            name, _, code = line.rpartition("|")
+            if name and code.strip().isdigit() and name != "unknown":
+                names[int(code)] = name
+    movies: Movies = {}
+    for line in _read_text(file).splitlines():
+        parts = line.split("|")
+        if len(parts) >= 2 and parts[0].strip():
+            flags = parts[5:]
+            genres = frozenset(
+                names[k] for k, f in enumerate(flags) if f.strip() == "1" and k in names
+            )
+            movies[parts[0].strip()] = (parts[1] or None, genres)
+    return movies
+
+
+def _tags(layout: str, folder: Path) -> dict[str, frozenset[str]]:
+    name = TAGS_FILES.get(layout)
+    file = folder / name if name else None
+    if file is None or not file.is_file():
+        return {}
+    if layout == ML_LATEST:
+        table = pd.read_csv(
+            file, engine="c", dtype=str, usecols=["movieId", "tag"], keep_default_na=False
+        )
+        items, tags = table["movieId"].str.strip(), table["tag"]
+    else:
+        # ``user::item::tag::ts``; a tag holding "::" keeps it (split from both ends).
+        rows = [line.split("::") for line in _read_text(file).splitlines()]
+        rows = [r for r in rows if len(r) >= 4]
+        items = pd.Series([r[1].strip() for r in rows], dtype=str)
+        tags = pd.Series(["::".join(r[2:-1]) for r in rows], dtype=str)
+    tags = tags.str.strip().str.lower()
+    pairs = pd.DataFrame({"item": items, "tag": tags})
+    pairs = pairs[(pairs["tag"] != "") & (pairs["item"] != "")].drop_duplicates()
+    # One shared str object per distinct tag: ml-25m has 1.1M tag rows, 74k distinct.
+    codes, uniques = pd.factorize(pairs["tag"])
+    shared = np.asarray(uniques, dtype=object)[codes]
+    out: dict[str, set[str]] = {}
+    for item, tag in zip(pairs["item"].tolist(), shared.tolist(), strict=True):
+        out.setdefault(item, set()).add(tag)
+    return {item: frozenset(t) for item, t in out.items()}

@@ -73,15 +73,17 @@ def test_detect_layout_from_directory_and_file(tmp_path: Path, layout: str) -> N
 @pytest.mark.parametrize("layout", list(WRITERS))
 def test_load_ratings_sorted_stable_ms_and_dtypes(tmp_path: Path, layout: str) -> None:
     df = load_ratings(WRITERS[layout](tmp_path))
-    assert list(df.columns) == ["user_id", "item_id", "ts", "rating"]
+    assert list(df.columns) == ["user_id", "item_id", "ts", "type", "weight"]
     assert df["ts"].dtype == np.int64
-    assert df["rating"].dtype == np.float32
+    assert df["weight"].dtype == np.float32
+    assert isinstance(df["type"].dtype, pd.CategoricalDtype)
+    assert df["type"].tolist() == ["rating"] * len(ROWS)
     assert all(isinstance(v, str) for v in df["user_id"]) and pd.api.types.is_string_dtype(
         df["user_id"]
     )
     assert all(isinstance(v, str) for v in df["item_id"])
     assert list(df.index) == list(range(len(ROWS)))
-    got = list(zip(df["user_id"], df["item_id"], df["rating"].tolist(), df["ts"], strict=True))
+    got = list(zip(df["user_id"], df["item_id"], df["weight"].tolist(), df["ts"], strict=True))
     want = [(str(u), str(i), float(r), ts * 1000) for u, i, r, ts in SORTED]
     if layout == "ml-100k":  # whole stars only, see write_100k
         want = [(u, i, float(int(r)), ts) for u, i, r, ts in want]

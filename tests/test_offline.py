@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.catalogue import Catalogue, CatalogueItem
 from core.errors import DatasetError, IndexNotFound
 from offline import (
     ItemIndex,
@@ -42,10 +43,10 @@ def two_worlds(
             chosen = rng.random(items_per_group) < p
             chosen[:2] = group == "A"
             for i in np.flatnonzero(chosen):
-                rows.append((f"{group}u{u}", f"{group}{i}", ts, 4.0))
+                rows.append((f"{group}u{u}", f"{group}{i}", ts, "rating", 4.0))
                 ts += 1000
-    return pd.DataFrame(rows, columns=["user_id", "item_id", "ts", "rating"]).astype(
-        {"ts": "int64", "rating": "float32"}
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "ts", "type", "weight"]).astype(
+        {"ts": "int64", "type": "category", "weight": "float32"}
     )
 
 
@@ -55,7 +56,8 @@ def test_interaction_matrix_is_binary_with_items_sorted_as_strings() -> None:
             "user_id": ["u1", "u1", "u1", "u2"],
             "item_id": ["2", "10", "2", "10"],
             "ts": [TS0, TS0 + 1, TS0 + 2, TS0 + 3],
-            "rating": [1.0, 2.0, 3.0, 4.0],
+            "type": "click",
+            "weight": [1.0, 2.0, 3.0, 4.0],
         }
     )
     matrix, items = interaction_matrix(df)
@@ -205,7 +207,14 @@ def test_manifest_describes_the_build(rng: np.random.Generator) -> None:
 
 @pytest.mark.parametrize(
     "damage",
-    ["missing_items", "missing_faiss", "garbage_faiss", "garbage_manifest", "count_mismatch"],
+    [
+        "missing_items",
+        "missing_faiss",
+        "garbage_faiss",
+        "garbage_manifest",
+        "count_mismatch",
+        "garbage_catalogue",
+    ],
 )
 def test_damaged_index_raises_index_not_found(
     tmp_path: Path, rng: np.random.Generator, damage: str
@@ -220,6 +229,8 @@ def test_damaged_index_raises_index_not_found(
         (directory / "index.faiss").write_bytes(b"not a faiss index")
     elif damage == "garbage_manifest":
         (directory / "manifest.json").write_text("{")
+    elif damage == "garbage_catalogue":
+        (directory / "catalogue.json").write_text('{"format": 1, "items": {"i0": 5}}')
     else:
         manifest = json.loads((directory / "manifest.json").read_text())
         manifest["item_count"] = 81
@@ -280,9 +291,10 @@ def test_build_index_excludes_events_at_or_after_before_ts(
             "user_id": ["Au0", "Au1", "Bu0"],
             "item_id": ["late", "late", "at-cut"],
             "ts": [cut + 5, cut + 9, cut],
-            "rating": [5.0, 5.0, 5.0],
+            "type": "rating",
+            "weight": [5.0, 5.0, 5.0],
         }
-    ).astype({"ts": "int64", "rating": "float32"})
+    ).astype({"ts": "int64", "type": "category", "weight": "float32"})
     index = build_index(
         pd.concat([df, late], ignore_index=True),
         tmp_path,
@@ -305,3 +317,40 @@ def test_build_index_with_nothing_left_raises(tmp_path: Path, rng: np.random.Gen
     with pytest.raises(DatasetError, match="no interactions"):
         build_index(df, tmp_path, before_ts=int(df["ts"].min()))
     assert current_version(tmp_path) is None
+
+
+def test_the_whole_catalogue_is_kept_with_the_version(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    df = two_worlds(rng, users_per_group=10, items_per_group=8)
+    catalogue = Catalogue(
+        {
+            "A0": CatalogueItem("Twin", frozenset({"x"}), frozenset({"soft"})),
+            "never-clicked": CatalogueItem("Ghost", frozenset({"y"})),
+        }
+    )
+    index = build_index(df, tmp_path, OfflineSettings(dim=4), catalogue=catalogue)
+    assert (tmp_path / "index" / index.version / "catalogue.json").is_file()
+    loaded = load_current(tmp_path)
+    assert loaded.catalogue == catalogue  # every item, clicked or not
+    assert loaded.title("A0") == "Twin" and loaded.title("never-clicked") == "Ghost"
+    assert loaded.catalogue.categories("never-clicked") == {"y"}
+    assert dict(loaded.titles) == {"A0": "Twin"}  # what search offers: indexed items
+    # The catalogue is part of the content: another one makes another version.
+    other = build_index(
+        df, tmp_path / "b", OfflineSettings(dim=4), catalogue=Catalogue({"A0": CatalogueItem("B")})
+    )
+    assert other.version.split("-")[1] != index.version.split("-")[1]
+    assert build_index(df, tmp_path / "c", OfflineSettings(dim=4)).catalogue == Catalogue()
+    with pytest.raises(ValueError, match="not both"):
+        ItemIndex.from_vectors(["a"], np.ones((1, 2)), catalogue=catalogue, titles={"a": "A"})
+
+
+def test_a_version_saved_before_catalogue_json_still_loads(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    small_index(rng).save(tmp_path / "ix")
+    (tmp_path / "ix" / "catalogue.json").unlink()  # as every version built before it
+    loaded = ItemIndex.load(tmp_path / "ix")
+    assert loaded.title("i0") == "Zero" and dict(loaded.titles) == {"i0": "Zero", "i1": "One"}
+    assert loaded.catalogue == Catalogue.from_titles({"i0": "Zero", "i1": "One"})
