@@ -18,8 +18,8 @@ from pathlib import Path
 
 from benchmarks.sweep import Configure, parser, sweep
 from offline.content import features_of
-from producer.catalogue import load_movielens_catalogue
 from producer.dataset import resolve_dataset
+from producer.movielens import load_movielens_catalogue
 from serving.blend import BlendConfig
 
 

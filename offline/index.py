@@ -28,6 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -37,6 +38,7 @@ import numpy as np
 
 from core.catalogue import Catalogue
 from core.errors import IndexNotFound
+from offline.content import ContentIndex, features_of
 from offline.manifest import Manifest
 
 __all__ = ["ItemIndex", "Manifest", "current_version", "load_current", "publish"]
@@ -202,6 +204,14 @@ class ItemIndex:
     def catalogue(self) -> Catalogue:
         """Everything known about the items (empty when the build had no catalogue)."""
         return self._catalogue
+
+    @cached_property
+    def content(self) -> ContentIndex:
+        """Content neighbours over the catalogue's categories and tags (offline.content),
+        built on first use; an item not in this index counts as cold."""
+        features = {i: features_of(e.categories, e.tags) for i, e in self._catalogue.items()}
+        rows = self._rows
+        return ContentIndex(features, cold=lambda item: item not in rows)
 
     def similar(self, item_id: str, k: int) -> list[tuple[str, float]]:
         """Up to k (item, cosine) pairs, best first; never the item itself or a zero vector."""

@@ -35,6 +35,7 @@ from core.events import decode, future_limit_ms
 from core.feedback import Feedback
 from core.settings import KafkaSettings
 from producer.client import check_reachable
+from producer.frame import COLUMNS, interactions_frame
 
 log = logging.getLogger("streamrec.offline")
 
@@ -102,7 +103,7 @@ def read_topic(
         stamps: list[int] = []
         types: list[str] = []
         weights: list[float] = []
-        out = TopicRead(frame=pd.DataFrame())
+        out = TopicRead(frame=pd.DataFrame(columns=list(COLUMNS)))
         pending = set(tps)
         idle = 0
         while pending and idle < IDLE_POLLS:
@@ -133,22 +134,25 @@ def read_topic(
                     weights.append(np.nan if e.weight is None else e.weight)
     finally:
         consumer.close()
-    frame = pd.DataFrame(
-        {
-            "user_id": pd.Series(users, dtype="str"),
-            "item_id": pd.Series(items, dtype="str"),
-            "ts": np.asarray(stamps, dtype=np.int64),
-            "type": pd.Categorical(types),
-            "weight": np.asarray(weights, dtype=np.float32),
-        }
-    )
-    if len(frame):
-        out.newest_ts = int(frame["ts"].max())
+    ts = np.asarray(stamps, dtype=np.int64)
+    keep = np.arange(len(ts))
+    if len(ts):
+        out.newest_ts = int(ts.max())
         if window_ms is not None:
-            inside = frame["ts"].to_numpy() >= out.newest_ts - window_ms
-            out.outside_window = int((~inside).sum())
-            frame = frame[inside]
-    order = np.argsort(frame["ts"].to_numpy(), kind="stable")
-    out.frame = frame.iloc[order].reset_index(drop=True)
+            keep = np.flatnonzero(ts >= out.newest_ts - window_ms)
+            out.outside_window = len(ts) - len(keep)
+    keep = keep[np.argsort(ts[keep], kind="stable")]  # one timeline over the partitions
+
+    def coded(values: list[str]) -> tuple[np.ndarray, list[str]]:
+        codes, names = pd.factorize(np.asarray(values, dtype=object))
+        return codes[keep], [str(n) for n in names]
+
+    out.frame = interactions_frame(
+        users=coded(users),
+        items=coded(items),
+        ts=ts[keep],
+        types=coded(types),
+        weight=np.asarray(weights, dtype=np.float32)[keep],
+    )
     log.info("%s", out.summary(kafka.topic))
     return out

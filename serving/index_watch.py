@@ -50,6 +50,7 @@ def _warm(index: ItemIndex, hot: list[str], k: int) -> None:
         # Coldest first: the cache evicts the least recently inserted, so when
         # the list outgrows it the hottest items are the ones that stay.
         index.similar_many(hot[::-1], k)
+    index.content  # noqa: B018 - builds the content neighbours here, not in a request
 
 
 async def _hot_items(state: AppState) -> list[str]:
