@@ -14,16 +14,35 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from test_serving_api import make_index, settings_for
+from test_serving_api import IDS, VECTORS, settings_for
 
+from core.catalogue import Catalogue, CatalogueItem
 from core.settings import RedisSettings
-from offline.index import publish
+from offline.index import ItemIndex, publish
 from serving.app import create_app
 from serving.blend import BlendConfig
 from serving.fastpath import _query
 from serving.filters import MAX_VALUES, Filters
 
 MIN = 60_000
+# Categories of the indexed items 1-6, and two catalogued items nobody has clicked
+# (7, 8): 7 shares tags with 4, 8 shares nothing with anyone.
+CATALOGUE = Catalogue(
+    {
+        "1": CatalogueItem("One", frozenset({"Drama"})),
+        "2": CatalogueItem("Two", frozenset({"Drama", "Comedy"})),
+        "3": CatalogueItem("Three", frozenset({"Comedy"})),
+        "4": CatalogueItem("Four", frozenset({"Horror"}), frozenset({"ghost", "house"})),
+        "5": CatalogueItem("Five", frozenset({"Horror", "Comedy"})),
+        "6": CatalogueItem("Six", frozenset()),
+        "7": CatalogueItem("Seven", frozenset({"Horror"}), frozenset({"ghost"})),
+        "8": CatalogueItem("Eight", frozenset({"Western"})),
+    }
+)
+
+
+def make_index() -> ItemIndex:
+    return ItemIndex.from_vectors(IDS, VECTORS, catalogue=CATALOGUE)
 
 
 def entry(ts: int, item: str, neg: bool = False) -> str:
@@ -129,6 +148,37 @@ def test_a_bad_rule_is_a_422_naming_it(
     assert status == 422
     assert body["error"]["code"] == "invalid_request"
     assert f"query.{field}" in body["error"]["message"]
+
+
+def test_categories_come_from_the_index_catalogue(clients: dict[str, TestClient]) -> None:
+    base = "/recommendations/s1?k=4&seen=none"
+    assert ids(clients, base) == ["1", "5", "3", "2"]
+    assert ids(clients, base + "&category=Drama") == ["1", "2"]
+    assert ids(clients, base + "&category=Drama&category=Horror") == ["1", "5", "2"]
+    assert ids(clients, base + "&exclude_category=Comedy") == ["1"]
+    # An item in no category passes an exclusion and fails an inclusion.
+    assert "6" in ids(clients, "/recommendations/nobody?k=4&exclude_category=Drama")
+    assert ids(clients, "/recommendations/nobody?k=4&category=Comedy") == ["3", "2"]
+    assert ids(clients, base + "&category=Nothing") == []
+    status, body = get(clients, "/items/4/similar?k=5&category=Comedy")
+    assert status == 200 and [i["item_id"] for i in body["items"]] == ["5", "3", "2"]
+
+
+def test_an_item_nobody_clicked_is_answered_from_its_categories_and_tags(
+    clients: dict[str, TestClient],
+) -> None:
+    status, body = get(clients, "/items/7/similar?k=3")
+    assert status == 200, body
+    assert body["title"] == "Seven"
+    items = body["items"]
+    assert [i["item_id"] for i in items][:2] == ["4", "5"]  # a tag and a category, a category
+    assert {i["reason"] for i in items} == {"same_category"}
+    assert items[0]["score"] > items[1]["score"] > 0
+    # Catalogued but alike to nothing: an empty answer, not a 404.
+    status, body = get(clients, "/items/8/similar?k=3")
+    assert status == 200 and body["items"] == []
+    status, body = get(clients, "/items/nowhere/similar?k=3")
+    assert status == 404 and body["error"]["code"] == "item_not_found"
 
 
 def test_the_fast_path_takes_filtered_requests() -> None:
