@@ -114,6 +114,8 @@ def markdown(result: Mapping[str, Any]) -> str:
         f"Dataset: `{result['dataset']}`, {result['events']} events; split {result['split']}.",
         "",
     ]
+    if result.get("read"):  # a click log's read report (producer.read_report)
+        parts += [f"Read: {result['read']['summary']}.", ""]
     for phase in ("validation", "test", "live"):
         block = result.get(phase)
         if not block:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from producer.movielens import load_ratings
+from producer.sources import MovieLensSource, load_interactions
 from streamrec.loadtest.report import PLOTS
 from streamrec.loadtest.run import LoadTestOptions, run_loadtest
 from streamrec.local.stack import LocalStack
@@ -27,9 +28,7 @@ def test_short_loadtest_writes_results_and_measures_everything(
     out = tmp_path / "out"
     summary = run_loadtest(
         LoadTestOptions(
-            dataset=movielens_dir,
             out_dir=out,
-            limit=6000,
             warmup=0.5,
             rate=300.0,
             rps=100.0,
@@ -44,7 +43,8 @@ def test_short_loadtest_writes_results_and_measures_everything(
                 "STREAMREC_SERVING_QUEUE_WAIT_S": "5",
             },
             progress=False,
-        )
+        ),
+        load_interactions(MovieLensSource(movielens_dir), limit=6000),
     )
     req = summary["requests"]
     assert req["sent"] == 800  # 100 req/s x 8 s, open loop: the schedule is fixed

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from consumer.settings import ConsumerSettings
-from core.errors import ConfigError, StreamrecError
+from core.catalogue import Catalogue
+from core.errors import ConfigError
 from evaluation.prequential import (
     EvalSetup,
     catalog_size,
@@ -22,9 +23,9 @@ from evaluation.prequential import (
 from evaluation.report import write_report
 from evaluation.tune import default_grid, tune
 from offline.job import OfflineSettings
-from producer.movielens import load_genres, load_ratings, to_events
+from producer.frame import to_events
 from serving.settings import ServingSettings
-from streamrec.cli.options import add_dataset_args, resolve_dataset_arg
+from streamrec.cli.options import add_dataset_args, load_interactions
 from streamrec.local.live_eval import live_compare
 
 log = logging.getLogger("streamrec.evaluate")
@@ -87,10 +88,10 @@ def register(sub: Any) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    data = args.path or resolve_dataset_arg(args)
-    df = load_ratings(data, limit=args.limit)
+    data = load_interactions(args)
+    df = data.frame
     if args.half:
-        middle = len(df) // 2  # the ratings are in timestamp order (load_ratings)
+        middle = len(df) // 2  # the events are in timestamp order (producer.frame)
         df = df.iloc[:middle] if args.half == "first" else df.iloc[middle:]
         df = df.reset_index(drop=True)
     events = list(to_events(df))
@@ -112,11 +113,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         reindex_every=args.reindex_every,
         catalog=catalog_size(df),
         baseline=args.baseline,
-        genres=_genres(data),
+        genres=_categories(data.catalogue),
     )
     result: dict[str, Any] = {
         "command": "streamrec " + shlex.join(sys.argv[1:]),
-        "dataset": str(data) + (f" ({args.half} half)" if args.half else ""),
+        "dataset": data.source + (f" ({args.half} half)" if args.half else ""),
         "events": len(events),
         "split": {
             "validation": [valid_start, test_start],
@@ -124,6 +125,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "fractions": [1 - args.valid_frac - args.test_frac, args.valid_frac, args.test_frac],
         },
     }
+    if data.report is not None:  # a click log: what was read, kept and skipped
+        result["read"] = {**data.report.to_dict(), "summary": data.report.summary()}
 
     if args.tune and valid_start < test_start:
         grid = default_grid(setup.rules, setup.serving.blend)
@@ -171,13 +174,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _genres(data: Path) -> dict[str, frozenset[str]]:
-    """The dataset's genres for intra-list diversity; none when it has no movie file."""
-    try:
-        return load_genres(data)
-    except (OSError, StreamrecError) as exc:
-        log.info("no genres (%s): intra-list diversity is not measured", exc)
-        return {}
+def _categories(catalogue: Catalogue) -> dict[str, frozenset[str]]:
+    """The catalogue's categories (MovieLens: genres) for intra-list diversity."""
+    found = {item: entry.categories for item, entry in catalogue.items() if entry.categories}
+    if not found:
+        log.info("no item has a category: intra-list diversity is not measured")
+    return found
 
 
 def _line(methods: dict[str, dict[str, Any]]) -> str:

@@ -1,4 +1,5 @@
-"""``streamrec loadtest``: MovieLens replay plus open-loop lookups (see streamrec.loadtest)."""
+"""``streamrec loadtest``: a replay (MovieLens or a click log) plus open-loop lookups (see
+streamrec.loadtest)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streamrec.cli.options import add_dataset_args, resolve_dataset_arg
+from streamrec.cli.options import add_dataset_args, load_interactions
 
 
 def _env_pairs(values: list[str] | None) -> dict[str, str]:
@@ -26,9 +27,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
     summary = run_loadtest(
         LoadTestOptions(
-            dataset=args.path or resolve_dataset_arg(args),
             out_dir=args.out,
-            limit=args.limit,
             warmup=args.warmup,
             rate=None if args.speed else args.rate,
             speed=args.speed,
@@ -42,7 +41,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
             consumer_env=_env_pairs(args.consumer_env),
             progress=not args.quiet,
             command=shlex.join(["streamrec", *sys.argv[1:]]),
-        )
+        ),
+        load_interactions(args),
     )
     # Exit 1 when the server failed requests (a 5xx other than the 503 of
     # shedding), so CI and scripts notice; an overload run that sheds exits 0.
@@ -53,7 +53,7 @@ def register(sub: Any) -> None:
     """Add the ``loadtest`` subcommand to streamrec.cli's subparsers."""
     p = sub.add_parser(
         "loadtest",
-        help="replay MovieLens through Kafka while timing open-loop API lookups",
+        help="replay MovieLens (or a click log) through Kafka while timing open-loop API lookups",
         description="Bounded in time and requests; loopback only. Writes results.json, "
         "summary.md and PNG plots to --out.",
     )

@@ -22,7 +22,7 @@ from core import __version__
 from core.errors import ConfigError, StreamrecError
 from core.settings import KafkaSettings, PathSettings, RedisSettings
 from streamrec.cli import evaluate, loadtest
-from streamrec.cli.options import add_dataset_args, resolve_dataset_arg
+from streamrec.cli.options import add_dataset_args, load_interactions, resolve_dataset_arg
 
 log = logging.getLogger("streamrec")
 
@@ -71,23 +71,24 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 def cmd_build_index(args: argparse.Namespace) -> int:
     from offline.job import OfflineSettings, build_index
-    from producer.movielens import load_ratings, load_titles
 
     settings = OfflineSettings()
     if args.dim:
         settings = settings.model_copy(update={"dim": args.dim})
-    data = resolve_dataset_arg(args)
-    df = load_ratings(args.path or data, limit=args.limit)
+    data = load_interactions(args)
     index = build_index(
-        df,
+        data.frame,
         args.artifacts_dir or PathSettings().artifacts_dir,
         settings,
         before_ts=args.before_ts,
-        titles=load_titles(data),
-        source=str(args.path or data),
+        catalogue=data.catalogue,
+        source=data.source,
     )
     m = index.manifest
-    print(f"index {m.version}: {m.item_count} items x {m.dim} dims ({m.method}) from {m.source}")
+    print(
+        f"index {m.version}: {m.item_count} items x {m.dim} dims ({m.method}) from {m.source}; "
+        f"catalogue of {len(index.catalogue)} items"
+    )
     return 0
 
 
@@ -145,11 +146,11 @@ def _serve(uvicorn: Any, args: argparse.Namespace) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from producer.client import ClickProducer, ensure_topics
-    from producer.movielens import load_ratings, to_events
+    from producer.frame import to_events
     from producer.replay import Pacing, replay
 
     kafka = KafkaSettings()
-    df = load_ratings(args.path or resolve_dataset_arg(args), limit=args.limit)
+    df = load_interactions(args, with_catalogue=False).frame
     ensure_topics(kafka)
     stop = threading.Event()
     _stop_on_signals(stop.set)
@@ -179,14 +180,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(
         DemoOptions(
-            dataset=resolve_dataset_arg(args),
-            limit=args.limit,
             rate=args.rate,
             speed=args.speed,
             requests=args.requests,
             keep_running=args.keep_running,
             keep_serving=args.keep_serving,
-        )
+        ),
+        load_interactions(args),
     )
 
 
@@ -248,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("replay", help="replay MovieLens ratings to Kafka in timestamp order")
+    p = sub.add_parser(
+        "replay", help="replay MovieLens ratings (or your click log) to Kafka in timestamp order"
+    )
     add_dataset_args(p)
     pace = p.add_mutually_exclusive_group()
     pace.add_argument("--speed", type=float, help="multiple of real time (e.g. 1e6)")
@@ -257,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("dataset", help="find (or download and verify) a dataset; print its path")
-    add_dataset_args(p)
+    add_dataset_args(p, own_data=False)
     p.set_defaults(func=cmd_dataset)
 
     p = sub.add_parser("demo", help="the whole pipeline end to end on the local stack")

@@ -1,8 +1,9 @@
-"""The MovieLens load test: replay clicks through Kafka while open-loop lookups hit the API.
+"""The load test: replay clicks (MovieLens or a click log) through Kafka while open-loop
+lookups hit the API.
 
 One run, on an isolated live stack (streamrec.local.harness.LiveRun):
 
-1. The first ``warmup`` share of the file (timestamp order) builds the
+1. The first ``warmup`` share of the events (timestamp order) builds the
    embedding index and is replayed unpaced, so the measured phase starts with
    real state; the consumer must apply all of it before the clock starts.
 2. For ``duration_s`` the rest is replayed at the chosen pace while a separate
@@ -31,6 +32,7 @@ import pandas as pd
 from consumer.settings import ConsumerSettings
 from core.settings import env_name
 from producer.replay import Pacing
+from producer.sources import Interactions
 from streamrec.loadtest.http import LoadPlan, LoadProcess
 from streamrec.loadtest.probes import Counter, FreshnessProber, LagSample, sample_lag
 from streamrec.loadtest.report import (
@@ -53,9 +55,7 @@ LAG_EVERY_S = 0.25
 
 @dataclass(frozen=True)
 class LoadTestOptions:
-    dataset: Path
     out_dir: Path
-    limit: int | None = None
     warmup: float = 0.5  # share of the events used for the index and the initial state
     rate: float | None = 2000.0  # replay events/s in the measured phase ...
     speed: float | None = None  # ... or this multiple of real (event) time
@@ -126,15 +126,15 @@ class _Status:
             sys.stderr.write("\n")
 
 
-def run_loadtest(opts: LoadTestOptions) -> dict[str, Any]:
+def run_loadtest(opts: LoadTestOptions, data: Interactions) -> dict[str, Any]:
+    """One load test over ``data`` (producer.sources.load_interactions)."""
     from offline.job import build_index
     from producer.client import ClickProducer
-    from producer.movielens import load_ratings, load_titles, to_events
+    from producer.frame import to_events
     from producer.replay import replay
 
     pacing = Pacing(speed=opts.speed, rate=None if opts.speed else opts.rate)
-    df = load_ratings(opts.dataset, limit=opts.limit)
-    warm, rest = split(df, opts.warmup)
+    warm, rest = split(data.frame, opts.warmup)
     due = due_times(rest["ts"].to_numpy(), pacing)
     keep = int(np.searchsorted(due, opts.duration_s, side="right"))
     rest, due = rest.iloc[:keep], due[:keep]
@@ -145,7 +145,7 @@ def run_loadtest(opts: LoadTestOptions) -> dict[str, Any]:
 
     with LiveRun() as run:
         _say(opts, f"index from {len(warm):,} warm-up events")
-        build_index(warm, run.artifacts, titles=load_titles(opts.dataset), source="loadtest")
+        build_index(warm, run.artifacts, catalogue=data.catalogue, source="loadtest")
         run.start_consumer(extra_env=opts.consumer_env)
         _say(opts, f"warm-up: replaying {len(warm):,} events unpaced")
         with ClickProducer(run.kafka) as producer:
@@ -178,8 +178,8 @@ def run_loadtest(opts: LoadTestOptions) -> dict[str, Any]:
 
     config = {
         "command": opts.command,
-        "dataset": str(opts.dataset),
-        "limit": opts.limit,
+        "dataset": data.source,
+        "limit": data.limit,
         "warmup_events": len(warm),
         "ingest": f"{opts.speed:g}x real time" if opts.speed else f"{opts.rate:g} events/s",
         "rps": opts.rps,
@@ -226,7 +226,7 @@ def _measure(
     t0: float,
 ) -> tuple[FreshnessProber, list[LagSample], Counter]:
     from producer.client import ClickProducer
-    from producer.movielens import to_events
+    from producer.frame import to_events
     from producer.replay import replay
 
     stop = threading.Event()

@@ -16,12 +16,13 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from consumer.logic import Entry
+from core.catalogue import Catalogue
+from producer.sources import Interactions
 from streamrec.loadtest.stats import latency_summary
 from streamrec.local.harness import LiveRun
 
@@ -30,8 +31,6 @@ DEFAULT_RATE = 25_000.0  # events/s: ml-latest-small's 100,836 ratings in ~4 s
 
 @dataclass(frozen=True)
 class DemoOptions:
-    dataset: Path
-    limit: int | None = None
     rate: float | None = None
     speed: float | None = None
     requests: int = 2000
@@ -47,21 +46,20 @@ def _stage(title: str) -> Iterator[None]:
     print(f" done ({time.perf_counter() - started:.1f}s)", flush=True)
 
 
-def run_demo(opts: DemoOptions) -> int:
+def run_demo(opts: DemoOptions, data: Interactions) -> int:
+    """The demo over ``data`` (producer.sources.load_interactions)."""
     from offline.job import build_index
     from producer.client import ClickProducer
-    from producer.movielens import load_ratings, load_titles, to_events
+    from producer.frame import to_events
     from producer.replay import Pacing, replay
 
+    df = data.frame
     run = LiveRun(keep_running=opts.keep_running)
     with _stage(f"local stack (redis :{run.stack.redis_port}, broker :{run.stack.kafka_port})"):
         run.__enter__()
     try:
-        with _stage(f"loading {opts.dataset}"):
-            df = load_ratings(opts.dataset, limit=opts.limit)
-            titles = load_titles(opts.dataset)
-        with _stage(f"building the embedding index from {len(df):,} ratings"):
-            index = build_index(df, run.artifacts, titles=titles, source=str(opts.dataset))
+        with _stage(f"building the embedding index from {len(df):,} events of {data.source}"):
+            index = build_index(df, run.artifacts, catalogue=data.catalogue, source=data.source)
         with _stage("starting the consumer and the API"):
             consumer_metrics = run.start_consumer()
             api = run.start_api()
@@ -106,7 +104,7 @@ def run_demo(opts: DemoOptions) -> int:
                 latency=latency_summary(lat),
                 errors=errors,
             ),
-            titles,
+            data.catalogue,
         )
         print(f"\ntry it: {api}/  (search a title, pick user {user}, click an item)")
         print(f"metrics: {api}/metrics (API), {consumer_metrics} (consumer)")
@@ -152,7 +150,7 @@ class DemoSummary:
     errors: int
 
 
-def _print_summary(s: DemoSummary, titles: dict[str, str]) -> None:
+def _print_summary(s: DemoSummary, catalogue: Catalogue) -> None:
     lat = s.latency
     print()
     print("streamrec demo summary")
@@ -167,9 +165,9 @@ def _print_summary(s: DemoSummary, titles: dict[str, str]) -> None:
         f"API latency      p50 {_ms(lat['p50'])}, p95 {_ms(lat['p95'])}, "
         f"p99 {_ms(lat['p99'])}, max {_ms(lat['max'])} ({s.errors} errors)"
     )
-    print(f"\nuser {s.user} recently rated:")
+    print(f"\nuser {s.user} recently clicked:")
     for item in s.history:
-        print(f"    {titles.get(item, item)}")
+        print(f"    {catalogue.title(item) or item}")
     print(f"recommendations for user {s.user}:")
     for it in s.recs.get("items", []):
         why = it["reason"]
