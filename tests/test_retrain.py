@@ -147,3 +147,29 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration(text)
+
+
+def test_build_index_from_the_topic_on_a_schedule(
+    kafka_settings: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command line: a build given a catalogue, then two scheduled builds from
+    the topic that keep it; each publishes a version."""
+    from streamrec.cli.main import main
+
+    ensure_topics(kafka_settings)
+    send(kafka_settings, sessions("a", 3, T0))
+    monkeypatch.setenv("STREAMREC_KAFKA_BOOTSTRAP", kafka_settings.bootstrap)
+    monkeypatch.setenv("STREAMREC_KAFKA_TOPIC", kafka_settings.topic)
+    monkeypatch.setenv("STREAMREC_OFFLINE_DIM", "8")
+    catalogue = tmp_path / "items.csv"
+    catalogue.write_text("item_id,title,categories\na0-1,First,Drama|Comedy\n")
+    argv = ["build-index", "--from-topic", "--artifacts-dir", str(tmp_path), "--window", "2d"]
+    assert main([*argv, "--catalogue", str(catalogue)]) == 0
+    assert main([*argv, "--every", "1.2s", "--runs", "2"]) == 0
+    versions = sorted(p.name for p in (tmp_path / "index").iterdir() if p.is_dir())
+    assert len(versions) == 3
+    index = load_current(tmp_path)
+    assert index.catalogue.title("a0-1") == "First"  # kept from build to build
+    assert index.catalogue.categories("a0-1") == {"Drama", "Comedy"}
+    assert index.manifest.source == f"topic {kafka_settings.topic} at {kafka_settings.bootstrap}"
+    assert main(["build-index", "--window", "2d"]) == 2  # a settings error, said in one line

@@ -19,10 +19,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from core import __version__
-from core.errors import ConfigError, StreamrecError
+from core.errors import ConfigError, IndexNotFound, StreamrecError
 from core.settings import KafkaSettings, PathSettings, RedisSettings
 from streamrec.cli import evaluate, loadtest
-from streamrec.cli.options import add_dataset_args, load_interactions, resolve_dataset_arg
+from streamrec.cli.options import (
+    add_dataset_args,
+    catalogue_arg,
+    load_interactions,
+    resolve_dataset_arg,
+)
 
 log = logging.getLogger("streamrec")
 
@@ -70,26 +75,71 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 
 def cmd_build_index(args: argparse.Namespace) -> int:
-    from offline.job import OfflineSettings, build_index
+    from offline.job import OfflineSettings
+    from offline.schedule import parse_duration, run_every
 
     settings = OfflineSettings()
     if args.dim:
         settings = settings.model_copy(update={"dim": args.dim})
-    data = load_interactions(args)
+    artifacts = args.artifacts_dir or PathSettings().artifacts_dir
+    try:
+        every = parse_duration(args.every) if args.every else None
+        window = int(parse_duration(args.window) * 1000) if args.window else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if (window is not None or every is not None) and not args.from_topic:
+        raise ConfigError("--window and --every need --from-topic")
+    if every is None:
+        _build_once(args, settings, artifacts, window)
+        return 0
+    stop = threading.Event()
+    _stop_on_signals(stop.set)
+    log.info("building every %s from the topic; SIGTERM/SIGINT stop", args.every)
+    failures = run_every(
+        every, lambda: _build_once(args, settings, artifacts, window), stop, runs=args.runs
+    )
+    return 1 if failures and args.runs is not None else 0
+
+
+def _build_once(
+    args: argparse.Namespace, settings: Any, artifacts: Path, window_ms: int | None
+) -> None:
+    """One build: from the dataset options, or from the clicks topic (--from-topic)."""
+    from consumer.settings import ConsumerSettings
+    from core.catalogue import Catalogue
+    from offline.index import load_current
+    from offline.job import build_index
+    from offline.stream import read_topic
+    from producer.catalogue import load_catalogue_file
+
+    if args.from_topic:
+        kafka = KafkaSettings()
+        read = read_topic(
+            kafka, window_ms=window_ms, feedback=ConsumerSettings().state.rules.feedback
+        )
+        print(read.summary(kafka.topic), file=sys.stderr)
+        frame, source = read.frame, f"topic {kafka.topic} at {kafka.bootstrap}"
+        # The catalogue: the one given, else the current version's (kept build to build).
+        catalogue_source = catalogue_arg(args)
+        if catalogue_source is not None:
+            catalogue, report = load_catalogue_file(catalogue_source.path, catalogue_source.format)
+            print(report.summary(), file=sys.stderr)
+        else:
+            try:
+                catalogue = load_current(artifacts).catalogue
+            except IndexNotFound:  # nothing published yet
+                catalogue = Catalogue()
+    else:
+        data = load_interactions(args)
+        frame, catalogue, source = data.frame, data.catalogue, data.source
     index = build_index(
-        data.frame,
-        args.artifacts_dir or PathSettings().artifacts_dir,
-        settings,
-        before_ts=args.before_ts,
-        catalogue=data.catalogue,
-        source=data.source,
+        frame, artifacts, settings, before_ts=args.before_ts, catalogue=catalogue, source=source
     )
     m = index.manifest
     print(
         f"index {m.version}: {m.item_count} items x {m.dim} dims ({m.method}) from {m.source}; "
         f"catalogue of {len(index.catalogue)} items"
     )
-    return 0
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
@@ -234,6 +284,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--dim", type=int, help="embedding dimension (default: STREAMREC_OFFLINE_DIM or 64)"
     )
     p.add_argument("--before-ts", type=int, help="only use events before this epoch-ms time")
+    t = p.add_argument_group("retraining from the stream (docs/own-data.md)")
+    t.add_argument(
+        "--from-topic",
+        action="store_true",
+        help="build from the events on the clicks topic (STREAMREC_KAFKA_*) instead of a file",
+    )
+    t.add_argument(
+        "--window",
+        metavar="DURATION",
+        help="with --from-topic: only the last DURATION of event time (e.g. 30d, 12h)",
+    )
+    t.add_argument(
+        "--every",
+        metavar="DURATION",
+        help="with --from-topic: build again every DURATION (e.g. 1h) until stopped",
+    )
+    t.add_argument("--runs", type=int, help=argparse.SUPPRESS)  # tests: stop after N builds
     p.set_defaults(func=cmd_build_index)
 
     p = sub.add_parser("consume", help="run a consumer-group worker (Kafka -> Redis state)")
