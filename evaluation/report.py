@@ -84,7 +84,7 @@ BEYOND = [
     ("coverage@10", "coverage@10", "{:.3f}"),
     ("popularity_percentile@10", "popularity percentile@10", "{:.3f}"),
     ("novelty@10", "novelty@10 (bits)", "{:.2f}"),
-    ("ild@10", "ILD@10 (genres)", "{:.3f}"),
+    ("ild@10", "ILD@10 (categories)", "{:.3f}"),
 ]
 
 

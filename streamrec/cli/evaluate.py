@@ -101,7 +101,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc), hint="use fractions with valid + test < 1") from None
     # The shipped (or environment-given) consumer and serving settings. Serving
     # excludes only the history it reads; the protocol excludes every item the
-    # user rated, which the loop does from its own record.
+    # user interacted with, which the loop does from its own record.
     offline = OfflineSettings()
     if args.dim:
         offline = offline.model_copy(update={"dim": args.dim})
