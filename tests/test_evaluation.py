@@ -357,7 +357,7 @@ def test_the_cli_evaluates_one_half_with_intervals(movielens_dir: Path, tmp_path
     methods = result["test"]["methods"]
     assert all("vs_baseline" in m for name, m in methods.items() if name != "co-occurrence")
     text = (tmp_path / "results.md").read_text()
-    assert "Beyond accuracy:" in text and "ILD@10 (genres)" in text
+    assert "Beyond accuracy:" in text and "ILD@10 (categories)" in text
 
 
 def test_new_item_targets_are_a_segment_and_first_clicks_a_part_of_it() -> None:
