@@ -35,7 +35,6 @@ class ContentIndex:
     def __init__(
         self, features: Mapping[str, Iterable[str]], cold: Callable[[str], bool] | None = None
     ) -> None:
-        self._cold = cold
         ids: list[str] = []
         rows: list[int] = []
         cols: list[int] = []
@@ -62,6 +61,8 @@ class ContentIndex:
         inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
         self._m = sp.csr_matrix(sp.diags(inv) @ m)
         self._t = sp.csr_matrix(self._m.T)
+        # Which rows are cold, asked once per item here rather than per query.
+        self._cold = np.array([cold(i) for i in ids] if cold else [True] * n, dtype=bool)
         self._id_rank = np.empty(n, dtype=np.int64)
         self._id_rank[np.argsort(np.array(ids, dtype=object), kind="stable")] = np.arange(n)
         self._cache: OrderedDict[tuple[str, int, bool], list[tuple[str, float]]] = OrderedDict()
@@ -85,21 +86,16 @@ class ContentIndex:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        keep = self._cold if cold_only else None
         sims = sp.csr_matrix(self._m[row] @ self._t)
         cols, vals = sims.indices, sims.data
         mine = (cols != row) & (vals > 0)
+        if cold_only:
+            mine &= self._cold[cols]
         cols, vals = cols[mine], vals[mine]
         # Best first, equal cosines by item id (the rank of each id in sorted order).
         order = np.lexsort((self._id_rank[cols], -vals))
-        ids = self._ids
-        out: list[tuple[str, float]] = []
-        for j in order.tolist():
-            other = ids[cols[j]]
-            if keep is None or keep(other):
-                out.append((other, float(vals[j])))
-                if len(out) >= k:
-                    break
+        ids, top = self._ids, order[:k]
+        out = [(ids[c], v) for c, v in zip(cols[top].tolist(), vals[top].tolist(), strict=True)]
         with self._lock:
             self._cache[key] = out
             while len(self._cache) > CACHE_MAX_ENTRIES:
