@@ -25,7 +25,7 @@ Chosen for MovieLens on ml-latest-small's validation part (docs/evaluation.md).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 RATING = "rating"
 
@@ -56,6 +56,21 @@ class Feedback(BaseModel):
     rating_negative_below: float | None = None
     # Ratings weigh stars / pivot (e.g. 4: a 4-star rating counts 1); None: flat.
     rating_pivot: float | None = Field(default=None, gt=0.0)
+
+    def __hash__(self) -> int:  # frozen, but the type weights are a dict
+        return hash(
+            (
+                tuple(sorted(self.type_weights.items())),
+                self.default_weight,
+                self.negative_types,
+                self.rating_negative_below,
+                self.rating_pivot,
+            )
+        )
+
+    @field_serializer("negative_types")
+    def _sorted(self, types: frozenset[str]) -> list[str]:
+        return sorted(types)  # reports and settings dumps stay stable and JSON-able
 
     def weight(self, etype: str, value: float | None) -> float:
         """The weight of one event; at or below 0 means negative feedback."""
