@@ -17,7 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.sweep import Configure, parser, sweep
-from offline.content import features_of
 from producer.dataset import resolve_dataset
 from producer.movielens import load_movielens_catalogue
 from serving.blend import BlendConfig
@@ -28,14 +27,11 @@ def main() -> None:
     p.add_argument("--weights", default="0,0.05,0.1,0.25,0.5")
     args = p.parse_args()
     catalogue = load_movielens_catalogue(Path(resolve_dataset(args.dataset, download=False)))
-    features = {
-        item: features_of(entry.categories, entry.tags) for item, entry in catalogue.items()
-    }
 
     def with_weight(w: float) -> Configure:
         def configure(setup):  # type: ignore[no-untyped-def]
             cfg = BlendConfig(**{**setup.serving.blend.model_dump(), "w_content": w})
-            return replace(setup, content_features=features).with_blend(cfg)
+            return replace(setup, catalogue=catalogue).with_blend(cfg)
 
         return configure
 

@@ -18,6 +18,9 @@ one blend (weights zeroed) over a prior list read from the same state:
 - ``blend``: everything, with the tuned weights;
 - ``blend, no damping``: the same with ``pop_damping`` = 0, listed when the
   blend damps (a server that does not fetch the candidates' popularity ranks so).
+- ``blend, no content``: the same with ``w_content`` = 0, listed when the blend
+  has a content term (its content neighbours come from the setup's catalogue,
+  cold = not in the embedding index in use).
 
 Items the user already interacted with (all of them, not just the history the
 server reads) are excluded. Users with no history at prediction time are
@@ -38,11 +41,12 @@ import pandas as pd
 from consumer.logic import SessionRules
 from consumer.settings import ConsumerSettings
 from consumer.state import PartitionBatch, StoreConfig
+from core.catalogue import Catalogue
 from core.events import ClickEvent
 from evaluation.bootstrap import per_user_intervals
 from evaluation.memory import MemoryState
 from evaluation.metrics import KS, ItemStats, MethodResult, SessionSplit
-from offline.content import ContentIndex
+from offline.content import ContentIndex, content_features
 from offline.embeddings import build_embeddings
 from offline.index import ItemIndex
 from offline.job import OfflineSettings
@@ -52,6 +56,7 @@ from serving.settings import ServingSettings
 
 Prior = Literal["trend", "pop"]
 UNDAMPED = "blend, no damping"
+NO_CONTENT = "blend, no content"
 # The one partition the in-process stream is applied as (offsets = event indices).
 TOPIC = "evaluate"
 
@@ -101,9 +106,9 @@ class EvalSetup:
     baseline: str = "co-occurrence"
     # item -> genres, for intra-list diversity (empty: not measured).
     genres: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    # item -> content features (offline.content.features_of: its catalogue's
-    # categories and tags), for the blend's content term (empty: no content).
-    content_features: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # What is known about the items: the content term's categories and tags
+    # (offline.content), and the live run's index catalogue. Empty: no content.
+    catalogue: Catalogue = field(default_factory=Catalogue)
 
     @property
     def store(self) -> StoreConfig:
@@ -158,6 +163,9 @@ def default_methods(blend_cfg: BlendConfig) -> list[Method]:
         Method("embedding", BlendConfig(**{**base, **solo, "w_emb": 1.0})),
         Method("blend", blend_cfg),
     ]
+    if blend_cfg.w_content > 0:
+        # The content term's own contribution, measured against the same blend without it.
+        methods.append(Method(NO_CONTENT, BlendConfig(**{**base, "w_content": 0.0})))
     if blend_cfg.pop_damping > 0:
         # What a server that does not pass the candidates' popularity to blend()
         # ranks: the same weights, no damping.
@@ -197,11 +205,12 @@ def prequential(
 
     builder = setup.index_builder
     need_emb = any(m.uses_emb for m in methods) and builder is not None
-    need_content = any(m.uses_content for m in methods) and bool(setup.content_features)
+    need_content = any(m.uses_content for m in methods) and len(setup.catalogue) > 0
+    features = content_features(setup.catalogue) if need_content else {}
     builds: list[int] = []
     index: ItemIndex | None = None
     # Cold = not in the embedding index in use (everything, without one).
-    content = ContentIndex(setup.content_features) if need_content else None
+    content = ContentIndex(features) if need_content else None
     spec = setup.read(methods)
     kmax = max(KS)
     counts: Counter[str] = Counter(e.item_id for e in events[:start])
@@ -222,7 +231,7 @@ def prequential(
             index = builder(event.ts)
             builds.append(event.ts)
             if need_content:
-                content = ContentIndex(setup.content_features, cold=_not_in(index))
+                content = ContentIndex(features, cold=_not_in(index))
         user = event.user_id
         us = state.read_user(user, spec)
         cold = not us.history

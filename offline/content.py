@@ -18,12 +18,19 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 import scipy.sparse as sp
 
+from core.catalogue import Catalogue
+
 # Neighbour lists kept per index (most recently used); a list is ~50 tuples.
 CACHE_MAX_ENTRIES = 20_000
 
 
 def features_of(categories: Iterable[str], tags: Iterable[str]) -> list[str]:
     return [f"c:{c}" for c in categories] + [f"t:{t}" for t in tags]
+
+
+def content_features(catalogue: Catalogue) -> dict[str, list[str]]:
+    """Every catalogued item's features (its categories and tags)."""
+    return {item: features_of(e.categories, e.tags) for item, e in catalogue.items()}
 
 
 class ContentIndex:

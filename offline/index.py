@@ -38,7 +38,7 @@ import numpy as np
 
 from core.catalogue import Catalogue
 from core.errors import IndexNotFound
-from offline.content import ContentIndex, features_of
+from offline.content import ContentIndex, content_features
 from offline.manifest import Manifest
 
 __all__ = ["ItemIndex", "Manifest", "current_version", "load_current", "publish"]
@@ -209,9 +209,8 @@ class ItemIndex:
     def content(self) -> ContentIndex:
         """Content neighbours over the catalogue's categories and tags (offline.content),
         built on first use; an item not in this index counts as cold."""
-        features = {i: features_of(e.categories, e.tags) for i, e in self._catalogue.items()}
         rows = self._rows
-        return ContentIndex(features, cold=lambda item: item not in rows)
+        return ContentIndex(content_features(self._catalogue), cold=lambda item: item not in rows)
 
     def similar(self, item_id: str, k: int) -> list[tuple[str, float]]:
         """Up to k (item, cosine) pairs, best first; never the item itself or a zero vector."""

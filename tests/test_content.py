@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from core.catalogue import Catalogue, CatalogueItem
 from core.events import ClickEvent
 from evaluation.prequential import EvalSetup, Method, prequential
 from offline.content import ContentIndex, features_of
@@ -60,12 +61,12 @@ def test_the_content_term_scores_an_item_on_its_first_click() -> None:
     """Only content can rank a never-clicked item: each user clicks a new item x_n
     and then its companion y_n (they share a tag no other item has), both seen for
     the first time. With the content term the blend ranks y_n first; without, never."""
-    features: dict[str, list[str]] = {"old": features_of({"Any"}, set())}
+    entries = {"old": CatalogueItem(categories=frozenset({"Any"}))}
     events = [ClickEvent("w", "old", 1_700_000_000_000)]
     ts = 1_700_000_000_000
     for n in range(20):
-        features[f"x{n}"] = features_of({"Any"}, {f"t{n}"})
-        features[f"y{n}"] = features_of({"Any"}, {f"t{n}"})
+        for name in (f"x{n}", f"y{n}"):
+            entries[name] = CatalogueItem(None, frozenset({"Any"}), frozenset({f"t{n}"}))
         ts += 3_600_000
         events += [ClickEvent(f"u{n}", f"x{n}", ts), ClickEvent(f"u{n}", f"y{n}", ts + 1000)]
     base = BlendConfig(w_emb=0.0)
@@ -73,7 +74,8 @@ def test_the_content_term_scores_an_item_on_its_first_click() -> None:
         Method("no content", base),
         Method("content", base.model_copy(update={"w_content": 1.0})),
     ]
-    result = prequential(events, 1, len(events), methods, EvalSetup(content_features=features))
+    setup = EvalSetup(catalogue=Catalogue(entries))
+    result = prequential(events, 1, len(events), methods, setup)
     first = {m: result.methods[m]["first_click"] for m in ("no content", "content")}
     assert first["no content"]["n"] == first["content"]["n"] == 40
     assert first["no content"]["hr@10"] == 0.0

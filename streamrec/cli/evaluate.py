@@ -114,6 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         catalog=catalog_size(df),
         baseline=args.baseline,
         genres=_categories(data.catalogue),
+        catalogue=data.catalogue,
     )
     result: dict[str, Any] = {
         "command": "streamrec " + shlex.join(sys.argv[1:]),

@@ -77,7 +77,14 @@ def live_run(
     with LiveRun(partitions=1) as run:
         # One partition: events of different users keep their global order, as
         # in-process (co rows and trending depend on it, not only sessions).
-        build_index(df, run.artifacts, setup.offline, before_ts=events[start].ts, source="evaluate")
+        build_index(
+            df,
+            run.artifacts,
+            setup.offline,
+            before_ts=events[start].ts,
+            catalogue=setup.catalogue,
+            source="evaluate",
+        )
         env = live_env(setup, method)
         run.start_consumer(extra_env=env)
         api = run.start_api(extra_env=env)
