@@ -7,6 +7,7 @@ non-standard ports so it never collides with a Redis or Kafka already running.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -149,5 +150,9 @@ def _flatten(key: str, value: Any, delimiter: str, out: dict[str, str]) -> None:
             _flatten(f"{key}{delimiter}{name.upper()}", getattr(value, name), delimiter, out)
     elif isinstance(value, bool):
         out[key] = "true" if value else "false"
+    elif isinstance(value, (dict, list, tuple, set, frozenset)):
+        # pydantic-settings reads a complex field's variable as JSON.
+        items = sorted(value) if isinstance(value, (set, frozenset)) else value
+        out[key] = json.dumps(items)
     else:
         out[key] = str(value)

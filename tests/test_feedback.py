@@ -188,3 +188,28 @@ def test_a_dislike_through_redis_excludes_the_item_and_is_not_a_source(
     assert state.sources == ["b", "a"]
     assert "x" in state.seen("none", 30 * MIN)
     assert dict(popular)["x"] == 1.0  # w's click only: v's dislike added nothing
+
+
+def test_feedback_settings_reach_a_child_process_through_its_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """settings_env writes a mapping or a set as JSON, which is how pydantic-settings
+    reads it back (a repr of a dict stopped every consumer child process)."""
+    from consumer.settings import ConsumerSettings
+    from core.settings import settings_env
+
+    feedback = Feedback(
+        type_weights={"view": 0.25, "purchase": 5.0},
+        negative_types=frozenset({"return", "dislike"}),
+        rating_negative_below=2.0,
+    )
+    base = ConsumerSettings()
+    rules = base.state.rules.model_copy(update={"feedback": feedback})
+    settings = base.model_copy(update={"state": base.state.model_copy(update={"rules": rules})})
+    env = settings_env(settings, ["state"])
+    assert (
+        env["STREAMREC_CONSUMER_STATE__RULES__FEEDBACK__NEGATIVE_TYPES"] == '["dislike", "return"]'
+    )
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert ConsumerSettings().state.rules.feedback == feedback
