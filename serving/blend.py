@@ -64,8 +64,11 @@ class BlendConfig(BaseModel):
     w_co: float = Field(default=1.0, ge=0.0)
     # Embedding cosine weight (negative cosines clipped to 0).
     w_emb: float = Field(default=0.25, ge=0.0)
-    # Content (categories and tags) cosine weight, for cold candidates only.
-    w_content: float = Field(default=0.0, ge=0.0)
+    # Content (categories and tags) cosine weight, for cold candidates only (not
+    # in the embedding index). 0.2 was chosen on ml-latest-small's validation
+    # part over 0, 0.05 and 0.5, and holds or helps on both halves
+    # (benchmarks/content_weight.py; docs/own-data.md).
+    w_content: float = Field(default=0.2, ge=0.0)
     # Trending prior (normalised by the top score); also orders the filler.
     w_trend: float = Field(default=0.2, ge=0.0)
     candidates_per_item: int = Field(default=50, ge=1, le=1000)

@@ -71,9 +71,9 @@ def clients(
 ) -> Iterator[dict[str, TestClient]]:
     seed(redis_client, redis_settings)
     publish(make_index(), tmp_path)
-    # One source (the newest item), no embedding term: the answers read off the co row.
+    # One source (the newest item), no embedding or content term: answers read off the co row.
     base = settings_for(redis_settings, tmp_path).model_copy(
-        update={"blend": BlendConfig(history_items=1, w_emb=0.0)}
+        update={"blend": BlendConfig(history_items=1, w_emb=0.0, w_content=0.0)}
     )
     apps = {
         f"{'fast' if fast else 'router'}-{staleness}": create_app(
