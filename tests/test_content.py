@@ -69,7 +69,7 @@ def test_the_content_term_scores_an_item_on_its_first_click() -> None:
             entries[name] = CatalogueItem(None, frozenset({"Any"}), frozenset({f"t{n}"}))
         ts += 3_600_000
         events += [ClickEvent(f"u{n}", f"x{n}", ts), ClickEvent(f"u{n}", f"y{n}", ts + 1000)]
-    base = BlendConfig(w_emb=0.0)
+    base = BlendConfig(w_emb=0.0, w_content=0.0)
     methods = [
         Method("no content", base),
         Method("content", base.model_copy(update={"w_content": 1.0})),
