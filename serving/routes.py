@@ -99,6 +99,10 @@ FilterValue = Annotated[
 ]
 
 
+# The default of a list parameter (never mutated: Filters.parse copies into sets).
+NO_VALUES: list[str] = []
+
+
 def _values(description: str) -> Any:
     return Query(
         description=description + " (repeat the parameter for several)", max_length=MAX_VALUES
@@ -106,13 +110,13 @@ def _values(description: str) -> Any:
 
 
 async def request_filters(
-    exclude: Annotated[list[FilterValue] | None, _values("item ids never to return")] = None,
+    exclude: Annotated[list[FilterValue], _values("item ids never to return")] = NO_VALUES,
     category: Annotated[
-        list[FilterValue] | None, _values("only items in at least one of these categories")
-    ] = None,
+        list[FilterValue], _values("only items in at least one of these categories")
+    ] = NO_VALUES,
     exclude_category: Annotated[
-        list[FilterValue] | None, _values("no item in any of these categories")
-    ] = None,
+        list[FilterValue], _values("no item in any of these categories")
+    ] = NO_VALUES,
     seen: Annotated[
         Seen | None,
         Query(
@@ -123,7 +127,7 @@ async def request_filters(
 ) -> Filters:
     """The request's business rules (serving.filters), or a 422 naming the bad one."""
     try:
-        return Filters.parse(exclude or (), category or (), exclude_category or (), seen)
+        return Filters.parse(exclude, category, exclude_category, seen)
     except FilterError as exc:
         raise ApiError(422, "invalid_request", str(exc)) from None
 
