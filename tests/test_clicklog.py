@@ -45,6 +45,23 @@ def rows_of(df: pd.DataFrame) -> list[tuple[object, ...]]:
     )
 
 
+def assert_reads_as(
+    path: Path, fmt: ClickLogFormat, want: list[tuple[object, ...]], bad: dict[str, list[int]]
+) -> None:
+    """The reader against a reference: the same rows, and the same skipped rows
+    with their first line numbers (a file with nothing good is a DatasetError)."""
+    try:
+        df, report = load_clicklog(path, fmt)
+    except DatasetError:
+        assert not want
+        return
+    assert rows_of(df) == want
+    assert {r: list(v) for r, v in report.lines.items()} == {
+        r: v[:LINES_KEPT] for r, v in bad.items()
+    }
+    assert report.skipped == {r: len(v) for r, v in bad.items()}
+
+
 # -- the three formats, the frame ------------------------------------------------------------
 GOOD = [  # (session, item, ts ms, kind, weight or None), in file order
     ("s1", "i1", T0 + 2000, "view", None),
@@ -504,16 +521,7 @@ def test_the_reader_equals_the_reference(
     path.write_text(text, encoding="utf-8")
     fmt = ClickLogFormat("csv", "u", "i", "t", unit, type_col="k", weight_col="w")  # type: ignore[arg-type]
     want, bad = reference(text, fmt)
-    try:
-        df, report = load_clicklog(path, fmt)
-    except DatasetError:
-        assert not want
-        return
-    assert rows_of(df) == want
-    assert {r: list(v) for r, v in report.lines.items()} == {
-        r: v[:LINES_KEPT] for r, v in bad.items()
-    }
-    assert report.skipped == {r: len(v) for r, v in bad.items()}
+    assert_reads_as(path, fmt, want, bad)
 
 
 def json_reference(
@@ -654,12 +662,4 @@ def test_the_json_reader_equals_the_reference(
         with pytest.raises(DatasetError, match="no column"):
             load_clicklog(path, fmt)
         return
-    try:
-        df, report = load_clicklog(path, fmt)
-    except DatasetError:
-        assert not want
-        return
-    assert rows_of(df) == want
-    assert {r: list(v) for r, v in report.lines.items()} == {
-        r: v[:LINES_KEPT] for r, v in bad.items()
-    }
+    assert_reads_as(path, fmt, want, bad)
