@@ -39,8 +39,8 @@ from producer.tabular import (
     STRUCTURE,
     Rows,
     check_file,
+    check_read,
     csv_rows,
-    first_keys,
     header,
     infer_format,
     jsonl_rows,
@@ -89,18 +89,16 @@ def load_catalogue_file(path: Path, format: str | None = None) -> tuple[Catalogu
     for rows in _rows(path, fmt):
         _take(rows, tally, items, names)
         present |= rows.present
-    report = tally.report()
-    if tally.read == 0:
-        raise DatasetError(f"{path} has no rows after its header")
-    if fmt == JSONL:  # objects may leave a key out, but one must have item_id
-        seen = list(dict.fromkeys([*first_keys(path), *sorted(present)]))
-        require_columns(path, seen, {"item_id": "item_id"}, "its objects have the keys")
-    if tally.kept == 0:
-        raise DatasetError(
-            f"no usable row: {report.summary()}",
-            hint="a catalogue needs an item_id column; see docs/own-data.md",
-        )
-    return Catalogue(items), report
+    check_read(
+        path,
+        fmt,
+        tally,
+        present,
+        {"item_id": "item_id"},
+        {},
+        "a catalogue needs an item_id column; see docs/own-data.md",
+    )
+    return Catalogue(items), tally.report()
 
 
 def _rows(path: Path, fmt: str) -> Iterator[Rows]:

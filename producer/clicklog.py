@@ -38,7 +38,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from core.errors import ConfigError, DatasetError
+from core.errors import ConfigError
 from core.events import DEFAULT_TYPE, MAX_TS_MS, MAX_TYPE_LEN, MAX_WEIGHT, MIN_TS_MS, id_problem
 from producer.frame import interactions_frame
 from producer.read_report import ReadReport, RowTally
@@ -48,8 +48,8 @@ from producer.tabular import (
     STRUCTURE,
     Rows,
     check_file,
+    check_read,
     csv_rows,
-    first_keys,
     header,
     jsonl_rows,
     require_columns,
@@ -351,19 +351,15 @@ def load_clicklog(
     for rows in _rows(path, fmt):
         _take(rows, fmt, tally, kept)
         present |= rows.present
-    if tally.read == 0:
-        raise DatasetError(f"{path} has no rows after its header")
-    if fmt.format == JSONL:
-        # Objects may leave a key out; one that no object has is a misnamed column.
-        seen = list(dict.fromkeys([*first_keys(path), *sorted(present)]))
-        require_columns(path, seen, fmt.columns(), "its objects have the keys")
-    if tally.kept == 0:
-        report = tally.report()
-        worst = max(report.skipped, key=lambda r: report.skipped[r])
-        raise DatasetError(
-            f"no usable row: {report.summary()}",
-            hint=_HINTS.get(worst, "see docs/own-data.md for what each reason means"),
-        )
+    check_read(
+        path,
+        fmt.format,
+        tally,
+        present,
+        fmt.columns(),
+        _HINTS,
+        "see docs/own-data.md for what each reason means",
+    )
     ts = np.concatenate(kept.ts)
     kept.ts.clear()
     order = np.argsort(ts, kind="stable")

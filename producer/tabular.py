@@ -33,6 +33,7 @@ import orjson
 import pandas as pd
 
 from core.errors import DatasetError
+from producer.read_report import RowTally
 
 log = logging.getLogger("streamrec.producer")
 
@@ -129,6 +130,31 @@ def require_columns(path: Path, have: Sequence[str], wanted: Mapping[str, str], 
             f"{path}: no column {', '.join(missing)}; {where}: {shown or 'nothing'}",
             hint="name the columns exactly as the file spells them (case and spaces count)",
         )
+
+
+def check_read(
+    path: Path,
+    fmt: str,
+    tally: RowTally,
+    present: set[str],
+    wanted: Mapping[str, str],
+    hints: Mapping[str, str],
+    hint: str,
+) -> None:
+    """After a reader's last chunk: DatasetError for a file with no rows after its
+    header, a JSON-lines file in which no object has a ``wanted`` key (option ->
+    key; objects may leave a key out, but one no object has is a misnamed
+    column), or a file with no usable row (the hint for its most common reason
+    from ``hints``, else ``hint``). ``present``: the wanted keys the chunks saw."""
+    if tally.read == 0:
+        raise DatasetError(f"{path} has no rows after its header")
+    if fmt == JSONL:
+        seen = list(dict.fromkeys([*first_keys(path), *sorted(present)]))
+        require_columns(path, seen, wanted, "its objects have the keys")
+    if tally.kept == 0:
+        report = tally.report()
+        worst = max(report.skipped, key=lambda r: report.skipped[r])
+        raise DatasetError(f"no usable row: {report.summary()}", hint=hints.get(worst, hint))
 
 
 # -- CSV and TSV ---------------------------------------------------------------------
@@ -434,6 +460,7 @@ __all__ = [
     "TSV",
     "Rows",
     "check_file",
+    "check_read",
     "csv_rows",
     "first_keys",
     "header",
