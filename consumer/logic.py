@@ -248,11 +248,9 @@ def fold(
         else:
             wt = weigh(etype, ev_w)
         added[user] += 1
-        if wt <= 0:  # negative feedback: in the history, flagged; adds nothing
-            h.append(Entry(ts, item, sid, pos, True))
-            if len(h) > 2 * cap:
-                del h[:-cap]
-            continue
+        # Negative feedback goes into the history, flagged, and adds nothing: no
+        # walk (its window is empty), no popularity, no trending.
+        neg = wt <= 0
         # The event's decay factor (times its weight) in fixed point, rounded once
         # per event: every pair weight is then an integer times it (exact sums, no
         # rounding per pair). Without decay, a weight other than 1 is rounded per pair.
@@ -267,7 +265,7 @@ def fold(
         seen = {item}
         prev_ts, prev_sid = ts, sid
         i = len(h) - 1
-        stop = max(-1, i - window)
+        stop = i if neg else max(-1, i - window)
         while i > stop:
             e = h[i]
             if abs(prev_ts - e.ts) > gap:
@@ -291,9 +289,11 @@ def fold(
                 co[pair] = co_get(pair, 0) + wf
             prev_ts, prev_sid = e.ts, e.session_id
             i -= 1
-        h.append(Entry(ts, item, sid, pos))
+        h.append(Entry(ts, item, sid, pos, neg))
         if len(h) > 2 * cap:  # trim in bulk: amortised O(1) per event
             del h[:-cap]
+        if neg:
+            continue
         stamps = trend_ts.get(item)
         if stamps is None:
             stamps = trend_ts[item] = []
