@@ -82,7 +82,14 @@ def test_negative_feedback_adds_nothing_and_is_flagged_in_the_history() -> None:
     assert Entry.decode(with_pos.encode()).pos == (2, 7)
 
 
-def test_fold_equals_stepping_with_types_and_weights(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize(
+    "feedback",
+    [Feedback(), Feedback(rating_negative_below=2.5)],
+    ids=["flat ratings (weighed inline)", "a rating threshold"],
+)
+def test_fold_equals_stepping_with_types_and_weights(
+    rng: np.random.Generator, feedback: Feedback
+) -> None:
     """fold's hot loop against step + event_weight, with every kind of type."""
     rules = SessionRules(
         gap_ms=20 * MIN,
@@ -90,7 +97,7 @@ def test_fold_equals_stepping_with_types_and_weights(rng: np.random.Generator) -
         history_len=6,
         linear_pair_weights=True,
         forward_weight=2,
-        feedback=Feedback(rating_negative_below=2.5),
+        feedback=feedback,
     )
     types = ["click", "view", "purchase", "dislike", "rating", "other"]
     minutes = np.cumsum(rng.integers(0, 30, size=500))
