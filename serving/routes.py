@@ -326,7 +326,7 @@ async def similar(item_id: ItemId, state: State, size: Size, rules: Rules) -> Si
                 "index_unavailable",
                 "no embedding index is loaded, and the item has no co-clicks",
             )
-        if item_id not in index.content:
+        if item_id not in index.catalogue:
             raise ApiError(
                 404,
                 "item_not_found",

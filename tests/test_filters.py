@@ -25,8 +25,8 @@ from serving.fastpath import _query
 from serving.filters import MAX_VALUES, Filters
 
 MIN = 60_000
-# Categories of the indexed items 1-6, and two catalogued items nobody has clicked
-# (7, 8): 7 shares tags with 4, 8 shares nothing with anyone.
+# Categories of the indexed items 1-6, and three catalogued items nobody has clicked
+# (7, 8, 9): 7 shares tags with 4, 8 shares nothing with anyone, 9 has nothing.
 CATALOGUE = Catalogue(
     {
         "1": CatalogueItem("One", frozenset({"Drama"})),
@@ -37,6 +37,7 @@ CATALOGUE = Catalogue(
         "6": CatalogueItem("Six", frozenset()),
         "7": CatalogueItem("Seven", frozenset({"Horror"}), frozenset({"ghost"})),
         "8": CatalogueItem("Eight", frozenset({"Western"})),
+        "9": CatalogueItem("Nine"),  # catalogued with no category or tag
     }
 )
 
@@ -177,6 +178,8 @@ def test_an_item_nobody_clicked_is_answered_from_its_categories_and_tags(
     # Catalogued but alike to nothing: an empty answer, not a 404.
     status, body = get(clients, "/items/8/similar?k=3")
     assert status == 200 and body["items"] == []
+    status, body = get(clients, "/items/9/similar?k=3")
+    assert status == 200 and body["title"] == "Nine" and body["items"] == []
     status, body = get(clients, "/items/nowhere/similar?k=3")
     assert status == 404 and body["error"]["code"] == "item_not_found"
 
