@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -104,10 +104,9 @@ class EvalSetup:
     # Each other method's HR@10 and NDCG@10 get a paired per-user bootstrap 95 %
     # interval of their difference to this one (evaluation/bootstrap.py).
     baseline: str = "co-occurrence"
-    # item -> genres, for intra-list diversity (empty: not measured).
-    genres: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    # What is known about the items: the content term's categories and tags
-    # (offline.content), and the live run's index catalogue. Empty: no content.
+    # What is known about the items: categories for intra-list diversity, the
+    # content term's categories and tags (offline.content), and the live run's
+    # index catalogue. Empty: neither diversity nor content is measured.
     catalogue: Catalogue = field(default_factory=Catalogue)
 
     @property
@@ -217,7 +216,8 @@ def prequential(
     catalog = (
         setup.catalog if setup.catalog is not None else len({e.item_id for e in events[:stop]})
     )
-    stats = ItemStats.from_counts(counts, catalog, setup.genres)
+    categories = {i: e.categories for i, e in setup.catalogue.items() if e.categories}
+    stats = ItemStats.from_counts(counts, catalog, categories)
     clicked = set(counts)  # items clicked so far
     results = {m.name: MethodResult(stats=stats) for m in methods}
     want_pop = any(m.prior == "pop" for m in methods)

@@ -30,7 +30,7 @@ from evaluation.prequential import (
 from evaluation.report import table
 from evaluation.tune import Candidate, default_grid
 from offline.job import OfflineSettings
-from producer.movielens import load_genres, load_ratings, to_events
+from producer.movielens import load_movielens_catalogue, load_ratings, to_events
 from serving.blend import BlendConfig
 from serving.reader import ReadSpec, UserState
 from serving.store import RedisStateReader
@@ -155,7 +155,7 @@ def _slice_run(movielens_dir: Path, limit: int) -> dict[str, Any]:
             offline=(offline := OfflineSettings(dim=32)),
             index_builder=index_builder_for(df, offline),
             catalog=catalog_size(df),
-            genres=load_genres(movielens_dir),
+            catalogue=load_movielens_catalogue(movielens_dir),
         ),
     )
     return run.methods

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from consumer.settings import ConsumerSettings
-from core.catalogue import Catalogue
 from core.errors import ConfigError
 from evaluation.prequential import (
     EvalSetup,
@@ -102,6 +101,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # The shipped (or environment-given) consumer and serving settings. Serving
     # excludes only the history it reads; the protocol excludes every item the
     # user interacted with, which the loop does from its own record.
+    if not any(entry.categories for _, entry in data.catalogue.items()):
+        log.info("no item has a category: intra-list diversity is not measured")
     offline = OfflineSettings()
     if args.dim:
         offline = offline.model_copy(update={"dim": args.dim})
@@ -113,7 +114,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         reindex_every=args.reindex_every,
         catalog=catalog_size(df),
         baseline=args.baseline,
-        genres=_categories(data.catalogue),
         catalogue=data.catalogue,
     )
     result: dict[str, Any] = {
@@ -173,14 +173,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"in-process on the same events: {_line(result['live_reference']['methods'])}")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
-
-
-def _categories(catalogue: Catalogue) -> dict[str, frozenset[str]]:
-    """The catalogue's categories (MovieLens: genres) for intra-list diversity."""
-    found = {item: entry.categories for item, entry in catalogue.items() if entry.categories}
-    if not found:
-        log.info("no item has a category: intra-list diversity is not measured")
-    return found
 
 
 def _line(methods: dict[str, dict[str, Any]]) -> str:
