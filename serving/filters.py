@@ -167,6 +167,3 @@ class RuleMasks:
             verdicts[unknown] = [1 if allows(names[c]) else 2 for c in unknown.tolist()]
             got = verdicts[codes]
         return got == 1
-
-    def clear(self) -> None:
-        self._verdicts.clear()

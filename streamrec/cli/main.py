@@ -114,8 +114,13 @@ def _build_once(
 
     if args.from_topic:
         kafka = KafkaSettings()
+        # What the consumer would take: its feedback rules, its future-dated limit.
+        consumer = ConsumerSettings()
         read = read_topic(
-            kafka, window_ms=window_ms, feedback=ConsumerSettings().state.rules.feedback
+            kafka,
+            window_ms=window_ms,
+            feedback=consumer.state.rules.feedback,
+            max_future_ms=consumer.max_future_ms,
         )
         print(read.summary(kafka.topic), file=sys.stderr)
         frame, source = read.frame, f"topic {kafka.topic} at {kafka.bootstrap}"
