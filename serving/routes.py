@@ -289,7 +289,8 @@ async def bench_fetch(user_id: UserId, state: State, size: Size) -> Response:
 async def fetch_only(
     state: AppState, user_id: str, size: int, filters: Filters = NO_FILTERS
 ) -> Response:
-    """The recommendation's reads without scoring (the benchmark's baseline)."""
+    """The recommendation's reads without scoring (the benchmark's baseline).
+    ``filters`` only match the fast path's handler shape: the reads are the same."""
     user = await fetch_user(state, user_id, size, state.index)
     return Response(f'{{"sources":{len(user.sources)}}}', media_type="application/json")
 
