@@ -330,6 +330,7 @@ class MemoryState(StateWriter, StateReader):
             trending=self.trend.top(spec.n_trend),
             pop=pop,
             negative=history.negative,
+            clock=self.meta.get("clock"),
         )
 
     async def user_state(self, user_id: str, spec: ReadSpec) -> UserState:

@@ -51,6 +51,7 @@ from offline.embeddings import build_embeddings
 from offline.index import ItemIndex
 from offline.job import OfflineSettings
 from serving.blend import BlendConfig, Candidates, Scored, blend
+from serving.ranker import Moment, Ranker
 from serving.reader import ReadSpec
 from serving.settings import ServingSettings
 
@@ -68,6 +69,8 @@ class Method:
     name: str
     cfg: BlendConfig
     prior: Prior = "trend"
+    # A learned ranker re-ordering this blend's pool (serving.ranker); None: the blend's order.
+    ranker: Ranker | None = None
 
     @property
     def uses_emb(self) -> bool:
@@ -78,10 +81,17 @@ class Method:
         return self.cfg.w_content > 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "prior": self.prior, **self.cfg.model_dump()}
+        out = {"name": self.name, "prior": self.prior, **self.cfg.model_dump()}
+        if self.ranker is not None:
+            out["ranker"] = self.ranker.describe()
+        return out
 
 
 IndexBuilder = Callable[[int], ItemIndex]  # before_ts -> index
+# Called once per predicted event, before it is applied, with everything the
+# blend could use (all signals, the trending prior), the moment, and the items
+# the user has interacted with: what offline.ranker collects training rows from.
+Observer = Callable[[ClickEvent, Candidates, Moment, set[str]], None]
 
 
 @dataclass(frozen=True)
@@ -184,7 +194,12 @@ class RunResult:
 
 
 def prequential(
-    events: Sequence[ClickEvent], start: int, stop: int, methods: Sequence[Method], setup: EvalSetup
+    events: Sequence[ClickEvent],
+    start: int,
+    stop: int,
+    methods: Sequence[Method],
+    setup: EvalSetup,
+    observe: Observer | None = None,
 ) -> RunResult:
     """Warm up on ``events[:start]``, then predict-then-apply ``events[start:stop]``."""
     began = time.perf_counter()
@@ -221,7 +236,6 @@ def prequential(
     clicked = set(counts)  # items clicked so far
     results = {m.name: MethodResult(stats=stats) for m in methods}
     want_pop = any(m.prior == "pop" for m in methods)
-    damped = any(m.cfg.pop_damping > 0 for m in methods)
 
     for i in range(start, stop):
         event = events[i]
@@ -246,9 +260,18 @@ def prequential(
             else {}
         )
         pop = state.popular_head(spec.n_trend) if want_pop else []
-        popularity = us.pop if damped else None
+        # Read by the blend only where it damps, by the ranker always (as served).
+        popularity = us.pop
         user_seen = seen.get(user, set())
         new_session = sessions.starts_session(event)
+        moment = Moment.of(us.clock, us.history, setup.serving.session_gap_ms)
+        if observe is not None:
+            observe(
+                event,
+                Candidates(us.sources, us.co, emb, us.trending, popularity, near),
+                moment,
+                user_seen,
+            )
         for m in methods:
             cands = Candidates(
                 us.sources[: m.cfg.history_items],
@@ -258,7 +281,11 @@ def prequential(
                 popularity,
                 near if m.uses_content else {},
             )
-            ranked: list[Scored] = blend(cands, user_seen, kmax, m.cfg)
+            ranked: list[Scored] = (
+                blend(cands, user_seen, kmax, m.cfg)
+                if m.ranker is None
+                else m.ranker.rank(cands, user_seen, kmax, m.cfg, moment)
+            )
             ids = [s.item_id for s in ranked]
             fallback = not any(s.personalised for s in ranked)
             results[m.name].add(

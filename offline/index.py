@@ -7,6 +7,8 @@ One index lives in one directory::
     catalogue.json  core.catalogue.Catalogue.to_json(): every catalogued item, indexed
                     or not (titles, categories, tags); absent in versions built before
                     it existed, whose catalogue is items.json's titles
+    ranker.json     the learned ranker (serving.ranker: its pool and LightGBM model), when the
+                    build trained one (offline.ranker); part of the version's digest
     manifest.json   Manifest.to_dict()
 
 Published versions (see ``publish``) live under ``<artifacts>/index/<version>/``
@@ -48,6 +50,7 @@ log = logging.getLogger("streamrec.offline")
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.json"
 CATALOGUE_FILE = "catalogue.json"
+RANKER_FILE = "ranker.json"
 MANIFEST_FILE = "manifest.json"
 BUILD_HINT = "run `streamrec build-index`"
 INDEX_SUBDIR = "index"
@@ -88,9 +91,12 @@ class ItemIndex:
         index: faiss.Index,
         catalogue: Catalogue,
         manifest: Manifest,
+        ranker_model: str | None = None,
     ) -> None:
         # Use from_vectors or load; this only wires validated parts together.
         self.manifest = manifest
+        # The learned ranker's model as text (serving.ranker reads it), or None.
+        self.ranker_model = ranker_model
         self._ids = item_ids
         self._rows = {item_id: row for row, item_id in enumerate(item_ids)}
         self._vectors = vectors
@@ -129,11 +135,14 @@ class ItemIndex:
         params: Mapping[str, Any] | None = None,
         source: str = "",
         before_ts: int | None = None,
+        ranker_model: str | None = None,
     ) -> ItemIndex:
         """Index ``vectors[i]`` under ``item_ids[i]``; rows are L2-normalised here.
 
         ``catalogue`` is kept whole, indexed items or not. ``titles`` (instead of a
-        catalogue) keeps the titles of indexed items only.
+        catalogue) keeps the titles of indexed items only. ``ranker_model``: a
+        learned ranker's model (``serving.ranker.Ranker.to_text``) that
+        travels with this version.
         """
         if catalogue is not None and titles is not None:
             raise ValueError("give a catalogue or titles, not both")
@@ -163,6 +172,8 @@ class ItemIndex:
         digest.update(vecs.tobytes())
         digest.update(catalogue.to_json())
         digest.update(json.dumps([method, params_json, source, before_ts]).encode())
+        if ranker_model is not None:
+            digest.update(ranker_model.encode())
         now = datetime.now(UTC)
         manifest = Manifest(
             version=f"{now:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:6]}",
@@ -179,7 +190,7 @@ class ItemIndex:
         # per-item cache cold under load, IndexHNSWFlat would pay for its build time.
         index = faiss.IndexFlatIP(manifest.dim)
         index.add(vecs)
-        return cls(ids, vecs, index, catalogue, manifest)
+        return cls(ids, vecs, index, catalogue, manifest, ranker_model)
 
     @property
     def version(self) -> str:
@@ -275,7 +286,7 @@ class ItemIndex:
         return found
 
     def save(self, directory: Path) -> None:
-        """Write the four files into ``directory`` (created if needed)."""
+        """Write the files into ``directory`` (created if needed)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self._index, str(directory / INDEX_FILE))
@@ -284,6 +295,8 @@ class ItemIndex:
         items = {"ids": self._ids, "titles": self._titles}
         (directory / ITEMS_FILE).write_text(json.dumps(items, ensure_ascii=False))
         (directory / CATALOGUE_FILE).write_bytes(self._catalogue.to_json())
+        if self.ranker_model is not None:
+            (directory / RANKER_FILE).write_text(self.ranker_model)
         # Manifest last: a directory with a manifest has everything before it.
         (directory / MANIFEST_FILE).write_text(json.dumps(self.manifest.to_dict(), indent=2))
 
@@ -310,6 +323,8 @@ class ItemIndex:
                 catalogue = Catalogue.from_json(catalogue_file.read_bytes())
             else:  # a version built before catalogue.json: titles only
                 catalogue = Catalogue.from_titles(titles)
+            ranker_file = directory / RANKER_FILE
+            ranker_model = ranker_file.read_text() if ranker_file.is_file() else None
             index = faiss.read_index(str(paths[0]))
             _check_consistent(manifest, ids, index)
             vectors = index.reconstruct_n(0, index.ntotal)
@@ -319,7 +334,7 @@ class ItemIndex:
                 f"index in {directory} is unreadable: {exc}", hint=BUILD_HINT
             ) from exc
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        return cls(ids, vectors, index, catalogue, manifest)
+        return cls(ids, vectors, index, catalogue, manifest, ranker_model)
 
 
 def _check_consistent(manifest: Manifest, ids: list[str], index: faiss.Index) -> None:

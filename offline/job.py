@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from pydantic import Field
@@ -33,6 +34,11 @@ class OfflineSettings(ServiceSettings):
     seed: int = Field(default=0, ge=0)
     # Two would do for readers racing a switch; three leaves one to roll back to.
     keep_versions: int = Field(default=3, ge=1)
+    # Train the learned ranker (evaluation.ranker) with each build and ship it
+    # in the version; off: the blend ranks alone. It learns from the last
+    # ranker_events interactions (at most half of the build's), replayed.
+    ranker: bool = True
+    ranker_events: int = Field(default=20_000, ge=1)
 
 
 def build_index(
@@ -44,6 +50,7 @@ def build_index(
     catalogue: Catalogue | None = None,
     titles: Mapping[str, str] | None = None,
     source: str = "",
+    ranker: tuple[str, Mapping[str, Any]] | None = None,
 ) -> ItemIndex:
     """Embed the interactions, index them and publish the index as the current version.
 
@@ -52,7 +59,9 @@ def build_index(
     with ``ts < before_ts``, so an evaluation that predicts events from that
     time on never trains on them. ``catalogue`` is stored whole with the version
     (catalogue.json, part of its digest), items never clicked included; ``titles``
-    instead keeps only the titles of indexed items.
+    instead keeps only the titles of indexed items. ``ranker``: a learned
+    ranker's model text and its training report (``evaluation.ranker.train_for``),
+    shipped in the version (ranker.json) and described in the manifest.
     """
     cfg = settings if settings is not None else OfflineSettings()
     dim, seed = cfg.dim, cfg.seed
@@ -64,6 +73,15 @@ def build_index(
     if df.empty:
         cutoff = f" before ts={before_ts}" if before_ts is not None else ""
         raise DatasetError(f"no interactions{cutoff} to build an index from")
+    params: dict[str, Any] = {
+        "dim": dim,
+        "seed": seed,
+        "shift": 1.0,
+        "interactions": len(df),
+        "users": int(df["user_id"].nunique()),
+    }
+    if ranker is not None:
+        params["ranker"] = dict(ranker[1])
     item_ids, vectors = build_embeddings(df, dim=dim, seed=seed)
     index = ItemIndex.from_vectors(
         item_ids,
@@ -71,23 +89,19 @@ def build_index(
         catalogue=catalogue,
         titles=titles,
         method=METHOD,
-        params={
-            "dim": dim,
-            "seed": seed,
-            "shift": 1.0,
-            "interactions": len(df),
-            "users": int(df["user_id"].nunique()),
-        },
+        params=params,
         source=source,
         before_ts=before_ts,
+        ranker_model=None if ranker is None else ranker[0],
     )
     version_dir = publish(index, artifacts_dir, keep=cfg.keep_versions)
     log.info(
-        "published index %s: %d items, dim %d, %d catalogued, %.2f s, at %s",
+        "published index %s: %d items, dim %d, %d catalogued, ranker %s, %.2f s, at %s",
         index.version,
         len(index),
         index.manifest.dim,
         len(index.catalogue),
+        "none" if ranker is None else f"{ranker[1].get('trees')} trees",
         time.perf_counter() - started,
         version_dir,
     )

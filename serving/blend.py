@@ -123,7 +123,7 @@ def recent_sources(history: Sequence[str], n: int) -> list[str]:
     return out
 
 
-def _damped(
+def damped_row(
     row: Sequence[tuple[str, float]],
     pop_get: Callable[[str], float | None] | None,
     beta: float,
@@ -186,7 +186,7 @@ def blend(
                 continue
             factor = recency * weight
             if kind == CO_CLICKED and damping:
-                row = _damped(row, pop_get, beta)
+                row = damped_row(row, pop_get, beta)
             if kind == CO_CLICKED:
                 # Normalise by the row's max before exclusions, so dropping the
                 # user's own items does not inflate what is left.

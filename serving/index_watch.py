@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from core.errors import IndexNotFound
 from offline.index import ItemIndex, current_version, load_current
+from serving.ranker import ranker_of
 
 if TYPE_CHECKING:
     from serving.state import AppState
@@ -51,6 +52,9 @@ def _warm(index: ItemIndex, hot: list[str], k: int) -> None:
         # the list outgrows it the hottest items are the ones that stay.
         index.similar_many(hot[::-1], k)
     index.content  # noqa: B018 - builds the content neighbours here, not in a request
+    # The learned ranker's trees, parsed here; a version whose model does not
+    # parse fails to load (ValueError) and the current one stays.
+    ranker_of(index)
 
 
 async def _hot_items(state: AppState) -> list[str]:

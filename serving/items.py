@@ -42,7 +42,7 @@ import numpy as np
 
 from core.keyspace import FEED_KEEP
 from offline.index import ItemIndex
-from serving.blend import BlendConfig
+from serving.blend import BlendConfig, Candidates
 from serving.history import Seen, seen_items
 from serving.reader import ReadSpec, StateReader, UserState
 from serving.scoring import (
@@ -82,6 +82,7 @@ class UserView:
     candidates: ArrayCandidates
     skipped: int = 0  # history entries that did not parse
     negative: frozenset[str] = frozenset()  # negative feedback in the history
+    clock: int | None = None  # the stream clock as of the cache's last refresh
 
     @property
     def sources(self) -> Sequence[str]:
@@ -117,6 +118,7 @@ class ItemCache:
         self.max_vocab = max_vocab
         self.stats = CacheStats()
         self.refreshed_at: float | None = None  # time.monotonic() of the last good round
+        self.clock: int | None = None  # the stream clock, as of the last good round
         self._generation = 0  # refreshes that consumed the change feed
         self.vocab = Vocab()
         self._trending: Row = EMPTY_ROW
@@ -181,6 +183,7 @@ class ItemCache:
         fresh_rows, row_pop = await self.store.rows(rows, self.row_len)
         fresh_pop = await self.store.popularity_of(pops)
         trending = await self.store.trending(self.trend_len)
+        clock = await self.store.clock()
         for item, (members, counts) in zip(rows, fresh_rows, strict=True):
             self.put(item, members, counts)
         updates = {**row_pop, **fresh_pop}
@@ -191,6 +194,7 @@ class ItemCache:
         self._update_pop(updates, gone)
         self._trending = Row.of(self.vocab, trending)
         self._priors = {}
+        self.clock = clock
         self.seq = seqs
         self.store_id = store_id
         self.refreshed_at = time.monotonic()
@@ -293,6 +297,36 @@ class ItemCache:
     def trending_pairs(self, n: int) -> Pairs:
         return self._trending.pairs(self.vocab)[:n]
 
+    def lists(self, view: UserView, per_item: int) -> Candidates:
+        """A view's arrays as the reference blend's lists (``serving.blend.Candidates``):
+        every row's first ``per_item`` neighbours, the popularity of the co rows'
+        members this cache holds, the trending head."""
+        vocab, cands = self.vocab, view.candidates
+        co = {
+            s: row.pairs(vocab)[:per_item] for s, row in zip(cands.sources, cands.co, strict=True)
+        }
+        pop = {}
+        for pairs in co.values():
+            for member, _ in pairs:
+                if (count := self.popularity(member)) is not None:
+                    pop[member] = count
+
+        def near(rows: Sequence[Row]) -> dict[str, list[tuple[str, float]]]:
+            return {
+                s: row.pairs(vocab)[:per_item]
+                for s, row in zip(cands.sources, rows, strict=False)
+                if len(row)
+            }
+
+        return Candidates(
+            cands.sources,
+            co,
+            near(cands.emb),
+            cands.trending.row.pairs(vocab),
+            pop,
+            near(cands.content),
+        )
+
     def emb(self, index: ItemIndex | None, sources: Sequence[str]) -> list[Row]:
         """Embedding neighbours of each source as arrays (per index version)."""
         if index is None:
@@ -357,22 +391,21 @@ class CachedStateReader(StateReader):
             trending=items.trending(spec.n_trend),
             damping=items.damping(),
         )
-        return UserView(history.entries, cands, history.skipped, history.negative)
+        return UserView(history.entries, cands, history.skipped, history.negative, self.items.clock)
 
     async def user_state(self, user_id: str, spec: ReadSpec) -> UserState:
         """The same reads as :meth:`view`, as the contract's lists."""
         view = await self.view(user_id, spec, None)
-        items, cands = self.items, view.candidates
-        vocab, n = items.vocab, spec.per_item
-        co = {s: row.pairs(vocab)[:n] for s, row in zip(cands.sources, cands.co, strict=True)}
-        pop = {}
-        for pairs in co.values():
-            for member, _ in pairs:
-                if (count := items.popularity(member)) is not None:
-                    pop[member] = count
-        trending = cands.trending.row.pairs(vocab)
+        lists = self.items.lists(view, spec.per_item)
         return UserState(
-            view.history, list(cands.sources), co, trending, pop, view.skipped, view.negative
+            view.history,
+            list(lists.sources),
+            {s: list(row) for s, row in lists.co.items()},
+            list(lists.trending),
+            dict(lists.popularity or {}),
+            view.skipped,
+            view.negative,
+            view.clock,
         )
 
     async def hot_items(self, n: int) -> list[str]:

@@ -13,7 +13,9 @@ A backend (Redis in ``serving.store``, the evaluation's in-memory twin in
   ZREVRANGE order); a source with no row maps to ``[]``;
 - ``trending``: the ``n_trend`` best of the trending set, in the same order;
 - ``pop``: the all-time count of every distinct member of those rows that the
-  popularity set holds (the blend's popularity damping divides by it).
+  popularity set holds (the blend's popularity damping divides by it);
+- ``clock``: the stream clock, the largest event time the state holds (None:
+  nothing applied yet): "now" for the learned ranker's time features.
 
 And, item-level: ``hot_items`` (the trending head's ids, what most requests
 touch) and ``popular`` (the popularity head, the popularity reference's list).
@@ -67,6 +69,7 @@ class UserState:
     pop: dict[str, float] = field(default_factory=dict)
     skipped: int = 0  # history entries that did not parse
     negative: frozenset[str] = frozenset()  # negative feedback in the history
+    clock: int | None = None  # the largest event time applied (the stream clock)
 
     @property
     def history_items(self) -> list[str]:

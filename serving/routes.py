@@ -9,7 +9,7 @@ enforces it and ``serving.app`` writes it into the OpenAPI schema.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from importlib import resources
 from typing import Annotated, Any, Literal, cast
@@ -31,6 +31,7 @@ from serving.history import Seen
 from serving.idempotency import Claim, fingerprint
 from serving.items import UserView
 from serving.metrics import EXPOSITION_TYPE
+from serving.ranker import Moment, extend_pool, ranker_of
 from serving.reader import UserState
 from serving.schemas import (
     ERROR_RESPONSES,
@@ -231,15 +232,25 @@ def rank(
     filters: Filters = NO_FILTERS,
 ) -> list[Scored]:
     """The blend: the vectorised one on the cache's arrays, the reference otherwise
-    (the two rank alike: tests/test_scoring.py), under the request's rules."""
+    (the two rank alike: tests/test_scoring.py), under the request's rules; then
+    the index version's learned ranker re-orders its pool, when it has one and
+    the setting allows (serving.ranker)."""
     settings = state.settings
     cfg = settings.blend
     exclude = user.seen(filters.seen or settings.seen, settings.session_gap_ms)
     exclude.update(filters.exclude)
     rule = category_rule(filters, index)
+    ranker = ranker_of(index) if index is not None and settings.ranker else None
     if isinstance(user, UserView):
         assert state.cached is not None
-        return fast_blend(user.candidates, exclude, size, cfg, state.cached.items.vocab, rule)
+        items = state.cached.items
+        if ranker is None:
+            return fast_blend(user.candidates, exclude, size, cfg, items.vocab, rule)
+        first = fast_blend(user.candidates, exclude, ranker.size.pool, cfg, items.vocab, rule)
+        lists = items.lists(user, cfg.candidates_per_item)
+        pool = extend_pool(first, lists, exclude, cfg, ranker.size, _allows(rule))
+        moment = Moment.of(user.clock, user.history, settings.session_gap_ms)
+        return ranker.rerank(pool, lists, size, cfg, moment)
     # Ready-made lists from the index's cache (warmed with the trending head
     # when the index loads); a miss is one batched FAISS search.
     emb = (
@@ -253,7 +264,14 @@ def rank(
         else {}
     )
     cands = Candidates(user.sources, user.co, emb, user.trending, user.pop, content)
-    return blend(cands, exclude, size, cfg, rule.allows if rule is not None else None)
+    if ranker is not None:
+        moment = Moment.of(user.clock, user.history, settings.session_gap_ms)
+        return ranker.rank(cands, exclude, size, cfg, moment, _allows(rule))
+    return blend(cands, exclude, size, cfg, _allows(rule))
+
+
+def _allows(rule: CategoryRule | None) -> Callable[[str], bool] | None:
+    return rule.allows if rule is not None else None
 
 
 @router.get(

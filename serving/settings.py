@@ -38,6 +38,9 @@ class ServingSettings(ServiceSettings):
     default_k: int = Field(default=10, ge=1)
     max_k: int = Field(default=100, ge=1, le=MAX_K_LIMIT)
     blend: BlendConfig = Field(default_factory=BlendConfig)
+    # Let the index version's learned ranker (serving.ranker) re-order the
+    # blend's pool when the version carries one; off: the blend ranks alone.
+    ranker: bool = True
     # History entries read per request: by default the consumer's cap, so
     # everything the user has seen recently is excluded.
     history_len: int = Field(default=SessionRules().history_len, ge=1, le=1000)

@@ -93,6 +93,7 @@ class RedisStateReader(StateReader):
             pop=pop,
             skipped=history.skipped,
             negative=history.negative,
+            clock=await self.clock(),
         )
 
     # -- what serving.items reads: the user alone, and item state in bulk ----------
@@ -138,6 +139,11 @@ class RedisStateReader(StateReader):
             return {}
         scores = await self._client.zmscore(self._keys.pop, list(items))
         return {i: float(sc) for i, sc in zip(items, scores, strict=True) if sc is not None}
+
+    async def clock(self) -> int | None:
+        """The stream clock: the largest event time the state holds (None: none yet)."""
+        raw = await self._client.hget(self._keys.meta, "clock")
+        return None if raw is None else int(float(_text(raw)))
 
     async def trending(self, n: int) -> Pairs:
         if n <= 0:

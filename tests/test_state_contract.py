@@ -441,8 +441,9 @@ def test_reader_popularity_head_and_bounds(make: Factory) -> None:
     assert b.read(lambda r: r.popular(0)) == []
     assert b.read(lambda r: r.hot_items(0)) == []
     assert b.read(lambda r: r.ping()) is True
+    # The clock is the stream's, the largest event time held: not the user's own.
     assert b.user("u0", ReadSpec(history_len=1, n_sources=1, per_item=0, n_trend=0)) == UserState(
-        history=[(T0, "p")], sources=["p"], co={"p": []}, trending=[], pop={}
+        history=[(T0, "p")], sources=["p"], co={"p": []}, trending=[], pop={}, clock=T0 + 5
     )
 
 

@@ -19,6 +19,7 @@ from evaluation.prequential import (
     prequential,
     split_points,
 )
+from evaluation.ranker import RANKED, with_ranker
 from evaluation.report import write_report
 from evaluation.tune import default_grid, tune
 from offline.job import OfflineSettings
@@ -137,26 +138,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         log.info("validation chose %s", best.label())
 
     methods = default_methods(setup.serving.blend)
-    if args.baseline not in {m.name for m in methods}:
+    names = {m.name for m in methods} | ({RANKED} if offline.ranker else set())
+    if args.baseline not in names:
         raise ConfigError(
-            f"no method named {args.baseline!r}",
-            hint="one of: " + ", ".join(m.name for m in methods),
+            f"no method named {args.baseline!r}", hint="one of: " + ", ".join(sorted(names))
         )
     if valid_start < test_start:
-        valid = prequential(events, valid_start, test_start, methods, setup)
+        part_methods, trained = with_ranker(df, valid_start, methods, setup)
+        valid = prequential(events, valid_start, test_start, part_methods, setup)
         result["validation"] = {
             "range": [valid_start, test_start],
             "predictions": valid.predictions,
             "seconds": round(valid.seconds, 1),
             "methods": valid.methods,
+            **trained,
         }
-    test = prequential(events, test_start, len(events), methods, setup)
+    part_methods, trained = with_ranker(df, test_start, methods, setup)
+    test = prequential(events, test_start, len(events), part_methods, setup)
     result["test"] = {
         "range": [test_start, len(events)],
         "predictions": test.predictions,
         "seconds": round(test.seconds, 1),
         "index_builds": test.index_builds,
         "methods": test.methods,
+        **trained,
     }
     result["settings"] = setup.describe()
 

@@ -107,8 +107,8 @@ def _build_once(
     """One build: from the dataset options, or from the clicks topic (--from-topic)."""
     from consumer.settings import ConsumerSettings
     from core.catalogue import Catalogue
+    from evaluation.ranker import build_index
     from offline.index import load_current
-    from offline.job import build_index
     from offline.stream import read_topic
     from producer.catalogue import load_catalogue_file
 
@@ -141,9 +141,11 @@ def _build_once(
         frame, artifacts, settings, before_ts=args.before_ts, catalogue=catalogue, source=source
     )
     m = index.manifest
+    ranker = m.params.get("ranker")
+    trained = f"ranker of {ranker['trees']} trees" if ranker else "no ranker"
     print(
         f"index {m.version}: {m.item_count} items x {m.dim} dims ({m.method}) from {m.source}; "
-        f"catalogue of {len(index.catalogue)} items"
+        f"catalogue of {len(index.catalogue)} items; {trained}"
     )
 
 

@@ -128,7 +128,7 @@ class _Status:
 
 def run_loadtest(opts: LoadTestOptions, data: Interactions) -> dict[str, Any]:
     """One load test over ``data`` (producer.sources.load_interactions)."""
-    from offline.job import build_index
+    from evaluation.ranker import build_index
     from producer.client import ClickProducer
     from producer.frame import to_events
     from producer.replay import replay

@@ -48,7 +48,7 @@ def _stage(title: str) -> Iterator[None]:
 
 def run_demo(opts: DemoOptions, data: Interactions) -> int:
     """The demo over ``data`` (producer.sources.load_interactions)."""
-    from offline.job import build_index
+    from evaluation.ranker import build_index
     from producer.client import ClickProducer
     from producer.frame import to_events
     from producer.replay import Pacing, replay

@@ -1,0 +1,242 @@
+"""The learned ranker (serving/ranker.py, evaluation/ranker.py): its features, its
+training, its shipping in an index version, and the API ranking with it exactly
+as the evaluation does, on a real Redis."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from test_serving_api import settings_for
+
+from consumer.state import PartitionBatch, StoreConfig
+from consumer.store import RedisStateWriter
+from core.events import ClickEvent
+from core.settings import RedisSettings
+from evaluation.memory import MemoryState
+from evaluation.prequential import EvalSetup, Method, index_builder_for, prequential
+from evaluation.ranker import TrainingRows, build_index, train
+from offline import job
+from offline.index import load_current
+from offline.job import OfflineSettings
+from producer.movielens import load_ratings, to_events
+from serving.app import create_app
+from serving.blend import BlendConfig, Candidates, Reason, Scored, blend
+from serving.ranker import (
+    FEATURES,
+    Moment,
+    PoolConfig,
+    Ranker,
+    candidate_pool,
+    features,
+    ranker_of,
+)
+from serving.settings import ServingSettings
+
+MIN = 60_000
+COL = {name: i for i, name in enumerate(FEATURES)}
+FLAT = BlendConfig(pop_damping=0.0, w_content=0.0)
+
+
+def col(x: np.ndarray, row: int, name: str) -> float:
+    return float(x[row, COL[name]])
+
+
+# -- features ------------------------------------------------------------------------------
+def test_features_known_answers() -> None:
+    cands = Candidates(
+        sources=["a", "b"],
+        co={"a": [("x", 4.0), ("y", 2.0)], "b": [("x", 1.0)]},
+        emb={"a": [("z", 0.5), ("x", -0.2)]},
+        trending=[("x", 10.0), ("t", 5.0)],
+        popularity={"x": 99.0},
+    )
+    pool = candidate_pool(cands, set(), FLAT, PoolConfig(pool=10, trend_extra=5))
+    names = [s.item_id for s in pool]
+    assert set(names) == {"x", "y", "z", "t"}  # t only from the trending head
+    # a at 10 min, b at 5 min; the stream clock 2 h on: a return visit.
+    moment = Moment.of(130 * MIN, [(10 * MIN, "a"), (5 * MIN, "b")], 30 * MIN)
+    x = features(cands, pool, moment, FLAT)
+    assert x.shape == (4, len(FEATURES))
+    r = {name: names.index(name) for name in names}
+    # x: row a holds it at 4/4 (rank 0), row b at 1/1, decay 0.8 for b.
+    assert col(x, r["x"], "co_sum") == pytest.approx(1.0 + 0.8 * 1.0)
+    assert col(x, r["x"], "co_max") == 1.0
+    assert col(x, r["x"], "co_log_count") == pytest.approx(math.log1p(4.0))
+    assert (col(x, r["x"], "co_source"), col(x, r["x"], "co_rank")) == (0.0, 0.0)
+    assert col(x, r["x"], "co_sources") == 2.0
+    assert col(x, r["x"], "emb_sum") == 0.0  # negative cosines count for nothing
+    assert col(x, r["x"], "trend") == 1.0 and col(x, r["x"], "trend_rank") == 0.0
+    assert col(x, r["x"], "log_pop") == pytest.approx(math.log1p(99.0))
+    assert col(x, r["y"], "co_sum") == 0.5 and col(x, r["y"], "co_rank") == 1.0
+    assert math.isnan(col(x, r["y"], "trend_rank")) and math.isnan(col(x, r["y"], "log_pop"))
+    assert col(x, r["z"], "emb_max") == 0.5 and col(x, r["z"], "emb_source") == 0.0
+    assert math.isnan(col(x, r["z"], "co_source"))
+    assert col(x, r["t"], "trend") == 0.5 and col(x, r["t"], "personalised") == 0.0
+    assert col(x, r["t"], "reason") == 3.0
+    # The blend's own view: its order is the pool's.
+    assert [col(x, i, "blend_position") for i in range(4)] == [0.0, 1.0, 2.0, 3.0]
+    assert col(x, 0, "blend_score") == pool[0].score
+    # The user and the moment: 2 entries, 2 sources, 120 min since the newest.
+    for i in range(4):
+        assert col(x, i, "history_len") == 2.0 and col(x, i, "n_sources") == 2.0
+        assert col(x, i, "log_gap_s") == pytest.approx(math.log1p(120 * 60))
+        assert col(x, i, "new_session") == 1.0 and col(x, i, "session_len") == 0.0
+
+
+def test_the_moment_is_the_stream_clock_never_before_the_newest_entry() -> None:
+    history = [(50 * MIN, "a"), (45 * MIN, "b"), (5 * MIN, "c")]
+    mid = Moment.of(60 * MIN, history, 30 * MIN)
+    assert mid.now_ms == 60 * MIN
+    pool = [Scored("x", 1.0, blend_reason())]
+    x = features(Candidates(["a"], {}, {}, []), pool, mid, FLAT)
+    # 10 minutes since the newest: the same session, which holds a and b (not c).
+    assert col(x, 0, "new_session") == 0.0 and col(x, 0, "session_len") == 2.0
+    # A clock behind the user's own newest click (item state lags): now = that click.
+    assert Moment.of(40 * MIN, history, 30 * MIN).now_ms == 50 * MIN
+    assert Moment.of(None, [], 30 * MIN).now_ms == 0
+    cold = features(Candidates([], {}, {}, []), pool, Moment.of(None, [], 30 * MIN), FLAT)
+    assert col(cold, 0, "history_len") == 0.0 and math.isnan(col(cold, 0, "log_gap_s"))
+
+
+def blend_reason() -> Reason:
+    return blend(Candidates([], {}, {}, [("x", 1.0)]), set(), 1, FLAT)[0].reason
+
+
+# -- training ------------------------------------------------------------------------------
+def synthetic_rows(seed: int, queries: int = 400) -> TrainingRows:
+    """Queries where the answer is always the pooled item with the highest trend
+    feature, whatever the blend's order: what a model must learn to rank."""
+    rng = np.random.default_rng(seed)
+    rows = TrainingRows(FLAT, PoolConfig(pool=20, trend_extra=0))
+    for _ in range(queries):
+        x = rng.random((20, len(FEATURES)))
+        x[:, COL["blend_position"]] = np.arange(20)
+        label = np.zeros(20)
+        label[int(np.argmax(x[:, COL["trend"]]))] = 1.0
+        rows.blocks.append(x)
+        rows.labels.append(label)
+        rows.predictions += 1
+    return rows
+
+
+def test_training_learns_what_the_blend_order_misses() -> None:
+    ranker, report = train(synthetic_rows(0), params={"min_data_in_leaf": 20})
+    assert report.queries == 400 and report.trees >= 1
+    fresh = synthetic_rows(1, queries=100)
+    top1 = sum(
+        int(np.argmax(ranker.scores(x)) == int(np.argmax(y)))
+        for x, y in zip(fresh.blocks, fresh.labels, strict=True)
+    )
+    # The blend's order would be right 1 time in 20; the model most of the time.
+    assert top1 >= 70
+
+
+def test_a_ranker_round_trips_through_its_text_and_refuses_other_text() -> None:
+    ranker, _ = train(synthetic_rows(2), params={"min_data_in_leaf": 20})
+    again = Ranker.from_text(ranker.to_text())
+    x = synthetic_rows(3, queries=5).blocks[0]
+    assert again.size == ranker.size
+    assert np.array_equal(again.scores(x), ranker.scores(x))
+    for bad in ("", "{}", '{"pool": 1, "trend_extra": 0, "model": "no trees here"}'):
+        with pytest.raises(ValueError, match="not a ranker model"):
+            Ranker.from_text(bad)
+    with pytest.raises(ValueError, match="features"):
+        Ranker.from_text(
+            ranker.to_text().replace('"blend_score"', '"other"', 1).replace("blend_score", "other")
+        )
+
+
+def test_too_few_queries_is_a_clear_error() -> None:
+    rows = synthetic_rows(4, queries=5)
+    with pytest.raises(ValueError, match="too few to train"):
+        train(rows)
+
+
+# -- on real data: the shipped version, and the API against the evaluation ------------------
+@pytest.fixture(scope="module")
+def movielens_stream(movielens_dir: Path) -> tuple[list[ClickEvent], object]:
+    df = load_ratings(movielens_dir, limit=8_000)
+    return list(to_events(df)), df
+
+
+@pytest.mark.realdata
+def test_build_index_ships_a_ranker_in_the_version(
+    movielens_stream: tuple[list[ClickEvent], object], tmp_path: Path
+) -> None:
+    _, df = movielens_stream
+    settings = OfflineSettings(dim=16, ranker_events=1_500)
+    index = build_index(df, tmp_path, settings)  # type: ignore[arg-type]
+    described = index.manifest.params["ranker"]
+    assert described["queries"] >= 50 and described["trees"] >= 1
+    loaded = load_current(tmp_path)
+    assert loaded.version == index.version
+    ranker = ranker_of(loaded)
+    assert ranker is not None and ranker.describe()["trees"] == described["trees"]
+    off = build_index(df, tmp_path / "off", settings.model_copy(update={"ranker": False}))  # type: ignore[arg-type]
+    assert "ranker" not in off.manifest.params and ranker_of(load_current(tmp_path / "off")) is None
+
+
+@pytest.mark.realdata
+def test_the_api_ranks_with_the_version_s_ranker_as_the_evaluation_does(
+    movielens_stream: tuple[list[ClickEvent], object],
+    redis_settings: RedisSettings,
+    tmp_path: Path,
+) -> None:
+    """One scorer: the same state in Redis (the consumer's writer) and in memory,
+    the same ranker; the API on both paths, item cache on and off, answers as
+    ``Ranker.rank`` does in the evaluation, item for item."""
+    events, df = movielens_stream
+    warm, train_from = 6_000, 4_000
+    offline = OfflineSettings(dim=16)
+    serving = ServingSettings()
+    setup = EvalSetup(
+        serving=serving, offline=offline, index_builder=index_builder_for(df, offline)
+    )  # type: ignore[arg-type]
+    rows = TrainingRows(serving.blend)
+    prequential(events, train_from, warm, [Method("blend", serving.blend)], setup, rows.observe)
+    ranker, report = train(rows)
+    shipped = (ranker.to_text(), report.as_dict())
+    index = job.build_index(df, tmp_path, offline, before_ts=events[warm].ts, ranker=shipped)  # type: ignore[arg-type]
+
+    config = StoreConfig()
+    memory = MemoryState(config)
+    writer = RedisStateWriter(redis_settings.client(), redis_settings.keys, config)
+    for lo in range(0, warm, 500):
+        batch = [PartitionBatch(0, lo, lo + 500, list(enumerate(events[lo : lo + 500], lo)))]
+        memory.apply("t", batch)
+        writer.apply("t", batch)
+
+    users = list(dict.fromkeys(e.user_id for e in events[warm - 2_000 : warm]))[:25]
+    cfg, spec = serving.blend, serving.read_spec(10)
+    expected: dict[str, list[tuple[str, str, str | None]]] = {}
+    reordered = 0
+    for user in users:
+        us = memory.read_user(user, spec)
+        emb = index.similar_many(us.sources, cfg.candidates_per_item) if us.sources else {}
+        cands = Candidates(us.sources, us.co, emb, us.trending, us.pop)
+        moment = Moment.of(us.clock, us.history, serving.session_gap_ms)
+        ranked = ranker.rank(cands, set(us.history_items), 10, cfg, moment)
+        expected[user] = [(s.item_id, s.reason.kind, s.reason.because_of) for s in ranked]
+        reordered += [s.item_id for s in ranked] != [
+            s.item_id for s in blend(cands, set(us.history_items), 10, cfg)
+        ]
+    assert reordered >= 5  # the ranker is at work, not the blend's order passed through
+
+    base_settings = settings_for(redis_settings, tmp_path)
+    for fast in (True, False):
+        for staleness in (1.0, 0.0):
+            settings = base_settings.model_copy(
+                update={"fast_path": fast, "item_staleness_s": staleness}
+            )
+            with TestClient(create_app(settings)) as client:
+                for user in users:
+                    body = client.get(f"/recommendations/{user}", params={"k": 10}).json()
+                    got = [
+                        (i["item_id"], i["reason"]["kind"], i["reason"]["because_of"])
+                        for i in body["items"]
+                    ]
+                    assert got == expected[user], (user, fast, staleness)
