@@ -16,7 +16,13 @@ soon as the last one returns) by a separate load process, in interleaved rounds
 so that a burst of background load hits all endpoints alike; the median round
 counts.
 
-    .venv/bin/python benchmarks/serving_bench.py --data-dir ../shared/datasets
+With ``--ranker`` the index is built with the learned ranker (evaluation/ranker.py,
+as ``streamrec build-index`` ships it); the endpoints above are measured on an
+API with the ranker off (STREAMREC_SERVING_RANKER=false), and "recommendations
+k=10, ranker on" on a second API over the same state and index, in the same
+rounds.
+
+    .venv/bin/python benchmarks/serving_bench.py --data-dir ../shared/datasets [--ranker]
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+RANKED = "recommendations k=10, ranker on"
 ENDPOINTS = {
     "health (PING only)": "/health",
     "bare: same Redis round trip, no scoring": "/bench/fetch/{user}?k=10",
@@ -104,10 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--ranker", action="store_true", help="also measure the learned ranker")
     p.add_argument("--out", type=Path, default=Path("docs/loadtest/serving_bench.json"))
     args = p.parse_args(argv)
 
-    from offline.job import build_index
+    from core.catalogue import Catalogue
+    from evaluation.ranker import build_index
+    from offline.job import OfflineSettings
     from producer.client import ClickProducer
     from producer.dataset import resolve_dataset
     from producer.movielens import load_ratings, load_titles, to_events
@@ -117,9 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     data = resolve_dataset(args.dataset, data_dir=args.data_dir, download=False)
     df = load_ratings(data, limit=args.limit)
     users = df["user_id"].unique().tolist()
-    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in ENDPOINTS}
+    endpoints = dict(ENDPOINTS)
+    if args.ranker:
+        endpoints[RANKED] = ENDPOINTS["recommendations k=10"]
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in endpoints}
     with LiveRun() as run:
-        build_index(df, run.artifacts, titles=load_titles(data), source=str(data))
+        build_index(
+            df,
+            run.artifacts,
+            OfflineSettings(ranker=args.ranker),
+            catalogue=Catalogue.from_titles(load_titles(data)),
+            source=str(data),
+        )
         run.start_consumer()
         with ClickProducer(run.kafka) as producer:
             sent = replay(to_events(df), producer)
@@ -128,24 +147,29 @@ def main(argv: list[str] | None = None) -> int:
         # with the trending items while loading the index (ServingSettings.warm_items).
         # Shedding off: the benchmark measures how fast each endpoint answers
         # with all its connections in flight, not how the limiter sheds them.
-        api = run.start_api(
-            workers=args.workers,
-            extra_env={
-                "STREAMREC_SERVING_BENCH_ROUTES": "true",
-                "STREAMREC_SERVING_MAX_IN_FLIGHT": str(args.connections),
-                "STREAMREC_SERVING_MAX_WAITING": str(args.connections),
-            },
-        )
-        port = int(api.rsplit(":", 1)[1])
-        root = next(p for n, p in run.children.procs if n == "api").pid
-        pids = api_pids(root)
+        env = {
+            "STREAMREC_SERVING_BENCH_ROUTES": "true",
+            "STREAMREC_SERVING_MAX_IN_FLIGHT": str(args.connections),
+            "STREAMREC_SERVING_MAX_WAITING": str(args.connections),
+        }
+        ports, pids_of = {}, {}
+        for name, ranker in (("blend", False), *((("ranker", True),) if args.ranker else ())):
+            api = run.start_api(
+                workers=args.workers,
+                extra_env={**env, "STREAMREC_SERVING_RANKER": str(ranker).lower()},
+            )
+            ports[name] = int(api.rsplit(":", 1)[1])
+            root = [p for n, p in run.children.procs if n == "api"][-1].pid
+            pids_of[name] = api_pids(root)
         for r in range(args.rounds):
-            for name, path in ENDPOINTS.items():
-                res = measure(port, path, users, args.seconds, args.connections, pids)
+            for name, path in endpoints.items():
+                which = "ranker" if name == RANKED else "blend"
+                port = ports[which]
+                res = measure(port, path, users, args.seconds, args.connections, pids_of[which])
                 rounds[name].append(res)
                 print(f"round {r + 1}: {name:42s} {res['rps']:8,.0f} req/s", file=sys.stderr)
 
-        rss = {str(pid): round(rss_mb(pid), 1) for pid in pids}
+        rss = {str(pid): round(rss_mb(pid), 1) for p in pids_of.values() for pid in p}
 
     table = {}
     for name, results in rounds.items():
@@ -160,12 +184,21 @@ def main(argv: list[str] | None = None) -> int:
             ("bare", "bare: same Redis round trip, no scoring"),
         )
     }
+    if args.ranker:
+        ratios["ranker_on_to_off"] = [
+            a["rps"] / b["rps"] for a, b in zip(rounds[RANKED], rec_rounds, strict=True)
+        ]
     result = {
         "config": vars(args) | {"data": str(data), "events": len(df)},
         "endpoints": table,
         "ratio_recommendations_to_health": statistics.median(ratios["health"]),
         "ratio_recommendations_to_bare": statistics.median(ratios["bare"]),
         "ratios_per_round": ratios,
+        **(
+            {"ratio_ranker_on_to_off": statistics.median(ratios["ranker_on_to_off"])}
+            if args.ranker
+            else {}
+        ),
         "api_rss_mb": rss,
     }
     print()
@@ -182,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(target >= 0.5), / bare = {result['ratio_recommendations_to_bare']:.2f}; "
         f"medians of the per-round ratios. API resident memory: {rss} MB"
     )
+    if args.ranker:
+        print(f"ranker on / off = {result['ratio_ranker_on_to_off']:.2f} (requests/s)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"written {args.out}")

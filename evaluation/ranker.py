@@ -189,6 +189,12 @@ def train_on(df: pd.DataFrame, setup: EvalSetup) -> tuple[Ranker, TrainReport] |
     events its index has not seen). None when the stretch is too short or
     teaches nothing: the blend then ranks alone.
     """
+    rows = collect(df, setup)
+    return None if rows is None else train(rows)
+
+
+def collect(df: pd.DataFrame, setup: EvalSetup) -> TrainingRows | None:
+    """:func:`train_on`'s training rows (None: too few to train on)."""
     stream = list(to_events(df))
     window = min(setup.offline.ranker_events, len(stream) // 2)
     if window < MIN_EVENTS:
@@ -202,7 +208,7 @@ def train_on(df: pd.DataFrame, setup: EvalSetup) -> tuple[Ranker, TrainReport] |
     if rows.queries < MIN_QUERIES:
         log.info("no ranker: %d answerable queries, fewer than %d", rows.queries, MIN_QUERIES)
         return None
-    return train(rows)
+    return rows
 
 
 RANKED = "ranker"
