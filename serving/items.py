@@ -298,34 +298,8 @@ class ItemCache:
         return self._trending.pairs(self.vocab)[:n]
 
     def lists(self, view: UserView, per_item: int) -> Candidates:
-        """A view's arrays as the reference blend's lists (``serving.blend.Candidates``):
-        every row's first ``per_item`` neighbours, the popularity of the co rows'
-        members this cache holds, the trending head."""
-        vocab, cands = self.vocab, view.candidates
-        co = {
-            s: row.pairs(vocab)[:per_item] for s, row in zip(cands.sources, cands.co, strict=True)
-        }
-        pop = {}
-        for pairs in co.values():
-            for member, _ in pairs:
-                if (count := self.popularity(member)) is not None:
-                    pop[member] = count
-
-        def near(rows: Sequence[Row]) -> dict[str, list[tuple[str, float]]]:
-            return {
-                s: row.pairs(vocab)[:per_item]
-                for s, row in zip(cands.sources, rows, strict=False)
-                if len(row)
-            }
-
-        return Candidates(
-            cands.sources,
-            co,
-            near(cands.emb),
-            cands.trending.row.pairs(vocab),
-            pop,
-            near(cands.content),
-        )
+        """A view's arrays as the reference blend's lists (:func:`as_lists`)."""
+        return as_lists(view.candidates, self.vocab, self.popularity, per_item)
 
     def emb(self, index: ItemIndex | None, sources: Sequence[str]) -> list[Row]:
         """Embedding neighbours of each source as arrays (per index version)."""
@@ -369,6 +343,30 @@ class ItemCache:
         for held in self._near.values():
             if len(held) > self.max_rows:
                 held.clear()
+
+
+def as_lists(
+    cands: ArrayCandidates,
+    vocab: Vocab,
+    popularity: Callable[[str], float | None],
+    per_item: int,
+) -> Candidates:
+    """Prepared arrays as the reference blend's lists (``serving.blend.Candidates``):
+    every row's first ``per_item`` neighbours, the popularity of the co rows'
+    members where known, the trending head."""
+    co = {s: row.pairs(vocab)[:per_item] for s, row in zip(cands.sources, cands.co, strict=True)}
+    pop = {}
+    for pairs in co.values():
+        for member, _ in pairs:
+            if (count := popularity(member)) is not None:
+                pop[member] = count
+
+    def near(rows: Sequence[Row]) -> dict[str, list[tuple[str, float]]]:
+        pairs = zip(cands.sources, rows, strict=False)
+        return {s: row.pairs(vocab)[:per_item] for s, row in pairs if len(row)}
+
+    trending = cands.trending.row.pairs(vocab)
+    return Candidates(cands.sources, co, near(cands.emb), trending, pop, near(cands.content))
 
 
 class CachedStateReader(StateReader):

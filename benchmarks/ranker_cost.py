@@ -1,0 +1,134 @@
+"""What the learned ranker costs per request in the API's scoring path.
+
+    STREAMREC_DATA_DIR=../shared/datasets .venv/bin/python -m benchmarks.ranker_cost \
+        [--users 1000] [--out docs/bench/ranker_cost.json]
+
+ml-latest-small's first 80 % is applied to the in-memory state and the ranker
+is trained on it as ``streamrec build-index`` would (evaluation/ranker.py,
+shipped settings). Then, for users of the rest, the candidates are prepared
+once as the API's item cache holds them (arrays), and each request is scored
+both ways, interleaved so the machine's drift hits both alike:
+
+- ranker off: ``fast_blend`` for k = 10, what the API runs today;
+- ranker on, by stage, as ``serving.routes.rank`` runs them: the blend's pool
+  (``fast_blend`` for the pool size), the arrays as lists
+  (``serving.items.as_lists``), the trending extras (``extend_pool``), the
+  features, the trees (LightGBM ``predict``, one thread), the final order.
+
+Reports the median and p99 µs per request of each, and the ratio of the two totals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from benchmarks.common import machine, table, write_json
+from consumer.state import PartitionBatch, StoreConfig
+from evaluation.memory import MemoryState
+from evaluation.prequential import EvalSetup, build_item_index
+from evaluation.ranker import train_on
+from offline.job import OfflineSettings
+from producer.dataset import resolve_dataset
+from producer.frame import to_events
+from producer.movielens import load_movielens_catalogue, load_ratings
+from serving.items import as_lists
+from serving.ranker import Moment, extend_pool, features
+from serving.scoring import ArrayCandidates, Row, Vocab, damping_array, fast_blend, trend_prior
+from serving.settings import ServingSettings
+
+STAGES = ("pool", "lists", "extras", "features", "trees", "order")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--users", type=int, default=1000)
+    p.add_argument("--out", type=Path, default=Path("docs/bench/ranker_cost.json"))
+    args = p.parse_args()
+    data = resolve_dataset("ml-latest-small", download=False)
+    df = load_ratings(data)
+    catalogue = load_movielens_catalogue(data)
+    events = list(to_events(df))
+    cut = int(len(events) * 0.8)
+    serving = ServingSettings()
+    offline = OfflineSettings()
+    trained = train_on(
+        df.iloc[:cut].reset_index(drop=True),
+        EvalSetup(serving=serving, offline=offline, catalogue=catalogue),
+    )
+    assert trained is not None
+    ranker, report = trained
+    state = MemoryState(StoreConfig())
+    state.apply("t", [PartitionBatch(0, 0, cut, list(enumerate(events[:cut])))])
+    index = build_item_index(df, events[cut].ts, offline)
+    cfg = serving.blend
+    spec = serving.read_spec(10)
+    vocab = Vocab()
+    users = list(dict.fromkeys(e.user_id for e in events[cut:]))[: args.users]
+    prepared = []
+    for user in users:
+        us = state.read_user(user, spec)
+        emb = index.similar_many(us.sources, cfg.candidates_per_item) if us.sources else {}
+        cands = ArrayCandidates(
+            us.sources,
+            [Row.of(vocab, us.co.get(s, [])) for s in us.sources],
+            [Row.of(vocab, emb.get(s, [])) for s in us.sources],
+            trend_prior(Row.of(vocab, us.trending), cfg.w_trend, vocab),
+            damping_array(us.pop, cfg.pop_damping, vocab),
+        )
+        moment = Moment.of(us.clock, us.history, serving.session_gap_ms)
+        prepared.append((cands, set(us.history_items), moment, us.pop.get))
+    off: list[float] = []
+    stages: dict[str, list[float]] = {s: [] for s in STAGES}
+    total: list[float] = []
+    size = ranker.size
+    for _ in range(3):
+        for cands, seen, moment, pop in prepared:
+            t0 = time.perf_counter()
+            fast_blend(cands, seen, 10, cfg, vocab)
+            t1 = time.perf_counter()
+            first = fast_blend(cands, seen, size.pool, cfg, vocab)
+            t2 = time.perf_counter()
+            lists = as_lists(cands, vocab, pop, cfg.candidates_per_item)
+            t3 = time.perf_counter()
+            pool = extend_pool(first, lists, seen, cfg, size)
+            t4 = time.perf_counter()
+            x = features(lists, pool, moment, cfg)
+            t5 = time.perf_counter()
+            scores = ranker.scores(x).tolist()
+            t6 = time.perf_counter()
+            sorted(range(len(pool)), key=lambda i: (-scores[i], pool[i].item_id))[:10]
+            t7 = time.perf_counter()
+            off.append((t1 - t0) * 1e6)
+            for name, (a, b) in zip(
+                STAGES, ((t1, t2), (t2, t3), (t3, t4), (t4, t5), (t5, t6), (t6, t7)), strict=True
+            ):
+                stages[name].append((b - a) * 1e6)
+            total.append((t7 - t1) * 1e6)
+
+    def row(name: str, ts: list[float]) -> list[object]:
+        ts = sorted(ts)
+        return [name, round(statistics.median(ts), 1), round(ts[int(len(ts) * 0.99)], 1)]
+
+    rows = [row("ranker off: fast_blend k=10", off), row("ranker on: total", total)]
+    rows += [row(f"  {name}", ts) for name, ts in stages.items()]
+    ratio = statistics.median(total) / statistics.median(off)
+    print(table(["per request", "median µs", "p99 µs"], rows))
+    print(f"ranker on / off (median µs) = {ratio:.1f}; trees {report.trees}, pool {size}")
+    write_json(
+        args.out,
+        {
+            "machine": machine(),
+            "rows": rows,
+            "ratio_on_to_off": ratio,
+            "trees": report.trees,
+            "pool": {"pool": size.pool, "trend_extra": size.trend_extra},
+            "calls": len(off),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
