@@ -21,17 +21,12 @@ import time
 from pathlib import Path
 
 from benchmarks.common import machine, table, write_json
-from consumer.state import PartitionBatch, StoreConfig
-from evaluation.memory import MemoryState
-from evaluation.prequential import build_item_index
+from benchmarks.requests import prepare
 from offline.job import OfflineSettings
-from producer.dataset import resolve_dataset
-from producer.frame import to_events
-from producer.movielens import load_movielens_catalogue, load_ratings
 from serving.blend import BlendConfig
 from serving.filters import Filters
 from serving.reader import ReadSpec
-from serving.scoring import ArrayCandidates, Row, Vocab, damping_array, fast_blend, trend_prior
+from serving.scoring import fast_blend
 
 
 def main() -> None:
@@ -39,31 +34,13 @@ def main() -> None:
     p.add_argument("--users", type=int, default=2000)
     p.add_argument("--out", type=Path, default=Path("docs/bench/filter_cost.json"))
     args = p.parse_args()
-    data = resolve_dataset("ml-latest-small", download=False)
-    df = load_ratings(data)
-    catalogue = load_movielens_catalogue(data)
-    events = list(to_events(df))
-    cut = int(len(events) * 0.8)
-    state = MemoryState(StoreConfig())
-    state.apply("t", [PartitionBatch(0, 0, cut, list(enumerate(events[:cut])))])
-    index = build_item_index(df, events[cut].ts, OfflineSettings(dim=32))
     cfg = BlendConfig()
     spec = ReadSpec(history_len=50, n_sources=cfg.history_items, per_item=50, n_trend=100)
-    vocab = Vocab()
-    users = list(dict.fromkeys(e.user_id for e in events[cut:]))[: args.users]
-    prepared = []
-    for user in users:
-        us = state.read_user(user, spec)
-        emb = index.similar_many(us.sources, 50) if us.sources else {}
-        cands = ArrayCandidates(
-            us.sources,
-            [Row.of(vocab, us.co.get(s, [])) for s in us.sources],
-            [Row.of(vocab, emb.get(s, [])) for s in us.sources],
-            trend_prior(Row.of(vocab, us.trending), cfg.w_trend, vocab),
-            damping_array(us.pop, cfg.pop_damping, vocab),
-        )
-        prepared.append((cands, set(us.history_items)))
-    excluded = [i for i, _ in state.popular_head(20)]
+    ready = prepare(args.users, cfg, spec, OfflineSettings(dim=32))
+    catalogue, vocab = ready.catalogue, ready.vocab
+    prepared = [(cands, set(us.history_items)) for us, cands in ready.requests]
+    popular = ready.df["item_id"].iloc[: ready.cut].value_counts()
+    excluded = popular.index[:20].tolist()
     rules = {
         "none": Filters(),
         "exclude 20 ids": Filters(exclude=frozenset(excluded)),

@@ -26,17 +26,13 @@ import time
 from pathlib import Path
 
 from benchmarks.common import machine, table, write_json
-from consumer.state import PartitionBatch, StoreConfig
-from evaluation.memory import MemoryState
-from evaluation.prequential import EvalSetup, build_item_index
+from benchmarks.requests import prepare
+from evaluation.prequential import EvalSetup
 from evaluation.ranker import train_on
 from offline.job import OfflineSettings
-from producer.dataset import resolve_dataset
-from producer.frame import to_events
-from producer.movielens import load_movielens_catalogue, load_ratings
 from serving.items import as_lists
 from serving.ranker import Moment, extend_pool, features
-from serving.scoring import ArrayCandidates, Row, Vocab, damping_array, fast_blend, trend_prior
+from serving.scoring import fast_blend
 from serving.settings import ServingSettings
 
 STAGES = ("pool", "lists", "extras", "features", "trees", "order")
@@ -47,39 +43,26 @@ def main() -> None:
     p.add_argument("--users", type=int, default=1000)
     p.add_argument("--out", type=Path, default=Path("docs/bench/ranker_cost.json"))
     args = p.parse_args()
-    data = resolve_dataset("ml-latest-small", download=False)
-    df = load_ratings(data)
-    catalogue = load_movielens_catalogue(data)
-    events = list(to_events(df))
-    cut = int(len(events) * 0.8)
     serving = ServingSettings()
     offline = OfflineSettings()
+    cfg = serving.blend
+    ready = prepare(args.users, cfg, serving.read_spec(10), offline)
+    vocab = ready.vocab
     trained = train_on(
-        df.iloc[:cut].reset_index(drop=True),
-        EvalSetup(serving=serving, offline=offline, catalogue=catalogue),
+        ready.df.iloc[: ready.cut].reset_index(drop=True),
+        EvalSetup(serving=serving, offline=offline, catalogue=ready.catalogue),
     )
     assert trained is not None
     ranker, report = trained
-    state = MemoryState(StoreConfig())
-    state.apply("t", [PartitionBatch(0, 0, cut, list(enumerate(events[:cut])))])
-    index = build_item_index(df, events[cut].ts, offline)
-    cfg = serving.blend
-    spec = serving.read_spec(10)
-    vocab = Vocab()
-    users = list(dict.fromkeys(e.user_id for e in events[cut:]))[: args.users]
-    prepared = []
-    for user in users:
-        us = state.read_user(user, spec)
-        emb = index.similar_many(us.sources, cfg.candidates_per_item) if us.sources else {}
-        cands = ArrayCandidates(
-            us.sources,
-            [Row.of(vocab, us.co.get(s, [])) for s in us.sources],
-            [Row.of(vocab, emb.get(s, [])) for s in us.sources],
-            trend_prior(Row.of(vocab, us.trending), cfg.w_trend, vocab),
-            damping_array(us.pop, cfg.pop_damping, vocab),
+    prepared = [
+        (
+            cands,
+            set(us.history_items),
+            Moment.of(us.clock, us.history, serving.session_gap_ms),
+            us.pop.get,
         )
-        moment = Moment.of(us.clock, us.history, serving.session_gap_ms)
-        prepared.append((cands, set(us.history_items), moment, us.pop.get))
+        for us, cands in ready.requests
+    ]
     off: list[float] = []
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
     total: list[float] = []
