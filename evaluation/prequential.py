@@ -90,7 +90,7 @@ class Method:
 IndexBuilder = Callable[[int], ItemIndex]  # before_ts -> index
 # Called once per predicted event, before it is applied, with everything the
 # blend could use (all signals, the trending prior), the moment, and the items
-# the user has interacted with: what offline.ranker collects training rows from.
+# the user has interacted with: what evaluation.ranker collects training rows from.
 Observer = Callable[[ClickEvent, Candidates, Moment, set[str]], None]
 
 

@@ -39,7 +39,7 @@ from serving.blend import BlendConfig, Candidates
 from serving.ranker import FEATURES, Moment, PoolConfig, Ranker, candidate_pool, features
 from serving.settings import ServingSettings
 
-log = logging.getLogger("streamrec.offline.ranker")
+log = logging.getLogger("streamrec.ranker")
 
 # Below these the trees would learn noise, and the blend ranks alone.
 MIN_EVENTS = 500

@@ -8,7 +8,7 @@ One index lives in one directory::
                     or not (titles, categories, tags); absent in versions built before
                     it existed, whose catalogue is items.json's titles
     ranker.json     the learned ranker (serving.ranker: its pool and LightGBM model), when the
-                    build trained one (offline.ranker); part of the version's digest
+                    build trained one (evaluation.ranker); part of the version's digest
     manifest.json   Manifest.to_dict()
 
 Published versions (see ``publish``) live under ``<artifacts>/index/<version>/``

@@ -5,8 +5,9 @@ fallback. The ranker takes its pool, the blend's best ``pool`` items (trending
 filler included when the personal ones run short) plus the trending head's
 best ``trend_extra`` items not already in it, so a return visit can be
 answered from what is popular now, and scores each pooled item from the
-features below with a gradient-boosted tree model (LightGBM, lambdarank
-objective) that the offline job trains on a stream (``offline.ranker``).
+features below with a gradient-boosted tree model (LightGBM, logistic
+objective) that ``streamrec build-index`` trains on a replayed stream
+(``evaluation.ranker``) and ships in the index version.
 
 Features of one candidate ``c`` for one request (``FEATURES``, in order):
 
