@@ -5,12 +5,13 @@ as the evaluation does, on a real Redis."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from test_serving_api import settings_for
+from test_serving_api import IDS, TITLES, VECTORS, make_index, settings_for
 
 from consumer.state import PartitionBatch, StoreConfig
 from consumer.store import RedisStateWriter
@@ -20,7 +21,7 @@ from evaluation.memory import MemoryState
 from evaluation.prequential import EvalSetup, Method, index_builder_for, prequential
 from evaluation.ranker import TrainingRows, build_index, train
 from offline import job
-from offline.index import load_current
+from offline.index import ItemIndex, load_current, publish
 from offline.job import OfflineSettings
 from producer.movielens import load_ratings, to_events
 from serving.app import create_app
@@ -240,3 +241,20 @@ def test_the_api_ranks_with_the_version_s_ranker_as_the_evaluation_does(
                         for i in body["items"]
                     ]
                     assert got == expected[user], (user, fast, staleness)
+
+
+def test_a_version_whose_ranker_does_not_parse_keeps_the_old_one(
+    redis_settings: RedisSettings, tmp_path: Path
+) -> None:
+    old = make_index()
+    publish(old, tmp_path)
+    with TestClient(create_app(settings_for(redis_settings, tmp_path))) as c:
+        assert c.get("/health").json()["index_version"] == old.version
+        time.sleep(1.1)  # a later build second: a distinct, newer version name
+        broken = ItemIndex.from_vectors(IDS, VECTORS, titles=TITLES, ranker_model="not a model")
+        publish(broken, tmp_path)
+        deadline = time.monotonic() + 10.0
+        while c.get("/stats").json()["index_load_failures"] == 0:
+            assert time.monotonic() < deadline, "the broken version was never tried"
+        assert c.get("/health").json()["index_version"] == old.version
+        assert c.get("/recommendations/u1", params={"k": 3}).status_code == 200
