@@ -101,7 +101,8 @@ class TrainReport:
     predictions: int
     rows: int
     trees: int
-    valid_auc: float
+    valid_metric: str  # LightGBM's name for it: "auc", "ndcg@10", ...
+    valid_score: float
     seconds: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -110,7 +111,7 @@ class TrainReport:
             "predictions": self.predictions,
             "rows": self.rows,
             "trees": self.trees,
-            "valid_auc": self.valid_auc,
+            f"valid_{self.valid_metric}": self.valid_score,
             "seconds": self.seconds,
         }
 
@@ -144,7 +145,8 @@ def train(
         callbacks=[lightgbm.early_stopping(patience, verbose=False)],
     )
     trees = max(probe.best_iteration, 1)
-    score = float(probe.best_score["valid_0"][p["metric"]])
+    # One metric is asked for; LightGBM names it ("auc", "ndcg@10" for eval_at 10).
+    metric, score = next(iter(probe.best_score["valid_0"].items()))
     x_all, y_all, g_all = rows.arrays(0, rows.queries)
     final = lightgbm.train(
         p, lightgbm.Dataset(x_all, y_all, group=g_all, feature_name=names), num_boost_round=trees
@@ -154,7 +156,8 @@ def train(
         predictions=rows.predictions,
         rows=len(y_all),
         trees=trees,
-        valid_auc=score,
+        valid_metric=metric,
+        valid_score=float(score),
         seconds=time.perf_counter() - began,
     )
     log.info("trained ranker: %s", report.as_dict())

@@ -151,6 +151,13 @@ def test_a_ranker_round_trips_through_its_text_and_refuses_other_text() -> None:
         )
 
 
+def test_lambdarank_trains_too_and_reports_its_metric() -> None:
+    params = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "min_data_in_leaf": 20}
+    _, report = train(synthetic_rows(5), params=params)
+    assert report.valid_metric == "ndcg@10" and 0 < report.valid_score <= 1
+    assert "valid_ndcg@10" in report.as_dict()
+
+
 def test_too_few_queries_is_a_clear_error() -> None:
     rows = synthetic_rows(4, queries=5)
     with pytest.raises(ValueError, match="too few to train"):
