@@ -123,13 +123,25 @@ def recent_sources(history: Sequence[str], n: int) -> list[str]:
     return out
 
 
-def damped_row(
+def scaled_co(
     row: Sequence[tuple[str, float]],
     pop_get: Callable[[str], float | None] | None,
     beta: float,
+) -> tuple[Sequence[tuple[str, float]], float]:
+    """A co row as the blend weighs it: each count damped by its item's
+    popularity (``pop_get`` given; None: as it is), and the row's scale, its
+    largest (damped) value, taken before any exclusion."""
+    if pop_get is not None:
+        row = _damped(row, pop_get, beta)
+    return row, max(v for _, v in row)
+
+
+def _damped(
+    row: Sequence[tuple[str, float]],
+    pop_get: Callable[[str], float | None],
+    beta: float,
 ) -> list[tuple[str, float]]:
     """``(item, co / max(pop(item), 1) ** beta)`` for one co row, in the row's order."""
-    assert pop_get is not None
     out: list[tuple[str, float]] = []
     for item, value in row:
         p = pop_get(item)
@@ -185,12 +197,10 @@ def blend(
             if weight <= 0 or not row:
                 continue
             factor = recency * weight
-            if kind == CO_CLICKED and damping:
-                row = damped_row(row, pop_get, beta)
             if kind == CO_CLICKED:
                 # Normalise by the row's max before exclusions, so dropping the
                 # user's own items does not inflate what is left.
-                scale = max(v for _, v in row)
+                row, scale = scaled_co(row, pop_get if damping else None, beta)
                 if scale <= 0:
                     continue
                 factor /= scale

@@ -52,21 +52,27 @@ def sources_of(entries: Sequence[tuple[int, str]], negative: frozenset[str], n: 
 def seen_items(
     entries: Sequence[tuple[int, str]], negative: Iterable[str], policy: Seen, gap_ms: int
 ) -> set[str]:
-    """The items a request excludes under ``policy`` (see ``Seen``), negatives always.
-
-    "session" walks back from the newest entry while consecutive entries are at
-    most ``gap_ms`` apart: the consumer's session rule on event time.
-    """
+    """The items a request excludes under ``policy`` (see ``Seen``), negatives always:
+    "session" is :func:`current_session`'s entries."""
     out = set(negative)
     if policy == "history":
         out.update(item for _, item in entries)
     elif policy == "session":
-        prev: int | None = None
-        for ts, item in entries:
-            if prev is not None and abs(prev - ts) > gap_ms:
-                break
-            out.add(item)
-            prev = ts
+        out.update(item for _, item in current_session(entries, gap_ms))
+    return out
+
+
+def current_session(entries: Sequence[tuple[int, str]], gap_ms: int) -> list[tuple[int, str]]:
+    """The newest entries of a newest-first history while consecutive ones are at
+    most ``gap_ms`` apart: the consumer's session rule on event time, walked
+    back from the newest entry."""
+    out: list[tuple[int, str]] = []
+    prev: int | None = None
+    for ts, item in entries:
+        if prev is not None and abs(prev - ts) > gap_ms:
+            break
+        out.append((ts, item))
+        prev = ts
     return out
 
 

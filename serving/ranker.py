@@ -53,10 +53,11 @@ from serving.blend import (
     Candidates,
     Scored,
     blend,
-    damped_row,
     fill_with_trending,
+    scaled_co,
     trend_norms,
 )
+from serving.history import current_session
 
 if TYPE_CHECKING:
     import lightgbm
@@ -173,16 +174,14 @@ def features(
     at = {s.item_id: row for s, row in zip(pool, rows, strict=True)}
     per_item = cfg.candidates_per_item
     pop = cands.popularity
-    damping = cfg.pop_damping > 0 and pop is not None
+    damping = cfg.pop_damping > 0
     for p, src in enumerate(cands.sources):
         recency = cfg.recency_decay**p
-        co_row = list(cands.co.get(src, ()))[:per_item]
+        co_row = cands.co.get(src, ())[:per_item]
         if co_row:
             raw = dict(co_row)
-            if damping:
-                assert pop is not None
-                co_row = damped_row(co_row, pop.get, cfg.pop_damping)
-            scale = max(v for _, v in co_row)
+            pop_get = pop.get if damping and pop is not None else None
+            co_row, scale = scaled_co(co_row, pop_get, cfg.pop_damping)
             if scale > 0:
                 for rank, (item, value) in enumerate(co_row):
                     r = at.get(item)
@@ -231,16 +230,12 @@ def _user_features(moment: Moment, n_sources: int) -> list[float]:
     history = moment.history
     if not history:
         return [0.0, float(n_sources), NAN, 1.0, 0.0]
-    gap_s = max(moment.now_ms - history[0][0], 0) / 1000.0
-    session = 0
-    prev = moment.now_ms
-    for ts, _ in history:
-        if abs(prev - ts) > moment.session_gap_ms:
-            break
-        session += 1
-        prev = ts
-    new = float(gap_s * 1000.0 > moment.session_gap_ms)
-    return [float(len(history)), float(n_sources), math.log1p(gap_s), new, float(session)]
+    gap_ms = max(moment.now_ms - history[0][0], 0)
+    new = gap_ms > moment.session_gap_ms
+    # This request continues the user's newest session unless it starts one.
+    session = 0 if new else len(current_session(history, moment.session_gap_ms))
+    log_gap = math.log1p(gap_ms / 1000.0)
+    return [float(len(history)), float(n_sources), log_gap, float(new), float(session)]
 
 
 _BY_INDEX: weakref.WeakKeyDictionary[ItemIndex, Ranker | None] = weakref.WeakKeyDictionary()
