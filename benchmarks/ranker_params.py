@@ -35,7 +35,7 @@ from evaluation.prequential import (
     prequential,
     split_points,
 )
-from evaluation.ranker import PARAMS, collect, train
+from evaluation.ranker import PARAMS, TrainingRows, collect, train
 from offline.job import OfflineSettings
 from producer.dataset import resolve_dataset
 from producer.movielens import load_movielens_catalogue, load_ratings, to_events
@@ -60,25 +60,33 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 class Pools:
-    """Every validation prediction's pool features and labels, with its user."""
+    """Every validation prediction's pool features and labels, with its user and
+    whether it is the first click of a session (a return visit, or a new user)."""
 
     def __init__(self, setup: EvalSetup, size: PoolConfig) -> None:
         self.cfg = setup.serving.blend
         self.size = size
+        self.gap_ms = setup.rules.gap_ms
         self.queries: list[tuple[str, np.ndarray, np.ndarray]] = []
+        self.new_session: list[bool] = []
 
     def observe(self, event: ClickEvent, cands: Candidates, moment: Moment, seen: set[str]) -> None:
         pool = candidate_pool(cands, seen, self.cfg, self.size)
         label = np.array([s.item_id == event.item_id for s in pool], dtype=bool)
         x = features(cands, pool, moment, self.cfg) if label.any() else np.zeros((0, 0))
         self.queries.append((event.user_id, x, label))
+        history = moment.history
+        self.new_session.append(not history or event.ts - history[0][0] > self.gap_ms)
 
-    def hits(self, score: Any) -> dict[str, list[int]]:
+    def hits(self, score: Any, new_sessions_only: bool = False) -> dict[str, list[int]]:
         """user -> [predictions, hits@10] with the pool ordered by ``score(x)``
-        (None: the blend's own order), ties on pool position."""
+        (None: the blend's own order), ties on pool position; every user who
+        made a prediction is there, with [0, 0] outside the segment."""
         out: dict[str, list[int]] = {}
-        for user, x, label in self.queries:
+        for (user, x, label), new in zip(self.queries, self.new_session, strict=True):
             row = out.setdefault(user, [0, 0])
+            if new_sessions_only and not new:
+                continue
             row[0] += 1
             if label.any():
                 s = -np.arange(len(label), dtype=float) if score is None else score(x)
@@ -87,7 +95,11 @@ class Pools:
         return out
 
 
-def run_part(df: pd.DataFrame, catalogue: Any) -> list[dict[str, Any]]:
+def prepare(
+    df: pd.DataFrame, catalogue: Any, size: PoolConfig | None = None
+) -> tuple[TrainingRows, Pools]:
+    """The training rows from before ``df``'s validation part and that part's pools
+    (``size``: the pool drawn, default the shipped one)."""
     events = list(to_events(df))
     valid_start, test_start = split_points(len(events), 0.1, 0.2)
     offline = OfflineSettings()
@@ -98,11 +110,29 @@ def run_part(df: pd.DataFrame, catalogue: Any) -> list[dict[str, Any]]:
         catalog=catalog_size(df),
         catalogue=catalogue,
     )
-    rows = collect(df.iloc[:valid_start].reset_index(drop=True), setup)
+    rows = collect(df.iloc[:valid_start].reset_index(drop=True), setup, size)
     assert rows is not None
     pools = Pools(setup, rows.size)
     blend = [Method("blend", setup.serving.blend)]
     prequential(events, valid_start, test_start, blend, setup, pools.observe)
+    return rows, pools
+
+
+def parts_of(dataset: str, *, halves: bool) -> tuple[dict[str, pd.DataFrame], Any]:
+    """The whole file and, with ``halves``, its two time-ordered halves; its catalogue."""
+    path = resolve_dataset(dataset, download=False)
+    df = load_ratings(path).reset_index(drop=True)
+    catalogue = load_movielens_catalogue(Path(path))
+    parts = {"whole": df}
+    if halves:
+        mid = len(df) // 2
+        parts["first half"] = df.iloc[:mid].reset_index(drop=True)
+        parts["second half"] = df.iloc[mid:].reset_index(drop=True)
+    return parts, catalogue
+
+
+def run_part(df: pd.DataFrame, catalogue: Any) -> list[dict[str, Any]]:
+    rows, pools = prepare(df, catalogue)
     base = pools.hits(None)
     users = sorted(base)
     n = [base[u][0] for u in users]
@@ -133,14 +163,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("docs/evaluation/ranker_params.json"))
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    path = resolve_dataset(args.dataset, download=False)
-    df = load_ratings(path).reset_index(drop=True)
-    catalogue = load_movielens_catalogue(Path(path))
-    parts = {"whole": df}
-    if not args.no_halves:
-        mid = len(df) // 2
-        parts["first half"] = df.iloc[:mid].reset_index(drop=True)
-        parts["second half"] = df.iloc[mid:].reset_index(drop=True)
+    parts, catalogue = parts_of(args.dataset, halves=not args.no_halves)
     rows = [
         {"data": part, **r} for part, frame in parts.items() for r in run_part(frame, catalogue)
     ]

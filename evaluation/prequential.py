@@ -47,9 +47,8 @@ from evaluation.bootstrap import per_user_intervals
 from evaluation.memory import MemoryState
 from evaluation.metrics import KS, ItemStats, MethodResult, SessionSplit
 from offline.content import ContentIndex, content_features
-from offline.embeddings import build_embeddings
 from offline.index import ItemIndex
-from offline.job import OfflineSettings
+from offline.job import OfflineSettings, item_index
 from serving.blend import BlendConfig, Candidates, Scored, blend
 from serving.ranker import Moment, Ranker
 from serving.reader import ReadSpec
@@ -236,6 +235,8 @@ def prequential(
     clicked = set(counts)  # items clicked so far
     results = {m.name: MethodResult(stats=stats) for m in methods}
     want_pop = any(m.prior == "pop" for m in methods)
+    # The linear model's rows are read by the learned ranker only.
+    want_linear = observe is not None or any(m.ranker is not None for m in methods)
 
     for i in range(start, stop):
         event = events[i]
@@ -259,6 +260,11 @@ def prequential(
             if content is not None and us.sources
             else {}
         )
+        linear = (
+            index.linear_rows(us.sources, spec.per_item)
+            if want_linear and index is not None
+            else {}
+        )
         pop = state.popular_head(spec.n_trend) if want_pop else []
         # Read by the blend only where it damps, by the ranker always (as served).
         popularity = us.pop
@@ -268,7 +274,7 @@ def prequential(
         if observe is not None:
             observe(
                 event,
-                Candidates(us.sources, us.co, emb, us.trending, popularity, near),
+                Candidates(us.sources, us.co, emb, us.trending, popularity, near, linear),
                 moment,
                 user_seen,
             )
@@ -280,6 +286,7 @@ def prequential(
                 pop if m.prior == "pop" else us.trending,
                 popularity,
                 near if m.uses_content else {},
+                linear if m.ranker is not None else {},
             )
             ranked: list[Scored] = (
                 blend(cands, user_seen, kmax, m.cfg)
@@ -326,13 +333,8 @@ def _not_in(index: ItemIndex) -> Callable[[str], bool]:
 def build_item_index(df: pd.DataFrame, before_ts: int, settings: OfflineSettings) -> ItemIndex:
     """The offline job's embeddings from events strictly before ``before_ts`` (no peeking)."""
     part = df[df["ts"] < before_ts]
-    item_ids, vectors = build_embeddings(part, dim=settings.dim, seed=settings.seed)
-    return ItemIndex.from_vectors(
-        item_ids,
-        vectors,
-        params={"dim": settings.dim, "seed": settings.seed, "interactions": len(part)},
-        before_ts=before_ts,
-    )
+    params = {"dim": settings.dim, "seed": settings.seed, "interactions": len(part)}
+    return item_index(part, settings, params=params, before_ts=before_ts)
 
 
 def split_points(n: int, valid: float, test: float) -> tuple[int, int]:

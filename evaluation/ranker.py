@@ -196,7 +196,9 @@ def train_on(df: pd.DataFrame, setup: EvalSetup) -> tuple[Ranker, TrainReport] |
     return None if rows is None else train(rows)
 
 
-def collect(df: pd.DataFrame, setup: EvalSetup) -> TrainingRows | None:
+def collect(
+    df: pd.DataFrame, setup: EvalSetup, size: PoolConfig | None = None
+) -> TrainingRows | None:
     """:func:`train_on`'s training rows (None: too few to train on)."""
     stream = list(to_events(df))
     window = min(setup.offline.ranker_events, len(stream) // 2)
@@ -205,7 +207,7 @@ def collect(df: pd.DataFrame, setup: EvalSetup) -> TrainingRows | None:
         return None
     setup = replace(setup, index_builder=index_builder_for(df, setup.offline), reindex_every=0)
     cfg = setup.serving.blend
-    rows = TrainingRows(cfg)
+    rows = TrainingRows(cfg, size or PoolConfig())
     start = len(stream) - window
     prequential(stream, start, len(stream), [Method("blend", cfg)], setup, rows.observe)
     if rows.queries < MIN_QUERIES:

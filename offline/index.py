@@ -9,6 +9,8 @@ One index lives in one directory::
                     it existed, whose catalogue is items.json's titles
     ranker.json     the learned ranker (serving.ranker: its pool and LightGBM model), when the
                     build trained one (evaluation.ranker); part of the version's digest
+    linear.npz      the session linear model's rows (offline.linear: items, codes, weights),
+                    when the build fitted one; part of the version's digest
     manifest.json   Manifest.to_dict()
 
 Published versions (see ``publish``) live under ``<artifacts>/index/<version>/``
@@ -27,6 +29,7 @@ import shutil
 import tempfile
 import threading
 import time
+import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -41,6 +44,7 @@ import numpy as np
 from core.catalogue import Catalogue
 from core.errors import IndexNotFound
 from offline.content import ContentIndex, content_features
+from offline.linear import LinearRows
 from offline.manifest import Manifest
 
 __all__ = ["ItemIndex", "Manifest", "current_version", "load_current", "publish"]
@@ -51,6 +55,7 @@ INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.json"
 CATALOGUE_FILE = "catalogue.json"
 RANKER_FILE = "ranker.json"
+LINEAR_FILE = "linear.npz"
 MANIFEST_FILE = "manifest.json"
 BUILD_HINT = "run `streamrec build-index`"
 INDEX_SUBDIR = "index"
@@ -92,11 +97,14 @@ class ItemIndex:
         catalogue: Catalogue,
         manifest: Manifest,
         ranker_model: str | None = None,
+        linear: LinearRows | None = None,
     ) -> None:
         # Use from_vectors or load; this only wires validated parts together.
         self.manifest = manifest
         # The learned ranker's model as text (serving.ranker reads it), or None.
         self.ranker_model = ranker_model
+        # The session linear model's rows (offline.linear), or None.
+        self.linear = linear
         self._ids = item_ids
         self._rows = {item_id: row for row, item_id in enumerate(item_ids)}
         self._vectors = vectors
@@ -136,13 +144,15 @@ class ItemIndex:
         source: str = "",
         before_ts: int | None = None,
         ranker_model: str | None = None,
+        linear: LinearRows | None = None,
     ) -> ItemIndex:
         """Index ``vectors[i]`` under ``item_ids[i]``; rows are L2-normalised here.
 
         ``catalogue`` is kept whole, indexed items or not. ``titles`` (instead of a
         catalogue) keeps the titles of indexed items only. ``ranker_model``: a
         learned ranker's model (``serving.ranker.Ranker.to_text``) that
-        travels with this version.
+        travels with this version; ``linear`` likewise the session linear
+        model's rows (``offline.linear``).
         """
         if catalogue is not None and titles is not None:
             raise ValueError("give a catalogue or titles, not both")
@@ -174,6 +184,9 @@ class ItemIndex:
         digest.update(json.dumps([method, params_json, source, before_ts]).encode())
         if ranker_model is not None:
             digest.update(ranker_model.encode())
+        if linear is not None:
+            for array in linear.arrays().values():
+                digest.update(array.tobytes())
         now = datetime.now(UTC)
         manifest = Manifest(
             version=f"{now:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:6]}",
@@ -190,7 +203,7 @@ class ItemIndex:
         # per-item cache cold under load, IndexHNSWFlat would pay for its build time.
         index = faiss.IndexFlatIP(manifest.dim)
         index.add(vecs)
-        return cls(ids, vecs, index, catalogue, manifest, ranker_model)
+        return cls(ids, vecs, index, catalogue, manifest, ranker_model, linear)
 
     @property
     def version(self) -> str:
@@ -222,6 +235,11 @@ class ItemIndex:
         built on first use; an item not in this index counts as cold."""
         rows = self._rows
         return ContentIndex(content_features(self._catalogue), cold=lambda item: item not in rows)
+
+    def linear_rows(self, item_ids: Sequence[str], k: int) -> dict[str, list[tuple[str, float]]]:
+        """The linear model's first ``k`` (item, weight) of each item that has a
+        row (none without a model)."""
+        return {} if self.linear is None else self.linear.rows(item_ids, k)
 
     def similar(self, item_id: str, k: int) -> list[tuple[str, float]]:
         """Up to k (item, cosine) pairs, best first; never the item itself or a zero vector."""
@@ -297,6 +315,10 @@ class ItemIndex:
         (directory / CATALOGUE_FILE).write_bytes(self._catalogue.to_json())
         if self.ranker_model is not None:
             (directory / RANKER_FILE).write_text(self.ranker_model)
+        if self.linear is not None:
+            arrays = self.linear.arrays()
+            with open(directory / LINEAR_FILE, "wb") as f:
+                np.savez(f, items=arrays["items"], codes=arrays["codes"], weights=arrays["weights"])
         # Manifest last: a directory with a manifest has everything before it.
         (directory / MANIFEST_FILE).write_text(json.dumps(self.manifest.to_dict(), indent=2))
 
@@ -325,16 +347,22 @@ class ItemIndex:
                 catalogue = Catalogue.from_titles(titles)
             ranker_file = directory / RANKER_FILE
             ranker_model = ranker_file.read_text() if ranker_file.is_file() else None
+            linear_file = directory / LINEAR_FILE
+            linear = None
+            if linear_file.is_file():
+                with np.load(linear_file, allow_pickle=False) as arrays:
+                    linear = LinearRows.from_arrays(dict(arrays))
             index = faiss.read_index(str(paths[0]))
             _check_consistent(manifest, ids, index)
             vectors = index.reconstruct_n(0, index.ntotal)
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-            # faiss reports a corrupt file as RuntimeError; json as ValueError.
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, zipfile.BadZipFile) as exc:
+            # faiss reports a corrupt file as RuntimeError; json as ValueError;
+            # numpy a truncated npz as BadZipFile.
             raise IndexNotFound(
                 f"index in {directory} is unreadable: {exc}", hint=BUILD_HINT
             ) from exc
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        return cls(ids, vectors, index, catalogue, manifest, ranker_model)
+        return cls(ids, vectors, index, catalogue, manifest, ranker_model, linear)
 
 
 def _check_consistent(manifest: Manifest, ids: list[str], index: faiss.Index) -> None:

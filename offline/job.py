@@ -17,6 +17,7 @@ from core.errors import DatasetError
 from core.settings import ServiceSettings
 from offline.embeddings import build_embeddings
 from offline.index import ItemIndex, publish
+from offline.linear import LinearConfig, LinearRows, fit_linear
 
 log = logging.getLogger("streamrec.offline")
 
@@ -39,6 +40,43 @@ class OfflineSettings(ServiceSettings):
     # ranker_events interactions (at most half of the build's), replayed.
     ranker: bool = True
     ranker_events: int = Field(default=20_000, ge=1)
+    # Fit the session linear model (offline.linear) over the linear_items most
+    # clicked items and ship its rows, which the ranker reads; sessions end
+    # where the consumer's do (SessionRules.gap_ms, 30 minutes).
+    linear: bool = True
+    linear_items: int = Field(default=LinearConfig().max_items, ge=1, le=50_000)
+    session_gap_ms: int = Field(default=30 * 60 * 1000, ge=1)
+
+
+def item_index(
+    df: pd.DataFrame,
+    settings: OfflineSettings,
+    *,
+    params: Mapping[str, Any] | None = None,
+    ranker_model: str | None = None,
+    **index_args: Any,
+) -> ItemIndex:
+    """The embeddings (and, when ``settings.linear``, the linear model) of ``df``
+    as an index version, not yet published; ``index_args`` go to
+    ``ItemIndex.from_vectors`` (catalogue, titles, source, before_ts)."""
+    item_ids, vectors = build_embeddings(df, dim=settings.dim, seed=settings.seed)
+    linear: LinearRows | None = None
+    out = dict(params or {})
+    if settings.linear:
+        began = time.perf_counter()
+        cfg = LinearConfig(max_items=settings.linear_items)
+        linear = fit_linear(df, settings.session_gap_ms, cfg)
+        out["linear"] = {"items": len(linear), "alpha": cfg.alpha, "reg": cfg.reg,
+                         "seconds": round(time.perf_counter() - began, 3)}  # fmt: skip
+    return ItemIndex.from_vectors(
+        item_ids,
+        vectors,
+        method=METHOD,
+        params=out,
+        ranker_model=ranker_model,
+        linear=linear,
+        **index_args,
+    )
 
 
 def build_index(
@@ -82,17 +120,15 @@ def build_index(
     }
     if ranker is not None:
         params["ranker"] = dict(ranker[1])
-    item_ids, vectors = build_embeddings(df, dim=dim, seed=seed)
-    index = ItemIndex.from_vectors(
-        item_ids,
-        vectors,
+    index = item_index(
+        df,
+        cfg,
+        params=params,
+        ranker_model=None if ranker is None else ranker[0],
         catalogue=catalogue,
         titles=titles,
-        method=METHOD,
-        params=params,
         source=source,
         before_ts=before_ts,
-        ranker_model=None if ranker is None else ranker[0],
     )
     version_dir = publish(index, artifacts_dir, keep=cfg.keep_versions)
     log.info(

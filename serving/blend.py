@@ -89,6 +89,9 @@ class Candidates:
     popularity: Mapping[str, float] | None = None
     # source -> content neighbours among cold items (offline.content), best first.
     content: Mapping[str, Sequence[tuple[str, float]]] = field(default_factory=dict)
+    # source -> the session linear model's row (offline.linear), best first; read
+    # by the learned ranker (serving.ranker), not by the blend.
+    linear: Mapping[str, Sequence[tuple[str, float]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

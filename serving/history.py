@@ -66,12 +66,23 @@ def current_session(entries: Sequence[tuple[int, str]], gap_ms: int) -> list[tup
     """The newest entries of a newest-first history while consecutive ones are at
     most ``gap_ms`` apart: the consumer's session rule on event time, walked
     back from the newest entry."""
-    out: list[tuple[int, str]] = []
+    found = sessions(entries, gap_ms, limit=1)
+    return found[0] if found else []
+
+
+def sessions(
+    entries: Sequence[tuple[int, str]], gap_ms: int, limit: int | None = None
+) -> list[list[tuple[int, str]]]:
+    """A newest-first history cut into its sessions, newest first, each newest
+    first (at most ``limit`` of them)."""
+    out: list[list[tuple[int, str]]] = []
     prev: int | None = None
     for ts, item in entries:
-        if prev is not None and abs(prev - ts) > gap_ms:
-            break
-        out.append((ts, item))
+        if prev is None or abs(prev - ts) > gap_ms:
+            if limit is not None and len(out) >= limit:
+                break
+            out.append([])
+        out[-1].append((ts, item))
         prev = ts
     return out
 

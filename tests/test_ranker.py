@@ -4,13 +4,19 @@ as the evaluation does, on a real Redis."""
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_serving_api import IDS, TITLES, VECTORS, make_index, settings_for
 
 from consumer.state import PartitionBatch, StoreConfig
@@ -86,6 +92,44 @@ def test_features_known_answers() -> None:
         assert col(x, i, "history_len") == 2.0 and col(x, i, "n_sources") == 2.0
         assert col(x, i, "log_gap_s") == pytest.approx(math.log1p(120 * 60))
         assert col(x, i, "new_session") == 1.0 and col(x, i, "session_len") == 0.0
+        # One earlier visit, begun with b: not in today's trending head.
+        assert col(x, i, "visits") == 1.0 and col(x, i, "start_trend") == 0.0
+    popular_start = replace(cands, trending=[("b", 3.0)])
+    assert col(features(popular_start, pool, moment, FLAT), 0, "start_trend") == 1.0
+
+
+def test_the_linear_model_s_features_and_extras() -> None:
+    cands = Candidates(
+        sources=["a", "b"],
+        co={"a": [("x", 4.0)]},
+        emb={},
+        trending=[],
+        linear={"a": [("x", 0.4), ("w", 0.2)], "b": [("w", 0.1), ("v", 0.05)]},
+    )
+    size = PoolConfig(pool=10, trend_extra=0, linear_extra=5)
+    pool = candidate_pool(cands, set(), FLAT, size)
+    # x from the blend; w (0.5 + 0.8 * 1.0) then v (0.8 * 0.5) from the linear rows,
+    # each explained by the source of its largest term, unscored by the blend.
+    assert [s.item_id for s in pool] == ["x", "w", "v"]
+    assert [(s.reason.kind, s.reason.because_of, s.score) for s in pool[1:]] == [
+        ("co_clicked", "b", 0.0),
+        ("co_clicked", "b", 0.0),
+    ]
+    x = features(cands, pool, Moment.of(None, [], 30 * MIN), FLAT)
+    assert [col(x, 0, f) for f in ("lin_sum", "lin_max", "lin_source", "lin_rank")] == [
+        1.0, pytest.approx(0.4), 0.0, 0.0
+    ]  # fmt: skip
+    assert col(x, 1, "lin_sum") == pytest.approx(1.3) and col(x, 1, "lin_rank") == 0.0
+    assert col(x, 2, "lin_source") == 1.0 and col(x, 2, "lin_rank") == 1.0
+    # Never an excluded item, a source, or one the request's rule refuses; at most n.
+    assert [s.item_id for s in candidate_pool(cands, {"v"}, FLAT, size)] == ["x", "w"]
+    ruled = candidate_pool(cands, set(), FLAT, size, allow=lambda i: i != "w")
+    assert [s.item_id for s in ruled] == ["x", "v"]
+    one = PoolConfig(pool=10, trend_extra=0, linear_extra=1)
+    assert [s.item_id for s in candidate_pool(cands, set(), FLAT, one)] == ["x", "w"]
+    # Without linear rows the columns stay at their absent values.
+    bare = features(Candidates(["a"], {}, {}, []), pool[:1], Moment.of(None, [], 30 * MIN), FLAT)
+    assert col(bare, 0, "lin_sum") == 0.0 and math.isnan(col(bare, 0, "lin_rank"))
 
 
 def test_the_moment_is_the_stream_clock_never_before_the_newest_entry() -> None:
@@ -96,11 +140,14 @@ def test_the_moment_is_the_stream_clock_never_before_the_newest_entry() -> None:
     x = features(Candidates(["a"], {}, {}, []), pool, mid, FLAT)
     # 10 minutes since the newest: the same session, which holds a and b (not c).
     assert col(x, 0, "new_session") == 0.0 and col(x, 0, "session_len") == 2.0
+    # The visit before the current one began (and ended) with c.
+    assert col(x, 0, "visits") == 1.0 and col(x, 0, "start_trend") == 0.0
     # A clock behind the user's own newest click (item state lags): now = that click.
     assert Moment.of(40 * MIN, history, 30 * MIN).now_ms == 50 * MIN
     assert Moment.of(None, [], 30 * MIN).now_ms == 0
     cold = features(Candidates([], {}, {}, []), pool, Moment.of(None, [], 30 * MIN), FLAT)
     assert col(cold, 0, "history_len") == 0.0 and math.isnan(col(cold, 0, "log_gap_s"))
+    assert col(cold, 0, "visits") == 0.0 and math.isnan(col(cold, 0, "start_trend"))
 
 
 def blend_reason() -> Reason:
@@ -141,7 +188,13 @@ def test_a_ranker_round_trips_through_its_text_and_refuses_other_text() -> None:
     again = Ranker.from_text(ranker.to_text())
     x = synthetic_rows(3, queries=5).blocks[0]
     assert again.size == ranker.size
-    assert np.array_equal(again.scores(x), ranker.scores(x))
+    wider = Ranker(ranker.booster, PoolConfig(linear_extra=7))
+    assert Ranker.from_text(wider.to_text()).size.linear_extra == 7
+    # A model written before the linear extras existed draws none.
+    older = json.loads(ranker.to_text())
+    del older["linear_extra"]
+    assert Ranker.from_text(json.dumps(older)).size.linear_extra == 0
+    assert np.array_equal(again.reference_scores(x), ranker.reference_scores(x))
     for bad in ("", "{}", '{"pool": 1, "trend_extra": 0, "model": "no trees here"}'):
         with pytest.raises(ValueError, match="not a ranker model"):
             Ranker.from_text(bad)
@@ -149,6 +202,63 @@ def test_a_ranker_round_trips_through_its_text_and_refuses_other_text() -> None:
         Ranker.from_text(
             ranker.to_text().replace('"blend_score"', '"other"', 1).replace("blend_score", "other")
         )
+
+
+@pytest.fixture(scope="module")
+def compiled_ranker() -> Ranker:
+    ranker, _ = train(synthetic_rows(6), params={"min_data_in_leaf": 20})
+    assert ranker.compile() and ranker.compiled  # as the server's loader compiles it
+    return ranker
+
+
+def thresholds(ranker: Ranker) -> dict[int, list[float]]:
+    """Each feature's split thresholds in the model."""
+    out: dict[int, list[float]] = {}
+
+    def walk(node: dict[str, Any]) -> None:
+        if "split_feature" in node:
+            out.setdefault(node["split_feature"], []).append(float(node["threshold"]))
+            walk(node["left_child"])
+            walk(node["right_child"])
+
+    for tree in ranker.booster.dump_model()["tree_info"]:
+        walk(tree["tree_structure"])
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 140), seed=st.integers(0, 2**32 - 1))
+def test_the_compiled_trees_score_as_lightgbm_does(
+    compiled_ranker: Ranker, n: int, seed: int
+) -> None:
+    """Pools of rows drawn at, beside and between the model's own thresholds,
+    NaN and infinities included: the compiled scores equal LightGBM's within
+    1e-12 and order the pool the same (ties on item id, as rank does)."""
+    ranker = compiled_ranker
+    cuts = thresholds(ranker)
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-5, 25, (n, len(FEATURES)))
+    for j in range(len(FEATURES)):
+        near = np.array([t + d for t in cuts.get(j, [0.5]) for d in (0.0, -1e-12, 1e-12)])
+        kind = rng.integers(0, 4, n)
+        x[kind == 1, j] = rng.choice(near, int((kind == 1).sum()))
+        x[kind == 2, j] = rng.choice([math.nan, math.inf, -math.inf, 0.0], int((kind == 2).sum()))
+    native, reference = ranker.scores(x), ranker.reference_scores(x)
+    assert np.allclose(native, reference, rtol=1e-12, atol=1e-15)
+    items = [f"i{k}" for k in range(n)]
+
+    def order(s: np.ndarray) -> list[str]:
+        return sorted(items, key=lambda i: (-s[int(i[1:])], i))
+
+    assert order(native) == order(reference)
+
+
+def test_without_lleaves_lightgbm_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    ranker, _ = train(synthetic_rows(7), params={"min_data_in_leaf": 20})
+    monkeypatch.setitem(sys.modules, "lleaves", None)  # as if not installed
+    assert not ranker.compile() and not ranker.compiled
+    x = synthetic_rows(8, queries=1).blocks[0]
+    assert np.array_equal(ranker.scores(x), ranker.reference_scores(x))
 
 
 def test_lambdarank_trains_too_and_reports_its_metric() -> None:
@@ -225,7 +335,8 @@ def test_the_api_ranks_with_the_version_s_ranker_as_the_evaluation_does(
     for user in users:
         us = memory.read_user(user, spec)
         emb = index.similar_many(us.sources, cfg.candidates_per_item) if us.sources else {}
-        cands = Candidates(us.sources, us.co, emb, us.trending, us.pop)
+        linear = index.linear_rows(us.sources, cfg.candidates_per_item)
+        cands = Candidates(us.sources, us.co, emb, us.trending, us.pop, linear=linear)
         moment = Moment.of(us.clock, us.history, serving.session_gap_ms)
         ranked = ranker.rank(cands, set(us.history_items), 10, cfg, moment)
         expected[user] = [(s.item_id, s.reason.kind, s.reason.because_of) for s in ranked]
@@ -233,6 +344,7 @@ def test_the_api_ranks_with_the_version_s_ranker_as_the_evaluation_does(
             s.item_id for s in blend(cands, set(us.history_items), 10, cfg)
         ]
     assert reordered >= 5  # the ranker is at work, not the blend's order passed through
+    assert index.linear is not None and len(index.linear) > 100  # its rows are read too
 
     base_settings = settings_for(redis_settings, tmp_path)
     for fast in (True, False):
