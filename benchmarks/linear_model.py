@@ -59,7 +59,9 @@ def main() -> None:
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     serving = ServingSettings()
     cfg = serving.blend
-    refs = {m.name: m.cfg for m in default_methods(cfg) if m.name in ("co-occurrence", "blend")}
+    # No embedding index in this run: the blend here is co-occurrence, content and trending.
+    refs = {m.name: m.cfg for m in default_methods(cfg) if m.name == "co-occurrence"}
+    refs["blend, no embedding"] = cfg
     hits: dict[str, dict[str, list[int]]] = {name: {} for name in [*refs, *models]}
 
     def observe(event: ClickEvent, cands: Candidates, moment: Moment, seen: set[str]) -> None:

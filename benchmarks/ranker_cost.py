@@ -12,8 +12,11 @@ both ways, interleaved so the machine's drift hits both alike:
 - ranker off: ``fast_blend`` for k = 10, what the API runs today;
 - ranker on, by stage, as ``serving.routes.rank`` runs them: the blend's pool
   (``fast_blend`` for the pool size), the arrays as lists
-  (``serving.items.as_lists``), the trending extras (``extend_pool``), the
-  features, the trees (LightGBM ``predict``, one thread), the final order.
+  (``serving.items.as_lists``), the linear model's rows (``ItemIndex.linear_rows``),
+  the extras (``extend_pool``), the features, the trees (compiled, as served),
+  the final order;
+- and beside them the same trees through LightGBM's own ``predict`` (one
+  thread), what the server falls back to where compiling fails.
 
 Reports the median and p99 µs per request of each, and the ratio of the two totals.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from benchmarks.common import machine, table, write_json
@@ -35,7 +39,7 @@ from serving.ranker import Moment, extend_pool, features
 from serving.scoring import fast_blend
 from serving.settings import ServingSettings
 
-STAGES = ("pool", "lists", "extras", "features", "trees", "order")
+STAGES = ("pool", "lists", "linear", "extras", "features", "trees", "order")
 
 
 def main() -> None:
@@ -54,6 +58,8 @@ def main() -> None:
     )
     assert trained is not None
     ranker, report = trained
+    compiled = ranker.compile()
+    index = ready.index
     prepared = [
         (
             cands,
@@ -66,7 +72,9 @@ def main() -> None:
     off: list[float] = []
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
     total: list[float] = []
+    lightgbm: list[float] = []
     size = ranker.size
+    per_item = cfg.candidates_per_item
     for _ in range(3):
         for cands, seen, moment, pop in prepared:
             t0 = time.perf_counter()
@@ -74,22 +82,26 @@ def main() -> None:
             t1 = time.perf_counter()
             first = fast_blend(cands, seen, size.pool, cfg, vocab)
             t2 = time.perf_counter()
-            lists = as_lists(cands, vocab, pop, cfg.candidates_per_item)
+            lists = as_lists(cands, vocab, pop, per_item)
             t3 = time.perf_counter()
-            pool = extend_pool(first, lists, seen, cfg, size)
+            lists = replace(lists, linear=index.linear_rows(lists.sources, per_item))
             t4 = time.perf_counter()
-            x = features(lists, pool, moment, cfg)
+            pool = extend_pool(first, lists, seen, cfg, size)
             t5 = time.perf_counter()
-            scores = ranker.scores(x).tolist()
+            x = features(lists, pool, moment, cfg)
             t6 = time.perf_counter()
-            sorted(range(len(pool)), key=lambda i: (-scores[i], pool[i].item_id))[:10]
+            scores = ranker.scores(x).tolist()
             t7 = time.perf_counter()
+            sorted(range(len(pool)), key=lambda i: (-scores[i], pool[i].item_id))[:10]
+            t8 = time.perf_counter()
+            ranker.reference_scores(x)
+            t9 = time.perf_counter()
             off.append((t1 - t0) * 1e6)
-            for name, (a, b) in zip(
-                STAGES, ((t1, t2), (t2, t3), (t3, t4), (t4, t5), (t5, t6), (t6, t7)), strict=True
-            ):
+            marks = (t1, t2, t3, t4, t5, t6, t7, t8)
+            for name, a, b in zip(STAGES, marks, marks[1:], strict=True):
                 stages[name].append((b - a) * 1e6)
-            total.append((t7 - t1) * 1e6)
+            total.append((t8 - t1) * 1e6)
+            lightgbm.append((t9 - t8) * 1e6)
 
     def row(name: str, ts: list[float]) -> list[object]:
         ts = sorted(ts)
@@ -97,9 +109,13 @@ def main() -> None:
 
     rows = [row("ranker off: fast_blend k=10", off), row("ranker on: total", total)]
     rows += [row(f"  {name}", ts) for name, ts in stages.items()]
+    rows.append(row("the trees by LightGBM's predict instead", lightgbm))
     ratio = statistics.median(total) / statistics.median(off)
     print(table(["per request", "median µs", "p99 µs"], rows))
-    print(f"ranker on / off (median µs) = {ratio:.1f}; trees {report.trees}, pool {size}")
+    print(
+        f"ranker on / off (median µs) = {ratio:.1f}; trees {report.trees} "
+        f"(compiled: {compiled}), pool {size}"
+    )
     write_json(
         args.out,
         {
@@ -107,7 +123,8 @@ def main() -> None:
             "rows": rows,
             "ratio_on_to_off": ratio,
             "trees": report.trees,
-            "pool": {"pool": size.pool, "trend_extra": size.trend_extra},
+            "pool": asdict(size),
+            "compiled": compiled,
             "calls": len(off),
         },
     )

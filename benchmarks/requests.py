@@ -1,7 +1,8 @@
 """Requests prepared as the API's item cache holds them, on ml-latest-small state.
 
 Shared by the scoring micro-benchmarks (filter_cost, ranker_cost): the first
-80 % of the ratings applied to the in-memory state, an embedding index from
+80 % of the ratings applied to the in-memory state, an index (embedding and
+linear model) from
 the events before the rest, and for users of the rest their read and their
 candidates as arrays.
 """
@@ -16,6 +17,7 @@ from consumer.state import PartitionBatch, StoreConfig
 from core.catalogue import Catalogue
 from evaluation.memory import MemoryState
 from evaluation.prequential import build_item_index
+from offline.index import ItemIndex
 from offline.job import OfflineSettings
 from producer.dataset import resolve_dataset
 from producer.frame import to_events
@@ -32,6 +34,7 @@ class Prepared:
     catalogue: Catalogue
     vocab: Vocab
     requests: list[tuple[UserState, ArrayCandidates]]
+    index: ItemIndex
 
 
 def prepare(users: int, cfg: BlendConfig, spec: ReadSpec, offline: OfflineSettings) -> Prepared:
@@ -55,4 +58,4 @@ def prepare(users: int, cfg: BlendConfig, spec: ReadSpec, offline: OfflineSettin
             damping_array(us.pop, cfg.pop_damping, vocab),
         )
         out.append((us, cands))
-    return Prepared(df, cut, load_movielens_catalogue(data), vocab, out)
+    return Prepared(df, cut, load_movielens_catalogue(data), vocab, out, index)

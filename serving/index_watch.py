@@ -52,8 +52,8 @@ def _warm(index: ItemIndex, hot: list[str], k: int) -> None:
         # the list outgrows it the hottest items are the ones that stay.
         index.similar_many(hot[::-1], k)
     index.content  # noqa: B018 - builds the content neighbours here, not in a request
-    # The learned ranker's trees, parsed here; a version whose model does not
-    # parse fails to load (ValueError) and the current one stays.
+    # The learned ranker's trees, parsed and compiled here; a version whose model
+    # does not parse fails to load (ValueError) and the current one stays.
     ranker_of(index)
 
 

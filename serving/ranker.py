@@ -325,17 +325,30 @@ def _user_features(
             float(len(earlier)), start_trend]  # fmt: skip
 
 
+class StaleRanker(ValueError):
+    """A well-formed model over other features than this code computes: one
+    trained by another release."""
+
+
 _BY_INDEX: weakref.WeakKeyDictionary[ItemIndex, Ranker | None] = weakref.WeakKeyDictionary()
 _BY_INDEX_LOCK = threading.Lock()
 
 
 def ranker_of(index: ItemIndex) -> Ranker | None:
     """The learned ranker an index version carries (None: the blend ranks
-    alone), parsed once per index (the API's loader thread does it first)."""
+    alone), parsed and compiled once per index (the API's loader thread does it
+    first). A model that does not parse raises ValueError; one another release
+    trained (other features) is set aside, logged: the blend ranks until the
+    next build ships a model of this release."""
     with _BY_INDEX_LOCK:
         if index in _BY_INDEX:
             return _BY_INDEX[index]
-    ranker = None if index.ranker_model is None else Ranker.from_text(index.ranker_model)
+    ranker = None
+    if index.ranker_model is not None:
+        try:
+            ranker = Ranker.from_text(index.ranker_model)
+        except StaleRanker as exc:
+            log.warning("index %s: ranker not used, %s; the blend ranks", index.version, exc)
     if ranker is not None:
         ranker.compile()
     with _BY_INDEX_LOCK:
@@ -349,7 +362,7 @@ class Ranker:
     def __init__(self, booster: lightgbm.Booster, size: PoolConfig | None = None) -> None:
         names = list(booster.feature_name())
         if names != list(FEATURES):
-            raise ValueError(f"the model's features {names} are not this code's {list(FEATURES)}")
+            raise StaleRanker(f"the model's features {names} are not this code's {list(FEATURES)}")
         self.booster = booster
         self.size = size or PoolConfig()
         self._native: Any = None  # the compiled trees (lleaves.Model), once compiled

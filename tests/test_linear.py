@@ -127,7 +127,7 @@ def movies(n_users: int = 40) -> pd.DataFrame:
 
 
 def test_a_version_carries_its_linear_rows(tmp_path: Path) -> None:
-    settings = OfflineSettings(dim=8, ranker=False)
+    settings = OfflineSettings(dim=8, ranker=False, linear=True)
     index = job.build_index(movies(), tmp_path, settings)
     assert index.linear is not None and index.manifest.params["linear"]["items"] == 30
     loaded = load_current(tmp_path)
