@@ -98,7 +98,7 @@ def main() -> None:
             t9 = time.perf_counter()
             off.append((t1 - t0) * 1e6)
             marks = (t1, t2, t3, t4, t5, t6, t7, t8)
-            for name, a, b in zip(STAGES, marks, marks[1:], strict=True):
+            for name, a, b in zip(STAGES, marks[:-1], marks[1:], strict=True):
                 stages[name].append((b - a) * 1e6)
             total.append((t8 - t1) * 1e6)
             lightgbm.append((t9 - t8) * 1e6)
