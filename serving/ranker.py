@@ -50,7 +50,7 @@ import math
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -199,23 +199,33 @@ def linear_extras(
     Their score is 0: the blend did not score them."""
     total: dict[str, float] = {}
     best: dict[str, tuple[float, str]] = {}
+    for p, _, item, _, term in linear_terms(cands, cfg):
+        if item in banned:
+            continue
+        total[item] = total.get(item, 0.0) + term
+        if term > best.get(item, (0.0, ""))[0]:
+            best[item] = (term, cands.sources[p])
+    ranked = sorted(total, key=lambda item: (-total[item], item))
+    if allow is not None:
+        ranked = [item for item in ranked if allow(item)]
+    return [Scored(item, 0.0, Reason(CO_CLICKED, best[item][1])) for item in ranked[:n]]
+
+
+def linear_terms(
+    cands: Candidates, cfg: BlendConfig
+) -> Iterator[tuple[int, int, str, float, float]]:
+    """(source position, rank in its row, item, weight, weight over the row's
+    largest times the source's recency decay) of every positive weight in the
+    sources' linear rows (their first ``candidates_per_item``)."""
     for p, src in enumerate(cands.sources):
         row = list(cands.linear.get(src, ()))[: cfg.candidates_per_item]
         top = row[0][1] if row else 0.0
         if top <= 0:
             continue
         recency = cfg.recency_decay**p
-        for item, weight in row:
-            if weight <= 0 or item in banned:
-                continue
-            term = recency * weight / top
-            total[item] = total.get(item, 0.0) + term
-            if term > best.get(item, (0.0, ""))[0]:
-                best[item] = (term, src)
-    ranked = sorted(total, key=lambda item: (-total[item], item))
-    if allow is not None:
-        ranked = [item for item in ranked if allow(item)]
-    return [Scored(item, 0.0, Reason(CO_CLICKED, best[item][1])) for item in ranked[:n]]
+        for rank, (item, weight) in enumerate(row):
+            if weight > 0:
+                yield p, rank, item, weight, recency * weight / top
 
 
 def features(
@@ -276,20 +286,17 @@ def features(
             r = at.get(item)
             if r is not None and cos > 0:
                 r[13] += recency * cos
-        lin_row = list(cands.linear.get(src, ()))[:per_item]
-        top = lin_row[0][1] if lin_row else 0.0
-        if top > 0:
-            for rank, (item, weight) in enumerate(lin_row):
-                r = at.get(item)
-                if r is None or weight <= 0:
-                    continue
-                r[14] += recency * weight / top
-                if weight > r[15]:
-                    r[15] = weight
-                if math.isnan(r[16]):
-                    r[16] = float(p)
-                if not rank >= r[17]:
-                    r[17] = float(rank)
+    for p, rank, item, weight, term in linear_terms(cands, cfg):
+        r = at.get(item)
+        if r is None:
+            continue
+        r[14] += term
+        if weight > r[15]:
+            r[15] = weight
+        if math.isnan(r[16]):
+            r[16] = float(p)
+        if not rank >= r[17]:
+            r[17] = float(rank)
     norm_trend = trend_norms(cands.trending)
     for rank, (item, _) in enumerate(cands.trending):
         r = at.get(item)
