@@ -517,6 +517,7 @@ async def health_head(state: State, response: Response) -> Response:
     response_model=AcceptedOut,
     dependencies=[Depends(require_write_key)],
     responses={
+        **ERROR_RESPONSES,  # first: this route's own 400 describes it better
         400: {"model": ErrorOut, "description": "the body is not JSON (or not UTF-8)"},
         408: {"model": ErrorOut, "description": "the body did not arrive within the timeout"},
         413: {"model": ErrorOut, "description": "the body is over the size limit"},
@@ -525,7 +526,6 @@ async def health_head(state: State, response: Response) -> Response:
             "model": ErrorOut,
             "description": "this Idempotency-Key is still sending, or was used for another batch",
         },
-        **ERROR_RESPONSES,
     },
     summary="Publish click events to the stream",
     openapi_extra={

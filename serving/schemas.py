@@ -182,6 +182,9 @@ EVENTS_BODY_SCHEMA: dict[str, Any] = {
 }
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    # Answered by the HTTP protocol itself (serving.protocol), before any route.
+    400: {"model": ErrorOut, "description": "not a parseable HTTP request"},
+    431: {"model": ErrorOut, "description": "request head over the size bound"},
     422: {"model": ErrorOut, "description": "invalid request"},
     503: {"model": ErrorOut, "description": "a backing service is unavailable; see Retry-After"},
     500: {"model": ErrorOut, "description": "internal error"},
