@@ -84,7 +84,11 @@ def main() -> None:
             t2 = time.perf_counter()
             lists = as_lists(cands, vocab, pop, per_item)
             t3 = time.perf_counter()
-            lists = replace(lists, linear=index.linear_rows(lists.sources, per_item))
+            lists = replace(
+                lists,
+                linear=index.linear_rows(lists.sources, per_item),
+                first_seen=index.first_seen,
+            )
             t4 = time.perf_counter()
             pool = extend_pool(first, lists, seen, cfg, size)
             t5 = time.perf_counter()

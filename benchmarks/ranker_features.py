@@ -39,6 +39,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "content": ("content_sum",),
     "moment": ("log_gap_s", "new_session", "session_len"),
     "visits": ("visits", "start_trend"),
+    "age": ("log_age_s",),
 }
 
 

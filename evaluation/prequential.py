@@ -235,7 +235,7 @@ def prequential(
     clicked = set(counts)  # items clicked so far
     results = {m.name: MethodResult(stats=stats) for m in methods}
     want_pop = any(m.prior == "pop" for m in methods)
-    # The linear model's rows are read by the learned ranker only.
+    # The linear model's rows and the items' first clicks are read by the learned ranker only.
     want_linear = observe is not None or any(m.ranker is not None for m in methods)
 
     for i in range(start, stop):
@@ -266,6 +266,7 @@ def prequential(
             else {}
         )
         pop = state.popular_head(spec.n_trend) if want_pop else []
+        first_seen = index.first_seen if want_linear and index is not None else {}
         # Read by the blend only where it damps, by the ranker always (as served).
         popularity = us.pop
         user_seen = seen.get(user, set())
@@ -274,7 +275,9 @@ def prequential(
         if observe is not None:
             observe(
                 event,
-                Candidates(us.sources, us.co, emb, us.trending, popularity, near, linear),
+                Candidates(
+                    us.sources, us.co, emb, us.trending, popularity, near, linear, first_seen
+                ),
                 moment,
                 user_seen,
             )
@@ -287,6 +290,7 @@ def prequential(
                 popularity,
                 near if m.uses_content else {},
                 linear if m.ranker is not None else {},
+                first_seen if m.ranker is not None else {},
             )
             ranked: list[Scored] = (
                 blend(cands, user_seen, kmax, m.cfg)

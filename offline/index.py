@@ -3,7 +3,9 @@
 One index lives in one directory::
 
     index.faiss     faiss.write_index of an IndexFlatIP over L2-normalised float32 rows
-    items.json      {"ids": [...row order...], "titles": {id: title}} (titles of indexed items)
+    items.json      {"ids": [...row order...], "titles": {id: title}, "first_ms": [...]}
+                    (titles of indexed items; first_ms, in row order, the time of each
+                    item's first click in the build, absent in versions built before it)
     catalogue.json  core.catalogue.Catalogue.to_json(): every catalogued item, indexed
                     or not (titles, categories, tags); absent in versions built before
                     it existed, whose catalogue is items.json's titles
@@ -98,9 +100,16 @@ class ItemIndex:
         manifest: Manifest,
         ranker_model: str | None = None,
         linear: LinearRows | None = None,
+        first_ms: Sequence[int] | None = None,
     ) -> None:
         # Use from_vectors or load; this only wires validated parts together.
         self.manifest = manifest
+        self._first_ms = None if first_ms is None else [int(t) for t in first_ms]
+        # item -> the time (ms) of its first click in the build: the candidate's
+        # age for the learned ranker (serving.ranker); empty for older versions.
+        self.first_seen: Mapping[str, int] = MappingProxyType(
+            {} if self._first_ms is None else dict(zip(item_ids, self._first_ms, strict=True))
+        )
         # The learned ranker's model as text (serving.ranker reads it), or None.
         self.ranker_model = ranker_model
         # The session linear model's rows (offline.linear), or None.
@@ -145,6 +154,7 @@ class ItemIndex:
         before_ts: int | None = None,
         ranker_model: str | None = None,
         linear: LinearRows | None = None,
+        first_ms: Sequence[int] | None = None,
     ) -> ItemIndex:
         """Index ``vectors[i]`` under ``item_ids[i]``; rows are L2-normalised here.
 
@@ -152,10 +162,13 @@ class ItemIndex:
         catalogue) keeps the titles of indexed items only. ``ranker_model``: a
         learned ranker's model (``serving.ranker.Ranker.to_text``) that
         travels with this version; ``linear`` likewise the session linear
-        model's rows (``offline.linear``).
+        model's rows (``offline.linear``). ``first_ms[i]``: the time (epoch ms)
+        of ``item_ids[i]``'s first click in the build.
         """
         if catalogue is not None and titles is not None:
             raise ValueError("give a catalogue or titles, not both")
+        if first_ms is not None and len(first_ms) != len(item_ids):
+            raise ValueError(f"{len(first_ms)} first-click times for {len(item_ids)} item ids")
         ids = [str(i) for i in item_ids]
         vecs = np.ascontiguousarray(vectors, dtype=np.float32)
         if vecs.ndim != 2 or vecs.shape[0] != len(ids) or vecs.shape[1] < 1:
@@ -187,6 +200,8 @@ class ItemIndex:
         if linear is not None:
             for array in linear.arrays().values():
                 digest.update(array.tobytes())
+        if first_ms is not None:
+            digest.update(np.asarray(first_ms, dtype=np.int64).tobytes())
         now = datetime.now(UTC)
         manifest = Manifest(
             version=f"{now:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:6]}",
@@ -203,7 +218,7 @@ class ItemIndex:
         # per-item cache cold under load, IndexHNSWFlat would pay for its build time.
         index = faiss.IndexFlatIP(manifest.dim)
         index.add(vecs)
-        return cls(ids, vecs, index, catalogue, manifest, ranker_model, linear)
+        return cls(ids, vecs, index, catalogue, manifest, ranker_model, linear, first_ms)
 
     @property
     def version(self) -> str:
@@ -310,7 +325,9 @@ class ItemIndex:
         faiss.write_index(self._index, str(directory / INDEX_FILE))
         # items.json keeps the titles too, so a reader older than catalogue.json
         # can still serve (and roll back to) this version.
-        items = {"ids": self._ids, "titles": self._titles}
+        items: dict[str, Any] = {"ids": self._ids, "titles": self._titles}
+        if self._first_ms is not None:
+            items["first_ms"] = self._first_ms
         (directory / ITEMS_FILE).write_text(json.dumps(items, ensure_ascii=False))
         (directory / CATALOGUE_FILE).write_bytes(self._catalogue.to_json())
         if self.ranker_model is not None:
@@ -340,6 +357,13 @@ class ItemIndex:
                 raise ValueError("items.json ids must be a list of strings")
             if not isinstance(titles, dict):
                 raise ValueError("items.json titles must be an object")
+            first_ms = items.get("first_ms")
+            if first_ms is not None and (
+                not isinstance(first_ms, list)
+                or len(first_ms) != len(ids)
+                or not all(isinstance(t, int) and not isinstance(t, bool) for t in first_ms)
+            ):
+                raise ValueError("items.json first_ms must be one integer per id")
             catalogue_file = directory / CATALOGUE_FILE
             if catalogue_file.is_file():
                 catalogue = Catalogue.from_json(catalogue_file.read_bytes())
@@ -362,7 +386,7 @@ class ItemIndex:
                 f"index in {directory} is unreadable: {exc}", hint=BUILD_HINT
             ) from exc
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        return cls(ids, vectors, index, catalogue, manifest, ranker_model, linear)
+        return cls(ids, vectors, index, catalogue, manifest, ranker_model, linear, first_ms)
 
 
 def _check_consistent(manifest: Manifest, ids: list[str], index: faiss.Index) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +79,18 @@ def item_index(
         params=out,
         ranker_model=ranker_model,
         linear=linear,
+        first_ms=first_clicks(df, item_ids),
         **index_args,
     )
+
+
+def first_clicks(df: pd.DataFrame, item_ids: Sequence[str]) -> list[int] | None:
+    """The time (epoch ms) of each item's first click in ``df``, in ``item_ids``'
+    order (the candidate's age, serving.ranker); None without a ts column."""
+    if "ts" not in df.columns:
+        return None
+    first = df.groupby(df["item_id"].astype(str), sort=False)["ts"].min()
+    return [int(t) for t in first.reindex(list(item_ids)).to_numpy()]
 
 
 def build_index(

@@ -92,6 +92,10 @@ class Candidates:
     # source -> the session linear model's row (offline.linear), best first; read
     # by the learned ranker (serving.ranker), not by the blend.
     linear: Mapping[str, Sequence[tuple[str, float]]] = field(default_factory=dict)
+    # item -> the time (ms) of its first click in the index version's build
+    # (offline.index ItemIndex.first_seen), for the candidate's age; read by the
+    # learned ranker only. An item clicked first after the build is absent.
+    first_seen: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

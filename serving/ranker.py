@@ -25,6 +25,8 @@ Features of one candidate ``c`` for one request (``FEATURES``, in order):
   rank in any source's row;
 - trending: its prior (score / top) and its rank in the head;
 - popularity: log of its all-time count where the read holds it;
+- age: log seconds from its first click in the index version's build to now
+  (NaN for an item first clicked after the build: newer than the index);
 - the user and the moment: history entries read, sources, log seconds since
   the newest entry (a return visit has a long one), whether this request
   starts a new session (that gap over the session gap), how many entries
@@ -101,6 +103,7 @@ FEATURES: Final = (
     "trend",
     "trend_rank",
     "log_pop",
+    "log_age_s",
     "history_len",
     "n_sources",
     "log_gap_s",
@@ -242,7 +245,7 @@ def features(
     rows = [
         [s.score, float(i), float(s.personalised), _REASON_CODE[s.reason.kind],
          0.0, 0.0, NAN, NAN, NAN, 0.0, 0.0, 0.0, NAN, 0.0, 0.0, 0.0, NAN, NAN,
-         0.0, NAN, NAN, *user]
+         0.0, NAN, NAN, NAN, *user]
         for i, s in enumerate(pool)
     ]  # fmt: skip
     at = {s.item_id: row for s, row in zip(pool, rows, strict=True)}
@@ -308,6 +311,12 @@ def features(
             known = pop.get(item)
             if known is not None:
                 r[20] = math.log1p(max(known, 0.0))
+    if cands.first_seen:
+        first_seen, now = cands.first_seen, moment.now_ms
+        for item, r in at.items():
+            first = first_seen.get(item)
+            if first is not None:
+                r[21] = math.log1p(max(now - first, 0) / 1000.0)
     return np.array(rows, dtype=np.float64)
 
 

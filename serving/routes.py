@@ -241,19 +241,22 @@ def rank(
     exclude.update(filters.exclude)
     rule = category_rule(filters, index)
     ranker = ranker_of(index) if index is not None and settings.ranker else None
-    # The linear model's rows: read by the ranker only.
+    # The linear model's rows and the items' first clicks: read by the ranker only.
     linear = (
         index.linear_rows(user.sources, cfg.candidates_per_item)
         if index is not None and ranker is not None
         else {}
     )
+    first_seen = index.first_seen if index is not None and ranker is not None else {}
     if isinstance(user, UserView):
         assert state.cached is not None
         items = state.cached.items
         if ranker is None:
             return fast_blend(user.candidates, exclude, size, cfg, items.vocab, rule)
         first = fast_blend(user.candidates, exclude, ranker.size.pool, cfg, items.vocab, rule)
-        lists = replace(items.lists(user, cfg.candidates_per_item), linear=linear)
+        lists = replace(
+            items.lists(user, cfg.candidates_per_item), linear=linear, first_seen=first_seen
+        )
         pool = extend_pool(first, lists, exclude, cfg, ranker.size, _allows(rule))
         moment = Moment.of(user.clock, user.history, settings.session_gap_ms)
         return ranker.rerank(pool, lists, size, cfg, moment)
@@ -271,7 +274,7 @@ def rank(
     )
     cands = Candidates(user.sources, user.co, emb, user.trending, user.pop, content)
     if ranker is not None:
-        cands = replace(cands, linear=linear)
+        cands = replace(cands, linear=linear, first_seen=first_seen)
         moment = Moment.of(user.clock, user.history, settings.session_gap_ms)
         return ranker.rank(cands, exclude, size, cfg, moment, _allows(rule))
     return blend(cands, exclude, size, cfg, _allows(rule))

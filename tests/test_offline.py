@@ -354,3 +354,56 @@ def test_a_version_saved_before_catalogue_json_still_loads(
     loaded = ItemIndex.load(tmp_path / "ix")
     assert loaded.title("i0") == "Zero" and dict(loaded.titles) == {"i0": "Zero", "i1": "One"}
     assert loaded.catalogue == Catalogue.from_titles({"i0": "Zero", "i1": "One"})
+
+
+def test_a_version_knows_each_items_first_click(tmp_path: Path, rng: np.random.Generator) -> None:
+    df = two_worlds(rng, users_per_group=6, items_per_group=5)
+    # A later click of an item does not move its first one; row order does not matter.
+    again = df.iloc[[0]].assign(ts=int(df["ts"].max()) + 60_000)
+    shuffled = pd.concat([again, df.sample(frac=1.0, random_state=1)], ignore_index=True)
+    index = build_index(shuffled, tmp_path, OfflineSettings(dim=4, ranker=False))
+    expected = {str(k): int(v) for k, v in df.groupby("item_id")["ts"].min().items()}
+    assert dict(index.first_seen) == expected
+    loaded = ItemIndex.load(tmp_path / "index" / index.version)
+    assert dict(loaded.first_seen) == expected and loaded.version == index.version
+    # The times are part of the content: other times, another version.
+    later = shuffled.assign(ts=shuffled["ts"] + 1)
+    assert build_index(later, tmp_path / "b", OfflineSettings(dim=4, ranker=False)).version != (
+        index.version
+    )
+
+
+def test_a_version_saved_before_first_clicks_loads_without_them(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    build = build_index(two_worlds(rng, 3, 4), tmp_path, OfflineSettings(dim=4, ranker=False))
+    directory = tmp_path / "index" / build.version
+    items = json.loads((directory / "items.json").read_text())
+    del items["first_ms"]  # as every version built before it
+    (directory / "items.json").write_text(json.dumps(items))
+    assert dict(ItemIndex.load(directory).first_seen) == {}
+
+
+@pytest.mark.parametrize("damage", ["short", "not a list", "floats", "booleans"])
+def test_damaged_first_clicks_make_the_version_unreadable(
+    tmp_path: Path, rng: np.random.Generator, damage: str
+) -> None:
+    build = build_index(two_worlds(rng, 3, 4), tmp_path, OfflineSettings(dim=4, ranker=False))
+    directory = tmp_path / "index" / build.version
+    items = json.loads((directory / "items.json").read_text())
+    n = len(items["ids"])
+    assert len(items["first_ms"]) == n
+    items["first_ms"] = {
+        "short": [1] * (n - 1),
+        "not a list": "soon",
+        "floats": [1.5] * n,
+        "booleans": [True] * n,
+    }[damage]
+    (directory / "items.json").write_text(json.dumps(items))
+    with pytest.raises(IndexNotFound, match="first_ms"):
+        ItemIndex.load(directory)
+
+
+def test_first_clicks_must_match_the_ids() -> None:
+    with pytest.raises(ValueError, match="first-click times"):
+        ItemIndex.from_vectors(["a", "b"], np.ones((2, 4), dtype=np.float32), first_ms=[1])

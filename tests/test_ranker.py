@@ -151,6 +151,21 @@ def test_the_moment_is_the_stream_clock_never_before_the_newest_entry() -> None:
     assert col(cold, 0, "visits") == 0.0 and math.isnan(col(cold, 0, "start_trend"))
 
 
+def test_the_candidate_s_age_runs_from_its_first_click_to_the_stream_clock() -> None:
+    pool = [Scored(i, 1.0, blend_reason()) for i in ("old", "new", "future")]
+    first = {"old": 0, "new": 59 * MIN, "future": 70 * MIN}
+    x = features(
+        Candidates(["a"], {}, {}, [], first_seen=first), pool, Moment.of(60 * MIN, [], MIN), FLAT
+    )
+    assert col(x, 0, "log_age_s") == pytest.approx(math.log1p(3600.0))
+    assert col(x, 1, "log_age_s") == pytest.approx(math.log1p(60.0))
+    # A first click after the clock (the clock lags the build) reads as age 0.
+    assert col(x, 2, "log_age_s") == 0.0
+    # An item the version never saw (first clicked after its build) has no age.
+    unseen = features(Candidates(["a"], {}, {}, []), pool[:1], Moment.of(0, [], MIN), FLAT)
+    assert math.isnan(col(unseen, 0, "log_age_s"))
+
+
 def blend_reason() -> Reason:
     return blend(Candidates([], {}, {}, [("x", 1.0)]), set(), 1, FLAT)[0].reason
 
@@ -340,7 +355,9 @@ def test_the_api_ranks_with_the_version_s_ranker_as_the_evaluation_does(
         us = memory.read_user(user, spec)
         emb = index.similar_many(us.sources, cfg.candidates_per_item) if us.sources else {}
         linear = index.linear_rows(us.sources, cfg.candidates_per_item)
-        cands = Candidates(us.sources, us.co, emb, us.trending, us.pop, linear=linear)
+        cands = Candidates(
+            us.sources, us.co, emb, us.trending, us.pop, linear=linear, first_seen=index.first_seen
+        )
         moment = Moment.of(us.clock, us.history, serving.session_gap_ms)
         ranked = ranker.rank(cands, set(us.history_items), 10, cfg, moment)
         expected[user] = [(s.item_id, s.reason.kind, s.reason.because_of) for s in ranked]
