@@ -356,6 +356,8 @@ def test_the_cli_evaluates_one_half_with_intervals(movielens_dir: Path, tmp_path
     assert result["dataset"].endswith("(second half)") and result["events"] == 4000
     methods = result["test"]["methods"]
     assert all("vs_baseline" in m for name, m in methods.items() if name != "co-occurrence")
+    # The learned ranker is trained on the events before the part, as build-index would.
+    assert "ranker" in methods and result["test"]["ranker"]["trees"] >= 1
     text = (tmp_path / "results.md").read_text()
     assert "Beyond accuracy:" in text and "ILD@10 (categories)" in text
 
