@@ -47,7 +47,9 @@ class ContentIndex:
         cols: list[int] = []
         vocab: dict[str, int] = {}
         for item, feats in features.items():
-            fs = set(feats)
+            # Sorted: the vocabulary order (and so every float sum) must not
+            # depend on the interpreter's string hashing.
+            fs = sorted(set(feats))
             if not fs:
                 continue
             r = len(ids)
