@@ -104,11 +104,10 @@ class ItemIndex:
     ) -> None:
         # Use from_vectors or load; this only wires validated parts together.
         self.manifest = manifest
-        self._first_ms = None if first_ms is None else [int(t) for t in first_ms]
         # item -> the time (ms) of its first click in the build: the candidate's
         # age for the learned ranker (serving.ranker); empty for older versions.
         self.first_seen: Mapping[str, int] = MappingProxyType(
-            {} if self._first_ms is None else dict(zip(item_ids, self._first_ms, strict=True))
+            {} if first_ms is None else dict(zip(item_ids, map(int, first_ms), strict=True))
         )
         # The learned ranker's model as text (serving.ranker reads it), or None.
         self.ranker_model = ranker_model
@@ -326,8 +325,8 @@ class ItemIndex:
         # items.json keeps the titles too, so a reader older than catalogue.json
         # can still serve (and roll back to) this version.
         items: dict[str, Any] = {"ids": self._ids, "titles": self._titles}
-        if self._first_ms is not None:
-            items["first_ms"] = self._first_ms
+        if self.first_seen:
+            items["first_ms"] = [self.first_seen[i] for i in self._ids]
         (directory / ITEMS_FILE).write_text(json.dumps(items, ensure_ascii=False))
         (directory / CATALOGUE_FILE).write_bytes(self._catalogue.to_json())
         if self.ranker_model is not None:
