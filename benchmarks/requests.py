@@ -37,7 +37,16 @@ class Prepared:
     index: ItemIndex
 
 
-def prepare(users: int, cfg: BlendConfig, spec: ReadSpec, offline: OfflineSettings) -> Prepared:
+def prepare(
+    users: int,
+    cfg: BlendConfig,
+    spec: ReadSpec,
+    offline: OfflineSettings,
+    returning: bool = False,
+) -> Prepared:
+    """``returning``: only users of the rest who also clicked before the cut (a
+    full read: sources, their rows); otherwise the rest's users in order, most of
+    them new (nothing to read but the trending head)."""
     data = resolve_dataset("ml-latest-small", download=False)
     df = load_ratings(data)
     events = list(to_events(df))
@@ -47,7 +56,11 @@ def prepare(users: int, cfg: BlendConfig, spec: ReadSpec, offline: OfflineSettin
     index = build_item_index(df, events[cut].ts, offline)
     vocab = Vocab()
     out = []
-    for user in list(dict.fromkeys(e.user_id for e in events[cut:]))[:users]:
+    before = {e.user_id for e in events[:cut]} if returning else None
+    chosen = [
+        u for u in dict.fromkeys(e.user_id for e in events[cut:]) if not before or u in before
+    ]
+    for user in chosen[:users]:
         us = state.read_user(user, spec)
         emb = index.similar_many(us.sources, spec.per_item) if us.sources else {}
         cands = ArrayCandidates(

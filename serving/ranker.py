@@ -52,7 +52,7 @@ import math
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -112,7 +112,7 @@ FEATURES: Final = (
     "visits",
     "start_trend",
 )
-_REASON_CODE: Final = {CO_CLICKED: 0.0, SIMILAR: 1.0, SAME_CATEGORY: 2.0, TRENDING: 3.0}
+REASON_CODE: Final = {CO_CLICKED: 0.0, SIMILAR: 1.0, SAME_CATEGORY: 2.0, TRENDING: 3.0}
 NAN: Final = math.nan
 
 
@@ -240,10 +240,10 @@ def features(
     element costs several times a list's, and a request walks ~1,000 entries."""
     if not pool:
         return np.zeros((0, len(FEATURES)), dtype=np.float64)
-    user = _user_features(moment, len(cands.sources), cands.trending)
+    user = user_features(moment, len(cands.sources), (item for item, _ in cands.trending))
     # One row per pooled item, every column at its "absent" value (see FEATURES).
     rows = [
-        [s.score, float(i), float(s.personalised), _REASON_CODE[s.reason.kind],
+        [s.score, float(i), float(s.personalised), REASON_CODE[s.reason.kind],
          0.0, 0.0, NAN, NAN, NAN, 0.0, 0.0, 0.0, NAN, 0.0, 0.0, 0.0, NAN, NAN,
          0.0, NAN, NAN, NAN, *user]
         for i, s in enumerate(pool)
@@ -320,9 +320,9 @@ def features(
     return np.array(rows, dtype=np.float64)
 
 
-def _user_features(
-    moment: Moment, n_sources: int, trending: Sequence[tuple[str, float]]
-) -> list[float]:
+def user_features(moment: Moment, n_sources: int, head: Iterable[str]) -> list[float]:
+    """The request's columns (history_len .. start_trend); ``head``: the trending
+    head's items."""
     history = moment.history
     if not history:
         return [0.0, float(n_sources), NAN, 1.0, 0.0, 0.0, NAN]
@@ -334,7 +334,7 @@ def _user_features(
     earlier = cut if new else cut[1:]
     start_trend = NAN
     if earlier:
-        head = {item for item, _ in trending}
+        head = set(head)
         start_trend = sum(visit[-1][1] in head for visit in earlier) / len(earlier)
     log_gap = math.log1p(gap_ms / 1000.0)
     return [float(len(history)), float(n_sources), log_gap, float(new), float(session),
@@ -490,7 +490,15 @@ class Ranker:
         """:meth:`rank` from a pool already drawn (``candidate_pool``)."""
         if k <= 0 or not pool:
             return []
-        model = self.scores(features(cands, pool, moment, cfg)).tolist()
+        return self.order(pool, features(cands, pool, moment, cfg), k)
+
+    def order(self, pool: Sequence[Scored], x: np.ndarray, k: int) -> list[Scored]:
+        """The best ``k`` of ``pool`` by the model's score of its feature matrix
+        ``x`` (``features``, or ``serving.ranker_fast.fast_features`` of the same
+        pool), ties on item id."""
+        if k <= 0 or not pool:
+            return []
+        model = self.scores(x).tolist()
         order = sorted(range(len(pool)), key=lambda i: (-model[i], pool[i].item_id))[:k]
         return [
             Scored(pool[i].item_id, model[i], pool[i].reason, pool[i].personalised) for i in order

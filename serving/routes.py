@@ -32,6 +32,7 @@ from serving.idempotency import Claim, fingerprint
 from serving.items import UserView
 from serving.metrics import EXPOSITION_TYPE
 from serving.ranker import Moment, extend_pool, ranker_of
+from serving.ranker_fast import fast_features
 from serving.reader import UserState
 from serving.schemas import (
     ERROR_RESPONSES,
@@ -253,13 +254,14 @@ def rank(
         items = state.cached.items
         if ranker is None:
             return fast_blend(user.candidates, exclude, size, cfg, items.vocab, rule)
-        first = fast_blend(user.candidates, exclude, ranker.size.pool, cfg, items.vocab, rule)
-        lists = replace(
-            items.lists(user, cfg.candidates_per_item), linear=linear, first_seen=first_seen
-        )
-        pool = extend_pool(first, lists, exclude, cfg, ranker.size, _allows(rule))
+        arrays, vocab = user.candidates, items.vocab
+        first = fast_blend(arrays, exclude, ranker.size.pool, cfg, vocab, rule)
+        # What the extras read: the sources, the trending head and the linear rows.
+        head = Candidates(user.sources, {}, {}, arrays.trending.row.pairs(vocab), linear=linear)
+        pool = extend_pool(first, head, exclude, cfg, ranker.size, _allows(rule))
         moment = Moment.of(user.clock, user.history, settings.session_gap_ms)
-        return ranker.rerank(pool, lists, size, cfg, moment)
+        x = fast_features(arrays, pool, moment, cfg, vocab, items.popularity, linear, first_seen)
+        return ranker.order(pool, x, size)
     # Ready-made lists from the index's cache (warmed with the trending head
     # when the index loads); a miss is one batched FAISS search.
     emb = (

@@ -75,6 +75,7 @@ class Scratch:
         self.best = np.zeros(size, dtype=np.float64)
         self.first = np.full(size, self.unset, dtype=np.int64)
         self.banned = np.zeros(size, dtype=bool)
+        self.slot = np.full(size, -1, dtype=np.int64)  # a code's row in a matrix, -1: none
 
     def __len__(self) -> int:
         return len(self.total)
@@ -105,8 +106,12 @@ class Vocab:
 
     def codes(self, items: Sequence[str]) -> np.ndarray:
         """Codes of ``items``, assigning new ones where needed."""
-        code = self.code
-        return np.array([code(i) for i in items], dtype=np.int64)
+        get = self._codes.get
+        found = [get(i) for i in items]
+        if None in found:
+            code = self.code
+            found = [code(i) for i in items]
+        return np.array(found, dtype=np.int64)
 
     def known(self, items: Collection[str]) -> list[int]:
         """Codes of the ``items`` that have one (an item without a code is in no row)."""
