@@ -35,8 +35,11 @@ Features of one candidate ``c`` for one request (``FEATURES``, in order):
   (a user who starts visits with what is popular is served best by it then).
 
 A missing value (an item in no co row has no co rank) is NaN, which the trees
-route on their own. Nothing here does I/O: the evaluation and the API call the
-same ``Ranker.rank`` on the same ``Candidates``.
+route on their own. Nothing here does I/O. The evaluation calls ``Ranker.rank``
+on the reference's ``Candidates``; the API builds the same pool with the fast
+blend and the same matrix from its item cache's arrays
+(``serving.ranker_fast.fast_features``, equal to :func:`features` value for
+value: tests/test_ranker_fast.py), then ``Ranker.order``, as ``rank`` does.
 
 The trees are scored by native code compiled from the model (lleaves, LLVM)
 once per loaded model, ~12x LightGBM's own predict on a request's ~130 rows;

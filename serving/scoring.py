@@ -35,7 +35,6 @@ distinct members.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -324,14 +323,21 @@ def _personal(
     negs = (-score[pool]).tolist()
     items = [names[c] for c in uniq[pool].tolist()]
     ranked = sorted(zip(negs, items, pool.tolist(), strict=True))[:k]
-    ends = list(accumulate(lengths))  # segment s holds positions [ends[s-1], ends[s])
-    terms, positions = contrib[winners], at[winners]
+    # Each pooled item's reason: the trending prior where it outweighs the item's
+    # largest term, else the segment of that term (segment s holds positions
+    # [ends[s-1], ends[s])), one Reason per segment.
+    ends = list(accumulate(lengths))
+    in_pool = pool.tolist()
+    by_trend = dict(zip(in_pool, (prior[pool] > contrib[winners][pool]).tolist(), strict=True))
+    segment = np.searchsorted(ends, at[winners][pool], side="right").tolist()
+    seg_of = dict(zip(in_pool, segment, strict=True))
+    reasons: dict[int, Reason] = {}
     out: list[Scored] = []
     for neg, item, i in ranked:
-        if prior[i] > terms[i]:
+        if by_trend[i]:
             reason = _TRENDING_REASON
         else:
-            s = bisect_right(ends, int(positions[i]))
-            reason = Reason(seg.kinds[s], seg.sources[s])
+            s = seg_of[i]
+            reason = reasons.get(s) or reasons.setdefault(s, Reason(seg.kinds[s], seg.sources[s]))
         out.append(Scored(item, -neg, reason))
     return out
