@@ -13,18 +13,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_scoring import ITEMS, as_arrays, cases, seeded_case
+from test_scoring import ITEMS, as_arrays, cases, replayed_requests, seeded_case
 
-from consumer.state import PartitionBatch, StoreConfig
-from evaluation.memory import MemoryState
-from evaluation.prequential import build_item_index
-from offline.job import OfflineSettings
-from producer.movielens import load_ratings, to_events
 from serving.blend import CO_CLICKED, SIMILAR, TRENDING, BlendConfig, Candidates, Reason, Scored
 from serving.items import as_lists
 from serving.ranker import FEATURES, Moment, PoolConfig, extend_pool, features
 from serving.ranker_fast import fast_features
-from serving.reader import ReadSpec
 from serving.scoring import Vocab, fast_blend
 
 MIN = 60_000
@@ -134,34 +128,20 @@ def test_an_empty_pool_and_a_user_with_nothing() -> None:
 def test_fast_features_equal_the_reference_on_movielens_state(movielens_dir: Path) -> None:
     """Replay 12,000 ratings; at every 10th of the next 6,000, both build the
     features of the API's pool (100 + 30) for that user."""
-    df = load_ratings(movielens_dir, limit=18_000)
-    events = list(to_events(df))
-    state = MemoryState(StoreConfig())
-    state.apply("t", [PartitionBatch(0, 0, 12_000, list(enumerate(events[:12_000])))])
-    index = build_item_index(df, events[12_000].ts, OfflineSettings(dim=16))
     cfg = BlendConfig()
-    spec = ReadSpec(history_len=50, n_sources=cfg.history_items, per_item=50, n_trend=100)
     vocab = Vocab()
     size = PoolConfig()
     compared = co_held = 0
-    for i in range(12_000, 18_000):
-        e = events[i]
-        if i % 10 == 0:
-            us = state.read_user(e.user_id, spec)
-            emb = index.similar_many(us.sources, cfg.candidates_per_item) if us.sources else {}
-            cands = Candidates(us.sources, us.co, emb, us.trending, us.pop)
-            arrays = as_arrays(cands, cfg, vocab)
-            lists = replace(
-                as_lists(arrays, vocab, us.pop.get, cfg.candidates_per_item),
-                first_seen=index.first_seen,
-            )
-            first = fast_blend(arrays, us.history_items, size.pool, cfg, vocab)
-            pool = extend_pool(first, lists, us.history_items, cfg, size)
-            moment = Moment.of(events[i - 1].ts, us.history, 30 * MIN)
-            x = compare(
-                cands, pool, us.history_items, cfg, moment, {}, dict(index.first_seen), vocab
-            )
-            compared += 1
-            co_held += int(np.count_nonzero(x[:, FEATURES.index("co_sources")]))
-        state.apply("t", [PartitionBatch(0, i, i + 1, [(i, e)])])
+    for req in replayed_requests(movielens_dir, 10):
+        us, cands, first_seen = req.state, req.cands, dict(req.index.first_seen)
+        arrays = as_arrays(cands, cfg, vocab)
+        lists = replace(
+            as_lists(arrays, vocab, us.pop.get, cfg.candidates_per_item), first_seen=first_seen
+        )
+        first = fast_blend(arrays, us.history_items, size.pool, cfg, vocab)
+        pool = extend_pool(first, lists, us.history_items, cfg, size)
+        moment = Moment.of(req.now_ms, us.history, 30 * MIN)
+        x = compare(cands, pool, us.history_items, cfg, moment, {}, first_seen, vocab)
+        compared += 1
+        co_held += int(np.count_nonzero(x[:, FEATURES.index("co_sources")]))
     assert compared == 600 and co_held > 10_000

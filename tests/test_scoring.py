@@ -8,7 +8,8 @@ state a replay of real MovieLens events builds.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,12 @@ from hypothesis import strategies as st
 from consumer.state import PartitionBatch, StoreConfig
 from evaluation.memory import MemoryState
 from evaluation.prequential import build_item_index
+from offline.index import ItemIndex
 from offline.job import OfflineSettings
 from producer.movielens import load_ratings, to_events
 from serving.blend import BlendConfig, Candidates, Scored, blend
 from serving.filters import CategoryRule, Filters
-from serving.reader import ReadSpec
+from serving.reader import ReadSpec, UserState
 from serving.scoring import (
     EMPTY_ROW,
     ArrayCandidates,
@@ -244,9 +246,20 @@ def test_an_empty_row_and_no_trending() -> None:
 
 
 # -- real cases ------------------------------------------------------------------------------
-@pytest.mark.realdata
-def test_fast_blend_equals_the_reference_on_movielens_state(movielens_dir: Path) -> None:
-    """Replay 12,000 ratings; at every 5th of the next 6,000, both rank for that user."""
+@dataclass(frozen=True)
+class Replayed:
+    """One request on MovieLens state: the user's read and the blend's inputs."""
+
+    at: int  # the event's position in the replay
+    state: UserState
+    cands: Candidates
+    index: ItemIndex
+    now_ms: int  # the newest event time the state holds
+
+
+def replayed_requests(movielens_dir: Path, every: int) -> Iterator[Replayed]:
+    """Replay 12,000 ratings; then, for every ``every``-th of the next 6,000, the
+    request of its user on the state before it (each event is applied after)."""
     df = load_ratings(movielens_dir, limit=18_000)
     events = list(to_events(df))
     state = MemoryState(StoreConfig())
@@ -254,18 +267,27 @@ def test_fast_blend_equals_the_reference_on_movielens_state(movielens_dir: Path)
     index = build_item_index(df, events[12_000].ts, OfflineSettings(dim=16))
     cfg = BlendConfig()
     spec = ReadSpec(history_len=50, n_sources=cfg.history_items, per_item=50, n_trend=100)
-    vocab = Vocab()
-    compared = personalised = 0
     for i in range(12_000, 18_000):
         e = events[i]
-        if i % 5 == 0:
+        if i % every == 0:
             us = state.read_user(e.user_id, spec)
             emb = index.similar_many(us.sources, cfg.candidates_per_item) if us.sources else {}
             cands = Candidates(us.sources, us.co, emb, us.trending, us.pop)
-            reference = blend(cands, us.history_items, 20, cfg)
-            fast = fast_blend(as_arrays(cands, cfg, vocab), us.history_items, 20, cfg, vocab)
-            assert_same(reference, fast)
-            compared += 1
-            personalised += any(s.personalised for s in reference)
+            yield Replayed(i, us, cands, index, events[i - 1].ts)
         state.apply("t", [PartitionBatch(0, i, i + 1, [(i, e)])])
+
+
+@pytest.mark.realdata
+def test_fast_blend_equals_the_reference_on_movielens_state(movielens_dir: Path) -> None:
+    """Replay 12,000 ratings; at every 5th of the next 6,000, both rank for that user."""
+    cfg = BlendConfig()
+    vocab = Vocab()
+    compared = personalised = 0
+    for req in replayed_requests(movielens_dir, 5):
+        seen = req.state.history_items
+        reference = blend(req.cands, seen, 20, cfg)
+        fast = fast_blend(as_arrays(req.cands, cfg, vocab), seen, 20, cfg, vocab)
+        assert_same(reference, fast)
+        compared += 1
+        personalised += any(s.personalised for s in reference)
     assert compared == 1200 and personalised > 1000
