@@ -42,7 +42,8 @@ blend and the same matrix from its item cache's arrays
 value: tests/test_ranker_fast.py), then ``Ranker.order``, as ``rank`` does.
 
 The trees are scored by native code compiled from the model (lleaves, LLVM)
-once per loaded model, ~12x LightGBM's own predict on a request's ~130 rows;
+once per loaded model, ~4x LightGBM's own predict on a request's ~130 rows
+(benchmarks/ranker_cost.py);
 where compiling fails, LightGBM predicts. The two agree within 1e-12
 (tests/test_ranker.py, property test), so the ranked lists are the same.
 """
