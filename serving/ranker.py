@@ -266,7 +266,7 @@ def features(
             if scale > 0:
                 for rank, (item, value) in enumerate(co_row):
                     r = at.get(item)
-                    if r is None or value <= 0:
+                    if r is None or not value > 0:  # NaN (a degenerate row) counts as absent
                         continue
                     norm = value / scale
                     r[4] += recency * norm
@@ -282,7 +282,7 @@ def features(
                     r[9] += 1.0
         for item, cos in list(cands.emb.get(src, ()))[:per_item]:
             r = at.get(item)
-            if r is None or cos <= 0:
+            if r is None or not cos > 0:  # so does a NaN cosine (a zero vector)
                 continue
             r[10] += recency * cos
             if cos > r[11]:

@@ -22,7 +22,9 @@ value is equal, not merely close (a tree splits on exact thresholds):
 As the reference, it reads the popularity of the pooled items that some
 source's co row holds (``serving.items.as_lists`` collects exactly those).
 tests/test_ranker_fast.py holds the two equal on thousands of random cases and
-on MovieLens state.
+on MovieLens state. Inputs must be what Redis and FAISS give: every row and
+the trending head have distinct members (as for ``serving.scoring``), and a
+pool lists each item once.
 """
 
 from __future__ import annotations

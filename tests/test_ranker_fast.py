@@ -145,3 +145,20 @@ def test_fast_features_equal_the_reference_on_movielens_state(movielens_dir: Pat
         compared += 1
         co_held += int(np.count_nonzero(x[:, FEATURES.index("co_sources")]))
     assert compared == 600 and co_held > 10_000
+
+
+def test_a_nan_in_a_row_counts_as_absent_in_both() -> None:
+    """A degenerate embedding (a zero vector) gives NaN cosines; neither path lets
+    one into a sum (the reference once did, the arrays never did)."""
+    nan = float("nan")
+    cands = Candidates(
+        ["i1", "i2"],
+        {"i1": [("i3", 4.0), ("i4", 1.0)]},
+        {"i1": [("i3", nan), ("i5", 0.5)], "i2": [("i5", nan)]},
+        [("i6", 3.0)],
+        {},
+    )
+    pool = [Scored(i, 1.0, Reason(SIMILAR, "i1")) for i in ("i3", "i4", "i5", "i6")]
+    x = compare(cands, pool, set(), BlendConfig(), Moment.of(None, [], MIN), {}, {})
+    emb_sum = x[:, FEATURES.index("emb_sum")]
+    assert emb_sum.tolist() == [0.0, 0.0, 0.5, 0.0]
