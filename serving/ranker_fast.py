@@ -62,14 +62,11 @@ def fast_features(
     names = vocab.names
     head = [names[c] for c in cands.trending.row.codes.tolist()]
     user = user_features(moment, len(cands.sources), head)
-    x = np.array(
-        [
-            [s.score, float(i), float(s.personalised), REASON_CODE[s.reason.kind]]
-            for i, s in enumerate(pool)
-        ],
-        dtype=np.float64,
-    )
-    x = np.concatenate([x, np.empty((n, _N - 4))], axis=1)
+    x = np.empty((n, _N), dtype=np.float64)
+    x[:, :4] = [
+        [s.score, float(i), float(s.personalised), REASON_CODE[s.reason.kind]]
+        for i, s in enumerate(pool)
+    ]
     x[:, 22:] = user
     codes = vocab.codes([s.item_id for s in pool])
     slot = vocab.scratch().slot
@@ -78,8 +75,9 @@ def fast_features(
         per_item = cfg.candidates_per_item
         recency = [cfg.recency_decay**p for p in range(len(cands.sources))]
         members = _co_columns(x, cands, slot, recency, per_item, cfg)
-        _near_columns(x, cands.emb, slot, recency, per_item, "emb")
-        _near_columns(x, cands.content, slot, recency, per_item, "content")
+        total, best, newest = _near(cands.emb, slot, recency, per_item, n)
+        x[:, _C["emb_sum"]], x[:, _C["emb_max"]], x[:, _C["emb_source"]] = total, best, newest
+        x[:, _C["content_sum"]] = _near(cands.content, slot, recency, per_item, n)[0]
         _trend_columns(x, cands.trending.row, slot)
     finally:
         slot[codes] = -1
@@ -101,20 +99,20 @@ def fast_features(
 
 def _segments(
     rows: Sequence[Row], per_item: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int]] | None:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int]] | None:
     """Every row's first ``per_item`` entries concatenated: codes, values, the
-    source position and the rank in its row of each entry, and the non-empty
-    rows' source positions (in order)."""
+    source position and the rank in its row of each entry, and where each
+    non-empty row's entries start and how many there are."""
     kept = [(p, row) for p, row in enumerate(rows) if len(row)]
     if not kept:
         return None
     codes = np.concatenate([row.codes[:per_item] for _, row in kept])
     values = np.concatenate([row.values[:per_item] for _, row in kept])
     lengths = [min(len(row), per_item) for _, row in kept]
-    starts = np.repeat(np.cumsum([0, *lengths[:-1]]), lengths)
+    starts = np.cumsum([0, *lengths[:-1]])
     source = np.repeat(np.asarray([p for p, _ in kept], dtype=np.int64), lengths)
-    rank = np.arange(len(codes), dtype=np.int64) - starts
-    return codes, values, source, rank, lengths
+    rank = np.arange(len(codes), dtype=np.int64) - np.repeat(starts, lengths)
+    return codes, values, source, rank, starts, lengths
 
 
 def _co_columns(
@@ -133,7 +131,7 @@ def _co_columns(
     seg = _segments(cands.co, per_item)
     if seg is None:
         return np.zeros(0, dtype=np.int64)
-    codes, raw, source, rank, lengths = seg
+    codes, raw, source, rank, starts, lengths = seg
     at = slot[codes]
     held_by_a_row = np.zeros(len(x), dtype=bool)
     held_by_a_row[at[at >= 0]] = True
@@ -141,7 +139,6 @@ def _co_columns(
     values = raw
     if cfg.pop_damping > 0 and cands.damping is not None:
         values = raw / cands.damping[codes]
-    starts = np.cumsum([0, *lengths[:-1]])
     scale = np.repeat(np.maximum.reduceat(values, starts), lengths)
     keep = (at >= 0) & (values > 0) & (scale > 0)
     if not keep.any():
@@ -169,41 +166,24 @@ def _co_columns(
     return members
 
 
-def _near_columns(
-    x: np.ndarray,
-    rows: Sequence[Row],
-    slot: np.ndarray,
-    recency: list[float],
-    per_item: int,
-    kind: str,
-) -> None:
-    """The embedding columns (sum, max, newest source) or content_sum."""
-    c = _C
-    cols = [c["emb_sum"], c["emb_max"]] if kind == "emb" else [c["content_sum"]]
-    x[:, cols] = 0.0
-    if kind == "emb":
-        x[:, c["emb_source"]] = NAN
+def _near(
+    rows: Sequence[Row], slot: np.ndarray, recency: list[float], per_item: int, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per matrix row, over the positive cosines of ``rows`` (embedding or content
+    neighbours): their decayed sum, the largest, the newest source (NaN: none)."""
+    total, best, newest = np.zeros(n), np.zeros(n), np.full(n, NAN)
     seg = _segments(rows, per_item)
     if seg is None:
-        return
-    codes, cos, source, _, _ = seg
+        return total, best, newest
+    codes, cos, source, _, _, _ = seg
     at = slot[codes]
     keep = (at >= 0) & (cos > 0)
     if not keep.any():
-        return
+        return total, best, newest
     at, cos, source = at[keep], cos[keep], source[keep]
-    term = np.asarray(recency, dtype=np.float64)[source] * cos
-    n = len(x)
-    total = np.zeros(n)
-    np.add.at(total, at, term)
-    if kind != "emb":
-        x[:, c["content_sum"]] = total
-        return
-    best = np.zeros(n)
+    np.add.at(total, at, np.asarray(recency, dtype=np.float64)[source] * cos)
     np.maximum.at(best, at, cos)
-    x[:, c["emb_sum"]] = total
-    x[:, c["emb_max"]] = best
-    x[:, c["emb_source"]] = _smallest(at, source, n)
+    return total, best, _smallest(at, source, n)
 
 
 def _smallest(at: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:

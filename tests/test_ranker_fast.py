@@ -23,6 +23,7 @@ from serving.scoring import Vocab, fast_blend
 
 MIN = 60_000
 Linear = dict[str, list[tuple[str, float]]]
+SMALL_POOL = PoolConfig(pool=12, trend_extra=5, linear_extra=3)  # a random case's pool
 
 
 def compare(
@@ -34,9 +35,10 @@ def compare(
     linear: Linear,
     first_seen: dict[str, int],
     vocab: Vocab | None = None,
+    size: PoolConfig = SMALL_POOL,
 ) -> np.ndarray:
-    """Both matrices for one request; ``pool`` None: the API's pool (the fast
-    blend's best, then the extras)."""
+    """Both matrices for one request; ``pool`` None: the API's pool of ``size``
+    (the fast blend's best, then the extras)."""
     if vocab is None:
         vocab = Vocab()
         vocab.codes(ITEMS[::3])  # a warm vocabulary, like a worker's
@@ -48,7 +50,6 @@ def compare(
         first_seen=first_seen,
     )
     if pool is None:
-        size = PoolConfig(pool=12, trend_extra=5, linear_extra=3)
         pool = extend_pool(
             fast_blend(arrays, exclude, size.pool, cfg, vocab), lists, exclude, cfg, size
         )
@@ -130,18 +131,14 @@ def test_fast_features_equal_the_reference_on_movielens_state(movielens_dir: Pat
     features of the API's pool (100 + 30) for that user."""
     cfg = BlendConfig()
     vocab = Vocab()
-    size = PoolConfig()
     compared = co_held = 0
     for req in replayed_requests(movielens_dir, 10):
-        us, cands, first_seen = req.state, req.cands, dict(req.index.first_seen)
-        arrays = as_arrays(cands, cfg, vocab)
-        lists = replace(
-            as_lists(arrays, vocab, us.pop.get, cfg.candidates_per_item), first_seen=first_seen
-        )
-        first = fast_blend(arrays, us.history_items, size.pool, cfg, vocab)
-        pool = extend_pool(first, lists, us.history_items, cfg, size)
+        us = req.state
         moment = Moment.of(req.now_ms, us.history, 30 * MIN)
-        x = compare(cands, pool, us.history_items, cfg, moment, {}, first_seen, vocab)
+        x = compare(
+            req.cands, None, us.history_items, cfg, moment, {}, dict(req.index.first_seen),
+            vocab, size=PoolConfig(),
+        )  # fmt: skip
         compared += 1
         co_held += int(np.count_nonzero(x[:, FEATURES.index("co_sources")]))
     assert compared == 600 and co_held > 10_000
