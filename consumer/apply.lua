@@ -17,7 +17,7 @@
 --   g: the group's tag
 --   o: [[offset field, expected next offset ('' = none), new next offset], ...]
 --   h: [[user, [entry, ... oldest first]], ...]     k: {partition: keep-from offset}
---   c: [[item, {neighbour: integer increment, ...}], ...]   cr, chl: row landmark, half-life
+--   c: [[item, [neighbour, ...], [integer increment, ...]], ...]   cr, chl: row landmark, half-life
 --   p: [item, increment, ...]   t: [item, weight, ...]   tr, thl: trend landmark, half-life
 --   s: [stat, increment, ...]   clock: the largest event time of the write
 -- Floats travel as strings, so nothing is rounded on the way (Lua's tostring
@@ -81,7 +81,7 @@ local function apply_one(d, tag, K)
   -- Counts are integers below 2^53, so Lua's doubles hold them exactly.
   for _, row in ipairs(rows) do
     local key = tag .. ':co:' .. row[1]
-    local incs = row[2]
+    local names, adds = row[2], row[3]
     local scale = 1
     if cref then
       local rref = redis.call('HGET', key, '/ref')
@@ -109,11 +109,8 @@ local function apply_one(d, tag, K)
     end
     -- One HMGET and one HSET per row, not one HINCRBY per pair: the call into
     -- Redis, not the hash update, is what a pair costs (benchmarks/ingest_profile.py).
-    local names, adds = {}, {}
-    for nb, inc in pairs(incs) do
-      names[#names + 1] = nb
-      adds[#adds + 1] = inc
-    end
+    -- Counts are formatted here: how Redis would write a Lua number depends on
+    -- its version (7.2 changed it), and readers parse integers.
     local args = {}
     for lo = 1, #names, 1000 do
       local hi = math.min(lo + 999, #names)

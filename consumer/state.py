@@ -54,6 +54,7 @@ import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -318,6 +319,16 @@ class Ingest:
     :class:`Pending`; ``flush`` writes that (when ``due``: ``delay_s`` after its
     first contribution, or when it grows past ``max_pairs``). The consumer calls
     ``flush`` before it gives partitions up and when it stops.
+
+    ``background``: a due flush's row and item-group writes go to Redis from a
+    thread of their own while this one folds the next polls (Redis works on the
+    rows while Python folds). At most one flush is in flight; its outcome is
+    taken (``_settle``) before the next flush is built, before positions are
+    read or forgotten, and by ``flush``, which always returns with everything
+    written. Until then the groups' stored offsets lag, which is safe: histories
+    keep more entries for a replay, and Kafka commits what every group has.
+    The flush's user-group writes (idle groups' offsets moving up) stay on this
+    thread, since the next poll's history writes expect those offsets.
     """
 
     def __init__(
@@ -329,6 +340,7 @@ class Ingest:
         max_pairs: int = 1_000_000,
         advance_every_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        background: bool = False,
     ) -> None:
         self.store = store
         self.topic = topic
@@ -347,6 +359,17 @@ class Ingest:
         self.pending = Pending()
         self._last_advance = -float("inf")
         self._rewound: dict[int, int | None] = {}
+        self._flusher = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-flush")
+            if background
+            else None
+        )
+        self._flushing: Future[list[tuple[GroupWrite, bool]]] | None = None
+
+    def close(self) -> None:
+        """Wait for the flush in flight (its outcome is left for the store to tell)."""
+        if self._flusher is not None:
+            self._flusher.shutdown(wait=True)
 
     # -- positions -------------------------------------------------------------
     def resume_offsets(self, partitions: Sequence[int]) -> Offsets:
@@ -370,6 +393,7 @@ class Ingest:
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Partitions given up (after a flush): their positions are read again if they return."""
+        self._abandon()
         for p in partitions:
             self.covered.pop(p, None)
             for group in self.stored.values():
@@ -378,6 +402,7 @@ class Ingest:
     def _load(self, partitions: Sequence[int]) -> None:
         if not partitions:
             return
+        self._settle()
         fresh = self.store.positions(self.topic, partitions)
         for tag in self._tags:
             group = fresh.get(tag, {})
@@ -430,7 +455,7 @@ class Ingest:
                 result.applied_events += len(batch.events)
                 result.rejected += len(batch.rejected)
         if self.due():
-            self._flush()
+            self._flush(False)
         return result
 
     def _fresh_part(self, batch: PartitionBatch) -> PartitionBatch:
@@ -623,6 +648,12 @@ class Ingest:
 
     # -- flush -----------------------------------------------------------------
     def due(self) -> bool:
+        """Whether :meth:`flush_if_due` has something to do."""
+        if self._flushing is not None and self._flushing.done():
+            return True  # take its outcome (and move Kafka commits up)
+        return self._pending_due()
+
+    def _pending_due(self) -> bool:
         pend = self.pending
         if pend.since is None:
             return self.clock() - self._last_advance >= self.advance_every_s and self._lagging()
@@ -634,16 +665,30 @@ class Ingest:
         )
 
     def flush(self) -> None:
-        """Write pending item state (and move idle groups' offsets up, now and then)."""
+        """Write pending item state now, and return with everything written (and move
+        idle groups' offsets up, now and then)."""
+        self._guarded(self._flush, True)
+
+    def flush_if_due(self) -> None:
+        """Take a finished background flush's outcome, and flush what is due
+        (in the background where enabled)."""
+        self._guarded(self._flush, False)
+
+    def _guarded(self, step: Callable[[bool], None], force: bool) -> None:
         try:
-            self._flush()
+            step(force)
+            if force:
+                self._settle()
         except Rewind:
             raise
         except BaseException:
             self._invalidate()
             raise
 
-    def _flush(self) -> None:
+    def _flush(self, force: bool) -> None:
+        self._settle()
+        if not force and not self._pending_due():
+            return
         keys = self.store.keys
         pend = self.pending
         now = self.clock()
@@ -663,18 +708,19 @@ class Ingest:
         rows: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
         for a, row in by_item.items():
             rows[keys.row_tag(a)][a] = row
-        first: list[GroupWrite] = []
+        rows_first: list[GroupWrite] = []
         for tag in self._row_tags:
             moved = offsets(tag)
             if moved and (tag in rows or advance):
-                first.append(
+                rows_first.append(
                     GroupWrite(tag, self.topic, moved, rows=rows.get(tag, {}), co_ref=pend.co_ref)
                 )
+        idle_users: list[GroupWrite] = []
         if advance:
             for tag in self._user_tags:
                 moved = offsets(tag)
                 if moved:
-                    first.append(GroupWrite(tag, self.topic, moved))
+                    idle_users.append(GroupWrite(tag, self.topic, moved))
         last: list[GroupWrite] = []
         moved = offsets(keys.item_tag)
         if moved and (not pend.empty() or advance):
@@ -690,20 +736,62 @@ class Ingest:
                     clock=pend.clock,
                 )
             )
-        # Rows before the item group: its stats say "applied", so a reader that
-        # waits for them finds the rows there.
-        for writes in (first, last):
-            if not writes:
-                continue
-            outcomes = self.store.write(writes)
-            for w, ok in zip(writes, outcomes, strict=True):
-                if ok:
-                    self._record(w)
-            if not all(outcomes):
-                self._conflict(owned, "an item-state write found its offsets moved")
         self.pending = Pending(co_ref=pend.co_ref, trend_ref=pend.trend_ref)
         if advance:
             self._last_advance = now
+        if idle_users:
+            self._take(self._write_in_order([idle_users]))
+        if not rows_first and not last:
+            return
+        if self._flusher is None:
+            self._take(self._write_in_order([rows_first, last]))
+        else:
+            self._flushing = self._flusher.submit(self._write_in_order, [rows_first, last])
+
+    def _write_in_order(self, stages: list[list[GroupWrite]]) -> list[tuple[GroupWrite, bool]]:
+        """Each stage's writes in one call, in order, stopping after a stage with a
+        refused write. Rows go before the item group: its stats say "applied", so
+        a reader that waits for them finds the rows there. Touches no state of
+        ``self`` but the store, so it may run on the flush thread."""
+        done: list[tuple[GroupWrite, bool]] = []
+        for writes in stages:
+            if not writes:
+                continue
+            outcomes = self.store.write(writes)
+            done.extend(zip(writes, outcomes, strict=True))
+            if not all(outcomes):
+                break
+        return done
+
+    def _take(self, done: list[tuple[GroupWrite, bool]]) -> None:
+        """Record the writes that landed; a refused one means someone else wrote."""
+        for w, ok in done:
+            if ok:
+                self._record(w)
+        if not all(ok for _, ok in done):
+            owned = [p for p, c in self.covered.items() if c is not None]
+            self._conflict(owned, "an item-state write found its offsets moved")
+
+    def settle(self) -> None:
+        """Wait for the flush in flight, if any, and take its outcome (raising what it
+        raised: a :class:`Rewind` when its offsets had moved)."""
+        self._guarded(lambda _: self._settle(), False)
+
+    def _settle(self) -> None:
+        """Take the outcome of the flush in flight, if any (raising what it raised)."""
+        future, self._flushing = self._flushing, None
+        if future is not None:
+            self._take(future.result())
+
+    def _abandon(self) -> None:
+        """Wait for the flush in flight and drop its outcome: positions are about to
+        be read again from the store, which knows what landed."""
+        future, self._flushing = self._flushing, None
+        if future is not None:
+            try:
+                future.result()
+            except Exception:  # already failing; the store's positions decide
+                log.debug("the flush in flight failed while its partitions were dropped")
 
 
 def _strip(history: list[Entry], firsts: dict[int, int]) -> list[Entry]:

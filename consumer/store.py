@@ -126,12 +126,8 @@ class RedisStateWriter(StateWriter):
             return []
         docs = [self._doc(w) for w in writes]
         if not isinstance(self.client, RedisCluster):
-            calls = _chunks(docs, writes)
-            pipe = self.client.pipeline(transaction=False)
-            for chunk in calls:
-                self._call(pipe, chunk)
-            outcomes = [int(x) for reply in pipe.execute() for x in reply]
-            return [x == 1 for x in outcomes]
+            replies = self._run(self.client, _chunks(docs, writes))
+            return [int(x) == 1 for reply in replies for x in reply]
         # redis-py's cluster pipeline refuses scripts, so each node gets a plain
         # pipeline of the groups whose slots it serves. A slot that moved answers
         # MOVED: the error reaches Ingest, which reads positions again, and the
@@ -144,19 +140,39 @@ class RedisStateWriter(StateWriter):
             nodes[node.name] = node
         out: list[bool] = [False] * len(writes)
         for name, idx in by_node.items():
-            pipe = self.client.get_redis_connection(nodes[name]).pipeline(transaction=False)
-            for i in idx:
-                self._call(pipe, [docs[i]])
-            for i, reply in zip(idx, pipe.execute(), strict=True):
+            node = self.client.get_redis_connection(nodes[name])
+            for i, reply in zip(idx, self._run(node, [[docs[i]] for i in idx]), strict=True):
                 out[i] = int(reply[0]) == 1
         return out
 
-    def _call(self, pipe: Any, docs: list[dict[str, Any]]) -> None:
-        self._apply(
-            keys=[Keyspace.offsets(docs[0]["g"])],
-            args=[orjson.dumps(docs), self._limits],
-            client=pipe,
-        )
+    def _run(self, client: redis.Redis, calls: list[list[dict[str, Any]]]) -> list[Any]:
+        """One script call per list of documents, pipelined in one round trip.
+
+        EVALSHA straight away: redis-py's registered scripts would ask SCRIPT EXISTS
+        first, a round trip per pipeline. A server that lacks the script (restarted,
+        or SCRIPT FLUSH) refuses those calls without running them; they are sent
+        again once the script is loaded."""
+        payloads = [(Keyspace.offsets(docs[0]["g"]), orjson.dumps(docs)) for docs in calls]
+        replies: list[Any] = [None] * len(payloads)
+        todo = list(range(len(payloads)))
+        for attempt in range(2):
+            pipe = client.pipeline(transaction=False)
+            for i in todo:
+                key, payload = payloads[i]
+                pipe.evalsha(self._apply.sha, 1, key, payload, self._limits)
+            missing = []
+            for i, reply in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(reply, redis.exceptions.NoScriptError) and attempt == 0:
+                    missing.append(i)
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    replies[i] = reply
+            if not missing:
+                break
+            client.script_load(_APPLY_LUA)
+            todo = missing
+        return replies
 
     def _doc(self, w: GroupWrite) -> dict[str, Any]:
         cfg = self.config
@@ -171,7 +187,9 @@ class RedisStateWriter(StateWriter):
             doc["h"] = [[u, [e.encode().decode() for e in new]] for u, new in w.histories]
             doc["k"] = {str(p): off for p, off in w.keep_from.items()}
         if w.rows:
-            doc["c"] = list(w.rows.items())  # [[item, {neighbour: increment}]]: orjson, in C
+            # [[item, [neighbour, ...], [increment, ...]], ...]: arrays, so the script
+            # neither walks a table to list them nor formats a number it stores.
+            doc["c"] = [[item, list(row), list(row.values())] for item, row in w.rows.items()]
             if w.co_ref is not None and cfg.co_half_life_ms is not None:
                 doc["cr"], doc["chl"] = w.co_ref, cfg.co_half_life_ms
         if w.pop:

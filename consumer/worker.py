@@ -132,6 +132,7 @@ class Worker:
             self.topic,
             delay_s=settings.item_delay_ms / 1000,
             max_pairs=settings.item_max_pairs,
+            background=True,
         )
         self._consumer: KafkaConsumer | None = None
         self._dlq: KafkaProducer | None = None
@@ -253,6 +254,7 @@ class Worker:
             except Exception:  # e.g. stopped while Redis was away: redelivered next time
                 log.exception("the batch in flight was not applied")
         self._applier.shutdown(wait=True)
+        self.ingest.close()
         if self._consumer is not None:
             try:
                 self._consumer.close(autocommit=False)
@@ -296,7 +298,7 @@ class Worker:
 
     def _flush(self) -> ApplyResult:
         with self.metrics.apply_seconds.labels("flush").time():
-            self._retry(self.ingest.flush, "Redis")
+            self._retry(self.ingest.flush_if_due, "Redis")
         return ApplyResult()
 
     def _finish(self) -> None:

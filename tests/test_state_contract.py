@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -652,9 +653,10 @@ def test_item_state_waits_for_the_delay_histories_do_not(make: Factory) -> None:
     assert b.writer.dump()["pop"]["c"] == 1.0
 
 
+@pytest.mark.parametrize("background", [False, True])
 @pytest.mark.parametrize("crash_after", [3, 11, 17])
 def test_a_crash_loses_held_back_state_and_the_restart_rebuilds_it(
-    make: Factory, crash_after: int
+    make: Factory, crash_after: int, background: bool
 ) -> None:
     config = Config(rules=SessionRules(pair_window=3, history_len=4))
     polls = _stream(400)
@@ -663,12 +665,14 @@ def test_a_crash_loses_held_back_state_and_the_restart_rebuilds_it(
         clean.writer.apply(TOPIC, [poll])
     crashed = make(config)
     clock = FakeClock()
-    first = Ingest(crashed.writer, TOPIC, delay_s=1.0, clock=clock)
+    first = Ingest(crashed.writer, TOPIC, delay_s=1.0, clock=clock, background=background)
     for k, poll in enumerate(polls[:crash_after]):
         clock.now = k * 0.3
         first.apply([poll])
-    # Killed: whatever `first` held back is gone. A new owner resumes.
-    second = Ingest(crashed.writer, TOPIC, delay_s=1.0, clock=clock)
+    # Killed: whatever `first` held back is gone (a flush in flight landed first;
+    # a zombie's that lands later is the rebalance tests' case). A new owner resumes.
+    first.close()
+    second = Ingest(crashed.writer, TOPIC, delay_s=1.0, clock=clock, background=background)
     resume = second.resume_offsets([0])[0]
     assert resume is not None and resume < polls[crash_after - 1].next_offset
     replay = [p.since(resume) for p in polls if p.next_offset > resume]
@@ -677,6 +681,7 @@ def test_a_crash_loses_held_back_state_and_the_restart_rebuilds_it(
         second.apply([poll])
     clock.now += 10
     second.flush()
+    second.close()
     got, want = crashed.writer.dump(), clean.writer.dump()
     for key in ("hist", "pop", "stats", "offsets"):
         assert got[key] == want[key], key
@@ -685,12 +690,11 @@ def test_a_crash_loses_held_back_state_and_the_restart_rebuilds_it(
         assert got["co"][item] == pytest.approx(row)
 
 
-class FailingAfter(StateWriter):
-    """A writer that, once armed, writes ``fail_after`` more group writes and then fails."""
+class Delegating(StateWriter):
+    """A writer that passes everything to ``inner``; subclasses change ``write``."""
 
     def __init__(self, inner: StateWriter) -> None:
         self.inner, self.config, self.keys = inner, inner.config, inner.keys
-        self.fail_after: int | None = None
 
     def positions(self, topic: str, partitions: Any) -> Any:
         return self.inner.positions(topic, partitions)
@@ -699,11 +703,6 @@ class FailingAfter(StateWriter):
         return self.inner.histories(users, n)
 
     def write(self, writes: Any) -> list[bool]:
-        if self.fail_after is not None:
-            if len(writes) > self.fail_after:
-                self.inner.write(writes[: self.fail_after])
-                raise ConnectionError("Redis went away mid-write")
-            self.fail_after -= len(writes)
         return self.inner.write(writes)
 
     def history_ttl(self, user: str) -> int | None:
@@ -713,9 +712,42 @@ class FailingAfter(StateWriter):
         return self.inner.dump()
 
 
+class FailingAfter(Delegating):
+    """A writer that, once armed, writes ``fail_after`` more group writes and then fails."""
+
+    def __init__(self, inner: StateWriter) -> None:
+        super().__init__(inner)
+        self.fail_after: int | None = None
+
+    def write(self, writes: Any) -> list[bool]:
+        if self.fail_after is not None:
+            if len(writes) > self.fail_after:
+                self.inner.write(writes[: self.fail_after])
+                raise ConnectionError("Redis went away mid-write")
+            self.fail_after -= len(writes)
+        return self.inner.write(writes)
+
+
+class HoldingItemWrites(Delegating):
+    """A writer whose item-state writes (rows, item group) wait until ``release`` is set."""
+
+    def __init__(self, inner: StateWriter) -> None:
+        super().__init__(inner)
+        self.holding, self.release = threading.Event(), threading.Event()
+        self.held: list[GroupWrite] = []
+
+    def write(self, writes: Any) -> list[bool]:
+        if any(w.rows or w.stats for w in writes):
+            self.held.extend(writes)
+            self.holding.set()
+            assert self.release.wait(30), "never released"
+        return self.inner.write(writes)
+
+
+@pytest.mark.parametrize("background", [False, True])
 @pytest.mark.parametrize("fail_after", [0, 1, 5, 30])
 def test_a_flush_cut_short_resumes_each_group_where_it_stopped(
-    make: Factory, fail_after: int
+    make: Factory, fail_after: int, background: bool
 ) -> None:
     config = Config(rules=SessionRules(pair_window=3, history_len=4))
     polls = _stream(300, seed=9)
@@ -725,11 +757,12 @@ def test_a_flush_cut_short_resumes_each_group_where_it_stopped(
     b = make(config)
     failing = FailingAfter(b.writer)
     clock = FakeClock()
-    first = Ingest(failing, TOPIC, delay_s=1.0, clock=clock)
+    first = Ingest(failing, TOPIC, delay_s=1.0, clock=clock, background=background)
     cut = len(polls) // 2
     for k, poll in enumerate(polls[:cut]):
         clock.now = k * 0.2
         first.apply([poll])
+    first.settle()  # a flush in flight lands whole; the next one is cut short
     failing.fail_after = fail_after
     clock.now += 5
     try:
@@ -775,3 +808,56 @@ def test_a_second_owner_of_a_partition_makes_the_first_rewind(make: Factory) -> 
     with pytest.raises(Rewind):
         one.apply([PartitionBatch(0, 3, 6, recs[3:])])
     assert b.writer.dump()["stats"]["events"] == 6
+
+
+def _held_flush(make: Factory) -> tuple[Backend, HoldingItemWrites, Ingest, list[PartitionBatch]]:
+    """A background Ingest whose first flush is held in the store, and the polls after it."""
+    config = Config(rules=SessionRules(pair_window=3, history_len=4))
+    polls = _stream(200, seed=3)
+    b = make(config)
+    holding = HoldingItemWrites(b.writer)
+    clock = FakeClock()
+    ingest = Ingest(holding, TOPIC, delay_s=1.0, clock=clock, background=True)
+    ingest.apply([polls[0]])
+    clock.now = 1.0
+    ingest.apply([polls[1]])  # due: the flush goes to the flush thread and is held there
+    assert holding.holding.wait(30)
+    return b, holding, ingest, polls[2:]
+
+
+def test_a_background_flush_lets_the_next_polls_through(make: Factory) -> None:
+    config = Config(rules=SessionRules(pair_window=3, history_len=4))
+    clean = make(config)
+    for poll in _stream(200, seed=3):
+        clean.writer.apply(TOPIC, [poll])
+    b, holding, ingest, rest = _held_flush(make)
+    for poll in rest:  # each written while the flush waits (they would block behind it)
+        ingest.apply([poll])
+    state = b.writer.dump()
+    assert state["hist"] == clean.writer.dump()["hist"]  # every poll's clicks are there
+    assert state["pop"] == {} and state["stats"].get("events", 0) == 0
+    holding.release.set()
+    ingest.clock.now += 10  # type: ignore[attr-defined]  # idle groups' offsets move up too
+    ingest.flush()
+    ingest.close()
+    got, want = b.writer.dump(), clean.writer.dump()
+    for key in ("hist", "pop", "stats", "offsets"):
+        assert got[key] == want[key], key
+    for item, row in want["co"].items():
+        assert got["co"][item] == pytest.approx(row)
+
+
+def test_a_background_flush_refused_makes_the_next_call_rewind(make: Factory) -> None:
+    b, holding, ingest, rest = _held_flush(make)
+    ingest.apply([rest[0]])
+    # Meanwhile a second owner moves one of the held groups' offsets.
+    w = holding.held[0]
+    assert b.writer.write([GroupWrite(w.tag, TOPIC, w.offsets)]) == [True]
+    holding.release.set()
+    with pytest.raises(Rewind) as caught:
+        ingest.flush()
+    ingest.close()
+    # The held flush was the first: the groups that refused it (and the item group,
+    # never reached) hold nothing of the partition, so it is read from the start.
+    assert caught.value.offsets == {0: -1}
+    assert b.writer.dump()["pop"] == {}
