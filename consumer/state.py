@@ -60,13 +60,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from consumer.fastfold import PairCounts, fast_fold
 from consumer.logic import (
     CO_EPOCH_HALF_LIVES,
     CO_SCALE,
     Entry,
     SessionRules,
     StateDelta,
-    fold,
     landmark,
     trend_weights,
 )
@@ -299,7 +299,7 @@ def durable(positions: dict[str, Offsets], partitions: Iterable[int]) -> Offsets
 class Pending:
     """Item state folded but not yet written: aggregated across polls."""
 
-    co: dict[tuple[str, str], int] = field(default_factory=dict)
+    co: PairCounts = field(default_factory=PairCounts)
     co_ref: int | None = None
     pop: dict[str, float] = field(default_factory=dict)
     trend: dict[str, float] = field(default_factory=dict)
@@ -520,18 +520,19 @@ class Ingest:
                 seg = batch.between(lo, hi)
                 positions = [(p, o) for o, _ in seg.events]
                 # Every row group lacks the segment (the usual case): pairs are
-                # added straight into pending, saving a merge per pair.
+                # added straight into pending, saving a filter per row.
                 direct = all(self._lacks(tag, p, lo) for tag in self._row_tags)
-                delta = fold(
+                pairs = pend.co if direct else PairCounts()
+                delta = fast_fold(
                     [e for _, e in seg.events],
                     histories,
                     cfg.rules,
-                    StateDelta(co=pend.co) if direct else None,  # type: ignore[arg-type]
+                    pairs,
                     co_decay=co_decay,
                     positions=positions,
                 )
                 histories.update(delta.histories)
-                self._take_items(p, lo, seg, delta)
+                self._take_items(p, lo, seg, delta, pairs)
                 for user, new_hist in delta.histories.items():
                     tag = keys.user_tag(user)
                     if not self._lacks(tag, p, lo):
@@ -579,8 +580,7 @@ class Ingest:
             ref = landmark(max_ts, cfg.co_half_life_ms, CO_EPOCH_HALF_LIVES)
             if pend.co_ref is None or ref > pend.co_ref:
                 if pend.co_ref is not None and pend.co:
-                    factor = 2.0 ** ((pend.co_ref - ref) / cfg.co_half_life_ms)
-                    pend.co = {pair: rebase(v, factor) for pair, v in pend.co.items()}
+                    pend.co.rebase(2.0 ** ((pend.co_ref - ref) / cfg.co_half_life_ms))
                 pend.co_ref = ref
         ref = landmark(max_ts, cfg.half_life_ms)
         if pend.trend_ref is None or ref > pend.trend_ref:
@@ -599,17 +599,16 @@ class Ingest:
         for p, (_, nxt) in w.offsets.items():
             self.stored[w.tag][p] = nxt
 
-    def _take_items(self, p: int, lo: int, seg: PartitionBatch, delta: StateDelta) -> None:
+    def _take_items(
+        self, p: int, lo: int, seg: PartitionBatch, delta: StateDelta, pairs: PairCounts
+    ) -> None:
         """Add what the groups that lack segment [lo, ...) need to pending (pairs
         folded straight into pending's are there already)."""
         keys = self.store.keys
         pend = self.pending
-        co, co_get = pend.co, pend.co.get
-        if delta.co is not co:
+        if pairs is not pend.co:
             behind = {tag for tag in self._row_tags if self._lacks(tag, p, lo)}
-            for pair, w in delta.co.items():
-                if keys.row_tag(pair[0]) in behind:
-                    co[pair] = co_get(pair, 0) + w
+            pend.co.add_rows_of(pairs, lambda item: keys.row_tag(item) in behind)
         if self._lacks(keys.item_tag, p, lo):
             pop, pop_get = pend.pop, pend.pop.get
             for item, n in delta.pop.items():
@@ -657,7 +656,7 @@ class Ingest:
         pend = self.pending
         if pend.since is None:
             return self.clock() - self._last_advance >= self.advance_every_s and self._lagging()
-        return self.clock() - pend.since >= self.delay_s or len(pend.co) >= self.max_pairs
+        return self.clock() - pend.since >= self.delay_s or pend.co.at_least(self.max_pairs)
 
     def _lagging(self) -> bool:
         return any(
@@ -669,15 +668,15 @@ class Ingest:
         idle groups' offsets up, now and then)."""
         self._guarded(self._flush, True)
 
-    def flush_if_due(self) -> None:
-        """Take a finished background flush's outcome, and flush what is due
-        (in the background where enabled)."""
-        self._guarded(self._flush, False)
+    def flush_if_due(self, *, wait: bool = False) -> None:
+        """Take a finished background flush's outcome, and flush what is due: in the
+        background where enabled, unless ``wait`` (nothing else to do meanwhile)."""
+        self._guarded(self._flush, False, wait)
 
-    def _guarded(self, step: Callable[[bool], None], force: bool) -> None:
+    def _guarded(self, step: Callable[[bool], None], force: bool, wait: bool = True) -> None:
         try:
             step(force)
-            if force:
+            if wait:
                 self._settle()
         except Rewind:
             raise
@@ -699,14 +698,8 @@ class Ingest:
             stored = self.stored[tag]
             return {p: (stored.get(p), c) for p, c in owned.items() if stored.get(p) != c}
 
-        by_item: dict[str, dict[str, float]] = {}
-        for (a, b), inc in pend.co.items():
-            row = by_item.get(a)
-            if row is None:
-                row = by_item[a] = {}
-            row[b] = inc
         rows: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
-        for a, row in by_item.items():
+        for a, row in pend.co.rows().items():
             rows[keys.row_tag(a)][a] = row
         rows_first: list[GroupWrite] = []
         for tag in self._row_tags:
@@ -775,7 +768,7 @@ class Ingest:
     def settle(self) -> None:
         """Wait for the flush in flight, if any, and take its outcome (raising what it
         raised: a :class:`Rewind` when its offsets had moved)."""
-        self._guarded(lambda _: self._settle(), False)
+        self._guarded(lambda _: self._settle(), False, False)
 
     def _settle(self) -> None:
         """Take the outcome of the flush in flight, if any (raising what it raised)."""

@@ -297,8 +297,10 @@ class Worker:
             return self._retry(lambda: self.ingest.apply(batches), "Redis")
 
     def _flush(self) -> ApplyResult:
+        """The flush of an idle moment (no poll to overlap it with): written before
+        the next drain, so Kafka commits follow at once."""
         with self.metrics.apply_seconds.labels("flush").time():
-            self._retry(self.ingest.flush_if_due, "Redis")
+            self._retry(lambda: self.ingest.flush_if_due(wait=True), "Redis")
         return ApplyResult()
 
     def _finish(self) -> None:
