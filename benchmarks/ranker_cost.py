@@ -94,8 +94,9 @@ def main() -> None:
             t2 = time.perf_counter()
             linear = index.linear_rows(cands.sources, per_item)
             t3 = time.perf_counter()
-            head = Candidates(cands.sources, {}, {}, cands.trending.row.pairs(vocab), linear=linear)
-            pool = extend_pool(first, head, seen, cfg, size)
+            trend = cands.trending  # as serving.routes.rank: pairs and norms made per head
+            head = Candidates(cands.sources, {}, {}, trend.pairs, linear=linear)
+            pool = extend_pool(first, head, seen, cfg, size, None, trend.norms)
             t4 = time.perf_counter()
             x = fast_features(cands, pool, moment, cfg, vocab, pop, linear, first_seen)
             t5 = time.perf_counter()

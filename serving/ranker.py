@@ -56,7 +56,7 @@ import math
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -175,16 +175,18 @@ def extend_pool(
     cfg: BlendConfig,
     size: PoolConfig,
     allow: Callable[[str], bool] | None = None,
+    trend_norm: Mapping[str, float] | None = None,
 ) -> list[Scored]:
     """``first`` (the blend's best ``size.pool``, from either scorer), the
-    trending extras after it, then the linear model's."""
+    trending extras after it, then the linear model's. ``trend_norm``: the
+    trending list's ``trend_norms`` where the caller holds them already."""
     if size.trend_extra <= 0 and size.linear_extra <= 0:
         return first
     banned = set(exclude)
     banned.update(cands.sources)
     out = list(first)
     if size.trend_extra > 0:
-        norm = trend_norms(cands.trending)
+        norm = trend_norms(cands.trending) if trend_norm is None else trend_norm
         want = len(first) + size.trend_extra
         out = fill_with_trending(out, cands.trending, norm, banned, want, cfg.w_trend, allow)
     if size.linear_extra > 0 and cands.linear:

@@ -257,8 +257,9 @@ def rank(
         arrays, vocab = user.candidates, items.vocab
         first = fast_blend(arrays, exclude, ranker.size.pool, cfg, vocab, rule)
         # What the extras read: the sources, the trending head and the linear rows.
-        head = Candidates(user.sources, {}, {}, arrays.trending.row.pairs(vocab), linear=linear)
-        pool = extend_pool(first, head, exclude, cfg, ranker.size, _allows(rule))
+        trend = arrays.trending  # its pairs and norms are made once per trending head
+        head = Candidates(user.sources, {}, {}, trend.pairs, linear=linear)
+        pool = extend_pool(first, head, exclude, cfg, ranker.size, _allows(rule), trend.norms)
         moment = Moment.of(user.clock, user.history, settings.session_gap_ms)
         x = fast_features(arrays, pool, moment, cfg, vocab, items.popularity, linear, first_seen)
         return ranker.order(pool, x, size)

@@ -176,6 +176,11 @@ class TrendPrior:
     # w_trend · score / top for listed codes, 0 elsewhere; one extra trailing 0
     # answers for codes assigned after it was built (they are not listed).
     prior: np.ndarray
+    # The list as (item, score) and serving.blend.trend_norms of it: what the
+    # ranker's trending extras read (serving.ranker.extend_pool), made once per
+    # trending head rather than once per request.
+    pairs: list[tuple[str, float]]
+    norms: dict[str, float]
 
     def of(self, codes: np.ndarray) -> np.ndarray:
         return self.prior[np.minimum(codes, len(self.prior) - 1)]
@@ -188,7 +193,8 @@ def trend_prior(row: Row, w_trend: float, vocab: Vocab) -> TrendPrior:
         top = float(row.values.max())
         if top > 0:
             prior[row.codes] = w_trend * (np.maximum(row.values, 0.0) / top)
-    return TrendPrior(row, prior)
+    pairs = row.pairs(vocab)
+    return TrendPrior(row, prior, pairs, trend_norms(pairs))
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_scoring import ITEMS, as_arrays, cases, replayed_requests, seeded_case
 
-from serving.blend import CO_CLICKED, SIMILAR, TRENDING, BlendConfig, Candidates, Reason, Scored
+from serving.blend import (
+    CO_CLICKED,
+    SIMILAR,
+    TRENDING,
+    BlendConfig,
+    Candidates,
+    Reason,
+    Scored,
+    trend_norms,
+)
 from serving.items import as_lists
 from serving.ranker import FEATURES, Moment, PoolConfig, extend_pool, features
 from serving.ranker_fast import fast_features
@@ -50,9 +59,13 @@ def compare(
         first_seen=first_seen,
     )
     if pool is None:
-        pool = extend_pool(
-            fast_blend(arrays, exclude, size.pool, cfg, vocab), lists, exclude, cfg, size
-        )
+        first = fast_blend(arrays, exclude, size.pool, cfg, vocab)
+        pool = extend_pool(first, lists, exclude, cfg, size)
+        # The API's way: the trending head's pairs and norms made once per head.
+        trend = arrays.trending
+        assert trend.norms == trend_norms(lists.trending)
+        head = Candidates(lists.sources, {}, {}, trend.pairs, linear=linear)
+        assert extend_pool(first, head, exclude, cfg, size, None, trend.norms) == pool
     expected = features(lists, pool, moment, cfg)
     got = fast_features(arrays, pool, moment, cfg, vocab, popularity, linear, first_seen)
     assert got.shape == expected.shape == (len(pool), len(FEATURES))
