@@ -55,6 +55,10 @@ class PairCounts:
         self._incs: list[np.ndarray] = []
         self._held = 0  # entries held: at least the number of distinct pairs
         self._summed = True  # the arrays hold each pair once
+        # What a sum could reach (the absolute increments added): past int64's
+        # reach, the counts become Python integers, as the reference's are.
+        self._bound = 0
+        self._wide = False
 
     def code(self, item: str) -> int:
         c = self.codes.get(item)
@@ -66,8 +70,13 @@ class PairCounts:
     def add(self, keys: np.ndarray, incs: np.ndarray) -> None:
         """Add increments for packed pairs (``row << 32 | neighbour``)."""
         if len(keys):
+            if incs.dtype != object:
+                self._bound += int(np.abs(incs).max()) * len(incs)
+            if not self._wide and (incs.dtype == object or self._bound >= _INT_LIMIT):
+                self._incs = [x.astype(object) for x in self._incs]
+                self._wide = True
             self._keys.append(keys)
-            self._incs.append(incs)
+            self._incs.append(incs.astype(object) if self._wide else incs)
             self._held += len(keys)
             self._summed = False
 

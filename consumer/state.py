@@ -384,6 +384,8 @@ class Ingest:
             if floor is None:
                 nothing = all(group.get(p) is None for group in self.stored.values())
                 floor = None if nothing else -1
+                if floor == -1:
+                    self._rewound[p] = -1  # the next batch of p is its beginning
             out[p] = floor
         return out
 
@@ -462,6 +464,16 @@ class Ingest:
         """What of the batch some group still needs; a gap in front of it rewinds."""
         p = batch.partition
         covered = self.covered.get(p)
+        if (
+            covered is None
+            and batch.first_offset > 0
+            and self._rewound.get(p) != -1
+            and any(self.stored[tag].get(p) is not None for tag in self._tags)
+        ):
+            # Some groups hold part of p and some none of it (a first flush that
+            # failed or was cut short): those need p from its beginning.
+            self._rewound[p] = -1
+            raise Rewind({p: -1}, f"partition {p}: some groups hold none of it")
         if covered is not None and batch.first_offset > covered:
             if self._rewound.get(p) == covered:
                 # Asked for once already and the broker still starts later: the

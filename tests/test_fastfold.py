@@ -207,3 +207,29 @@ def test_pair_counts_rebase_of_python_integers_rounds_as_the_reference() -> None
         ("a", "b"): math.floor((2**70 + 12345) * 0.3 + 0.5),
         ("a", "c"): 1,
     }
+
+
+def test_sums_past_int64_are_exact() -> None:
+    """Each increment fits an int64 but their sum does not (the largest weight the
+    validator accepts, late in a decay epoch, thousands of times): Python integers."""
+    from consumer.logic import CO_EPOCH_HALF_LIVES, landmark
+    from consumer.state import StoreConfig
+    from core.events import MAX_WEIGHT
+
+    cfg = StoreConfig()
+    hl = cfg.co_half_life_ms
+    assert hl is not None
+    ref = landmark(T0, hl, CO_EPOCH_HALF_LIVES)
+    t = ref + int(15.9 * hl)
+    events = [
+        ClickEvent("u", "ab"[k % 2], t + k * 1000, "purchase", MAX_WEIGHT) for k in range(3400)
+    ]
+    want = fold(events, {}, cfg.rules, co_decay=(ref, hl)).co
+    assert max(want.values()) > 2**63
+    whole, polls = PairCounts(), PairCounts()
+    fast_fold(events, {}, cfg.rules, whole, co_decay=(ref, hl))
+    stored: dict[str, list[Entry]] = {}
+    for lo in range(0, len(events), 500):
+        d = fast_fold(events[lo : lo + 500], stored, cfg.rules, polls, co_decay=(ref, hl))
+        stored.update(d.histories)
+    assert whole.as_mapping() == dict(want) == polls.as_mapping()

@@ -728,6 +728,58 @@ class FailingAfter(Delegating):
         return self.inner.write(writes)
 
 
+class FailingItemWrites(Delegating):
+    """A writer whose first ``times`` item-state writes (rows, item group) fail."""
+
+    def __init__(self, inner: StateWriter, times: int) -> None:
+        super().__init__(inner)
+        self.times = times
+
+    def write(self, writes: Any) -> list[bool]:
+        if self.times and any(w.rows or w.stats for w in writes):
+            self.times -= 1
+            raise ConnectionError("Redis went away mid-flush")
+        return self.inner.write(writes)
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_first_flush_that_fails_reads_the_partition_again_from_its_start(
+    make: Factory, background: bool
+) -> None:
+    """The user groups hold the first polls, the row and item groups nothing: the
+    poll retried after the failure rewinds to the beginning, and the replay
+    gives the item state its first events too (found by review: they were lost)."""
+    config = Config(rules=SessionRules(pair_window=3, history_len=50))
+    polls = _stream(150, seed=4)
+    clean = make(config)
+    for poll in polls:
+        clean.writer.apply(TOPIC, [poll])
+    b = make(config)
+    clock = FakeClock()
+    ingest = Ingest(
+        FailingItemWrites(b.writer, 1), TOPIC, delay_s=1.0, clock=clock, background=background
+    )
+    ingest.apply([polls[0]])
+    clock.now = 1.0
+    with pytest.raises(ConnectionError):
+        ingest.apply([polls[1]])  # the flush this poll makes due fails: now or when taken
+        ingest.settle()
+    with pytest.raises(Rewind) as caught:
+        ingest.apply([polls[1]])  # what the worker's retry does
+    assert caught.value.offsets == {0: -1}
+    for poll in polls:  # read from the beginning
+        ingest.apply([poll])
+    clock.now += 10
+    ingest.flush()
+    ingest.close()
+    got, want = b.writer.dump(), clean.writer.dump()
+    for key in ("hist", "pop", "stats", "offsets"):
+        assert got[key] == want[key], key
+    assert got["co"].keys() == want["co"].keys()
+    for item, row in want["co"].items():
+        assert got["co"][item] == pytest.approx(row)
+
+
 class HoldingItemWrites(Delegating):
     """A writer whose item-state writes (rows, item group) wait until ``release`` is set."""
 
