@@ -672,7 +672,10 @@ class Ingest:
 
     def _lagging(self) -> bool:
         return any(
-            self.stored[tag].get(p) != c for tag in self._tags for p, c in self.covered.items()
+            _before(self.stored[tag].get(p), c)
+            for tag in self._tags
+            for p, c in self.covered.items()
+            if c is not None
         )
 
     def flush(self) -> None:
@@ -707,8 +710,10 @@ class Ingest:
         owned = {p: c for p, c in self.covered.items() if c is not None}
 
         def offsets(tag: str) -> dict[int, tuple[int | None, int]]:
+            # Forward only: a group ahead of what we cover (a replay still on its
+            # way past it) keeps its offset, or the replay would apply to it again.
             stored = self.stored[tag]
-            return {p: (stored.get(p), c) for p, c in owned.items() if stored.get(p) != c}
+            return {p: (stored.get(p), c) for p, c in owned.items() if _before(stored.get(p), c)}
 
         rows: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
         for a, row in pend.co.rows().items():
@@ -797,6 +802,11 @@ class Ingest:
                 future.result()
             except Exception:  # already failing; the store's positions decide
                 log.debug("the flush in flight failed while its partitions were dropped")
+
+
+def _before(stored: int | None, covered: int) -> bool:
+    """Whether a group's stored offset is behind what the consumer covers."""
+    return stored is None or stored < covered
 
 
 def _strip(history: list[Entry], firsts: dict[int, int]) -> list[Entry]:

@@ -780,6 +780,46 @@ def test_a_first_flush_that_fails_reads_the_partition_again_from_its_start(
         assert got["co"][item] == pytest.approx(row)
 
 
+@pytest.mark.parametrize("background", [False, True])
+def test_a_flush_before_the_replay_passes_a_group_leaves_its_offsets(
+    make: Factory, background: bool
+) -> None:
+    """After a crash the user groups are ahead of the row and item groups; a flush
+    that comes due before the replay has passed them (an idle moment at once) must
+    not move their offsets back, or the replay pushes their entries twice (found
+    by review)."""
+    config = Config(rules=SessionRules(pair_window=3, history_len=50))
+    polls = _stream(200, seed=8)
+    clean = make(config)
+    for poll in polls:
+        clean.writer.apply(TOPIC, [poll])
+    b = make(config)
+    clock = FakeClock()
+    first = Ingest(b.writer, TOPIC, delay_s=1.0, clock=clock, background=background)
+    for k, poll in enumerate(polls[:12]):
+        clock.now = k * 0.3
+        first.apply([poll])
+    first.close()  # killed with histories written past the last item flush
+    second = Ingest(b.writer, TOPIC, delay_s=1.0, clock=clock, background=background)
+    resume = second.resume_offsets([0])[0]
+    assert resume is not None
+    clock.now = 50.0
+    second.flush_if_due(wait=True)  # the worker's idle flush, before any replayed poll
+    second.flush()  # and a forced one (a revocation): neither moves an offset back
+    for poll in polls:
+        if poll.next_offset > resume:
+            clock.now += 0.3
+            second.apply([poll.since(resume)])
+    clock.now += 10
+    second.flush()
+    second.close()
+    got, want = b.writer.dump(), clean.writer.dump()
+    for key in ("hist", "pop", "stats", "offsets"):
+        assert got[key] == want[key], key
+    for item, row in want["co"].items():
+        assert got["co"][item] == pytest.approx(row)
+
+
 class HoldingItemWrites(Delegating):
     """A writer whose item-state writes (rows, item group) wait until ``release`` is set."""
 
