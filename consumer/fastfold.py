@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from consumer.logic import CO_SCALE, Entry, SessionRules, StateDelta
+from consumer.logic import CO_SCALE, Entry, SessionRules, StateDelta, count_item
 from core.events import ClickEvent
 from core.feedback import RATING
 
@@ -198,8 +198,6 @@ def fast_fold(
     work: dict[str, list[Entry]] = {}
     mine: dict[str, list[int]] = {}  # user -> its events, in order
     added = out.added
-    pop, trend_ts, trend_w = out.pop, out.trend_ts, out.trend_w
-    pop_get = pop.get
     max_ts = out.max_ts
     pos = None
     event_weights = [0.0] * n
@@ -240,21 +238,7 @@ def fast_fold(
             del h[:-cap]
         if neg:
             continue
-        stamps = trend_ts.get(item)
-        if stamps is None:
-            stamps = trend_ts[item] = []
-        stamps.append(ts)
-        pop[item] = pop_get(item, 0) + wt
-        if wt == 1.0:
-            if trend_w:
-                weights = trend_w.get(item)
-                if weights is not None:
-                    weights.append(1.0)
-        else:
-            weights = trend_w.get(item)
-            if weights is None:
-                weights = trend_w[item] = [1.0] * (len(stamps) - 1)
-            weights.append(wt)
+        count_item(out, item, ts, wt)
 
     # Lay each user's block out: the newest `window` entries it started with, then
     # its batch events, in order.

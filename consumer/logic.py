@@ -212,7 +212,7 @@ def fold(
     linear = rules.linear_pair_weights
     fwd = rules.forward_weight
     work: dict[str, list[Entry]] = {}
-    co, pop, trend_ts, trend_w, added = out.co, out.pop, out.trend_ts, out.trend_w, out.added
+    co, added = out.co, out.added
     feedback = rules.feedback
     weigh = feedback.weight
     # The common cases inline (a dict lookup, not a method call): an event whose
@@ -221,7 +221,6 @@ def fold(
     type_get, default_w = feedback.type_weights.get, feedback.default_weight
     negative_types = feedback.negative_types
     flat_ratings = feedback.rating_negative_below is None and not feedback.rating_pivot
-    pop_get = pop.get
     # dict.get, not Counter's ``+=``: a missing key would call Counter.__missing__
     # in Python, and most pairs of a batch are new (~17 updates per event).
     co_get = co.get
@@ -294,21 +293,7 @@ def fold(
             del h[:-cap]
         if neg:
             continue
-        stamps = trend_ts.get(item)
-        if stamps is None:
-            stamps = trend_ts[item] = []
-        stamps.append(ts)
-        pop[item] = pop_get(item, 0) + wt
-        if wt == 1.0:
-            if trend_w:
-                weights = trend_w.get(item)
-                if weights is not None:
-                    weights.append(1.0)
-        else:
-            weights = trend_w.get(item)
-            if weights is None:
-                weights = trend_w[item] = [1.0] * (len(stamps) - 1)
-            weights.append(wt)
+        count_item(out, item, ts, wt)
     for user, h in work.items():
         out.histories[user] = h[: -cap - 1 : -1]
         if added[user] > cap:
@@ -317,6 +302,27 @@ def fold(
     out.pairs += pairs
     out.max_ts = max_ts
     return out
+
+
+def count_item(out: StateDelta, item: str, ts: int, wt: float) -> None:
+    """An event of positive weight ``wt`` on ``item``: its popularity and its
+    trending time stamp (and weight, once any of the item's events does not weigh 1)."""
+    stamps = out.trend_ts.get(item)
+    if stamps is None:
+        stamps = out.trend_ts[item] = []
+    stamps.append(ts)
+    out.pop[item] = out.pop.get(item, 0) + wt
+    trend_w = out.trend_w
+    if wt == 1.0:
+        if trend_w:
+            weights = trend_w.get(item)
+            if weights is not None:
+                weights.append(1.0)
+    else:
+        weights = trend_w.get(item)
+        if weights is None:
+            weights = trend_w[item] = [1.0] * (len(stamps) - 1)
+        weights.append(wt)
 
 
 def landmark(ts: int, half_life_ms: int, epoch_half_lives: int = EPOCH_HALF_LIVES) -> int:
