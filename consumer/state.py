@@ -434,14 +434,27 @@ class Ingest:
         live = [b for b in batches if b.next_offset > b.first_offset]
         self._load(sorted({b.partition for b in live if b.partition not in self.covered}))
         todo: list[PartitionBatch] = []
+        rewinds: list[Rewind] = []
         for batch in live:
-            fresh = self._fresh_part(batch)
+            try:
+                fresh = self._fresh_part(batch)
+            except Rewind as asked:
+                rewinds.append(asked)
+                continue
             result.skipped_events += len(batch.events) - len(fresh.events)
             if fresh.next_offset > fresh.first_offset:
                 todo.append(fresh)
             else:  # every group has all of it
                 covered = self.covered.get(batch.partition)
                 self.covered[batch.partition] = max(covered or 0, batch.next_offset)
+        if rewinds:
+            # Nothing of this poll is written: every partition in it is read
+            # again, from where its batch started unless a rewind says otherwise
+            # (the consumer's position is past them all).
+            offsets: dict[int, int | None] = {b.partition: b.first_offset for b in todo}
+            for named in (r.offsets for r in rewinds):
+                offsets.update(named)
+            raise Rewind(offsets, "; ".join(str(r) for r in rewinds))
         if todo:
             writes = self._plan(todo)
             outcomes = self.store.write(writes)

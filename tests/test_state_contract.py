@@ -818,6 +818,26 @@ def test_a_flush_before_the_replay_passes_a_group_leaves_its_offsets(
     _same_as_clean(b, clean, all_rows=False)
 
 
+def test_a_rewind_names_every_partition_of_the_poll(make: Factory) -> None:
+    """A poll that cannot be applied is read again whole: the consumer's position
+    is past all of its partitions, not only the first one found wanting (found by
+    review: the others' item state was then skipped as if gone from the topic)."""
+    b = make(Config())
+    ingest = Ingest(FailingItemWrites(b.writer, 1), TOPIC, delay_s=0.0)
+
+    def poll(lo: int, hi: int) -> list[PartitionBatch]:
+        return [
+            PartitionBatch(p, lo, hi, [(o, click(f"u{p}", f"i{o}", T0 + o)) for o in range(lo, hi)])
+            for p in (0, 1, 2)
+        ]
+
+    with pytest.raises(ConnectionError):
+        ingest.apply(poll(0, 3))  # histories written, the flush due at once fails
+    with pytest.raises(Rewind) as caught:
+        ingest.apply(poll(3, 6))
+    assert caught.value.offsets == {0: -1, 1: -1, 2: -1}
+
+
 class HoldingItemWrites(Delegating):
     """A writer whose item-state writes (rows, item group) wait until ``release`` is set."""
 
