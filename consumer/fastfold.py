@@ -26,12 +26,11 @@ MovieLens. Counts are integers, so the order they are summed in cannot matter.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from consumer.logic import CO_SCALE, Entry, SessionRules, StateDelta, count_item
+from consumer.logic import CO_SCALE, Entry, SessionRules, StateDelta, count_item, rebase
 from core.events import ClickEvent
 from core.feedback import RATING
 
@@ -112,10 +111,10 @@ class PairCounts:
         return self._held > 0
 
     def rebase(self, factor: float) -> None:
-        """Every count times ``factor``, rounded as ``consumer.state.rebase``."""
+        """Every count times ``factor``, rounded as ``consumer.logic.rebase``."""
         keys, incs = self._sum()
         if incs.dtype == object:
-            moved = np.array([math.floor(v * factor + 0.5) for v in incs.tolist()], dtype=object)
+            moved = np.array([rebase(v, factor) for v in incs.tolist()], dtype=object)
         else:
             moved = np.floor(incs.astype(np.float64) * factor + 0.5).astype(np.int64)
         self._keys, self._incs = [keys], [moved]
@@ -146,12 +145,10 @@ class PairCounts:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         if self._summed:
             return self._keys[0], self._incs[0]
-        else:
-            allkeys = np.concatenate(self._keys)
-            allincs = np.concatenate(self._incs)
-            keys, inverse = np.unique(allkeys, return_inverse=True)
-            incs = np.zeros(len(keys), dtype=allincs.dtype)
-            np.add.at(incs, inverse, allincs)
+        allincs = np.concatenate(self._incs)
+        keys, inverse = np.unique(np.concatenate(self._keys), return_inverse=True)
+        incs = np.zeros(len(keys), dtype=allincs.dtype)
+        np.add.at(incs, inverse, allincs)
         self._keys, self._incs = [keys], [incs]
         self._held, self._summed = len(keys), True
         return keys, incs

@@ -17,6 +17,7 @@ feedback (weight 0) is recorded in the history, flagged, and pairs with nothing.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -302,6 +303,11 @@ def fold(
     out.pairs += pairs
     out.max_ts = max_ts
     return out
+
+
+def rebase(count: float, factor: float) -> int:
+    """A fixed-point co count moved to a later landmark (apply.lua rounds the same way)."""
+    return math.floor(count * factor + 0.5)
 
 
 def count_item(out: StateDelta, item: str, ts: int, wt: float) -> None:

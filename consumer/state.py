@@ -50,7 +50,6 @@ from __future__ import annotations
 import abc
 import itertools
 import logging
-import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -232,11 +231,6 @@ class StateWriter(abc.ABC):
         if ingest is None:
             ingest = ingests[topic] = Ingest(self, topic, delay_s=0.0, advance_every_s=0.0)
         return ingest.apply(batches)
-
-
-def rebase(count: float, factor: float) -> int:
-    """A fixed-point co count moved to a later landmark (apply.lua rounds the same way)."""
-    return math.floor(count * factor + 0.5)
 
 
 def rows_at(

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from consumer.logic import Entry
+from consumer.logic import Entry, rebase
 from consumer.state import (
     GroupWrite,
     Offsets,
@@ -37,7 +37,6 @@ from consumer.state import (
     StoreConfig,
     dump_offsets,
     keep_for_replay,
-    rebase,
     rows_at,
 )
 from core.keyspace import Keyspace

@@ -17,8 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consumer.fastfold import PairCounts, fast_fold
-from consumer.logic import Entry, SessionRules, StateDelta, fold
-from consumer.state import rebase
+from consumer.logic import Entry, SessionRules, StateDelta, fold, rebase
 from core.events import ClickEvent
 from core.feedback import Feedback
 
