@@ -353,6 +353,8 @@ class Ingest:
         self.pending = Pending()
         self._last_advance = -float("inf")
         self._rewound: dict[int, int | None] = {}
+        # partition -> (next offset, user -> history): a replay's folded histories
+        self._carry: dict[int, tuple[int, dict[str, list[Entry]]]] = {}
         self._flusher = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-flush")
             if background
@@ -387,13 +389,22 @@ class Ingest:
         """Per owned partition, what every group has stored (what Kafka may commit)."""
         return durable(self.stored, self.covered)
 
-    def forget(self, partitions: Iterable[int]) -> None:
-        """Partitions given up (after a flush): their positions are read again if they return."""
-        self._abandon()
-        for p in partitions:
+    def forget(self, partitions: Iterable[int]) -> set[int]:
+        """Partitions given up (after a flush): their positions are read again if they
+        return. Item state still held back cannot be told apart by partition, so it
+        goes too, with every partition it covers (the store's offsets are behind all
+        of them): returns those the caller did not name, to read them again."""
+        given_up = set(partitions)
+        landed = self._drop_flush()
+        if not landed or not self.pending.empty():
+            self.pending = Pending()
+            given_up |= set(self.covered)
+        for p in given_up:
             self.covered.pop(p, None)
+            self._carry.pop(p, None)
             for group in self.stored.values():
                 group.pop(p, None)
+        return given_up - set(partitions)
 
     def _load(self, partitions: Sequence[int]) -> None:
         if not partitions:
@@ -522,9 +533,12 @@ class Ingest:
         users = sorted({e.user_id for b in batches for _, e in b.events})
         window = cfg.rules.pair_window
         base = self.store.histories(users, None if replay else window)
+        carry = self._carried(batches, replay)
         if replay:
             firsts = {b.partition: b.first_offset for b in batches if b.partition in replay}
             base = {u: _strip(h, firsts) for u, h in base.items()}
+            for carried in carry.values():
+                base.update((u, carried[u]) for u in base.keys() & carried.keys())
         co_decay = (
             (pend.co_ref, cfg.co_half_life_ms)
             if cfg.co_half_life_ms is not None and pend.co_ref is not None
@@ -562,6 +576,11 @@ class Ingest:
                 stored = self.stored[tag].get(p)
                 if stored is None or stored < batch.next_offset:
                     offsets[tag][p] = (stored, batch.next_offset)
+        for batch in batches:
+            if batch.partition in carry:
+                carried = carry[batch.partition]
+                carried.update((e.user_id, histories[e.user_id]) for _, e in batch.events)
+                self._carry[batch.partition] = (batch.next_offset, carried)
         keep_from = {p: self._item_floor(p) for p in {b.partition for b in batches}}
         writes = [
             GroupWrite(
@@ -575,6 +594,20 @@ class Ingest:
             if offsets[tag]
         ]
         return writes
+
+    def _carried(
+        self, batches: list[PartitionBatch], replay: set[int]
+    ) -> dict[int, dict[str, list[Entry]]]:
+        """Per replayed partition, the histories its replay has folded so far (user ->
+        newest first), where this poll goes on from the last: the store lacks what an
+        original poll with more than history_len events of a user never pushed, and
+        a replay may be cut into other polls. Every other carry is dropped."""
+        out: dict[int, dict[str, list[Entry]]] = {}
+        for b in batches:
+            nxt, carried = self._carry.pop(b.partition, (None, {}))
+            if b.partition in replay:
+                out[b.partition] = carried if nxt == b.first_offset else {}
+        return out
 
     def _segments(self, batch: PartitionBatch) -> list[tuple[int, int]]:
         """The batch cut at every group's stored offset inside it: within a segment,
@@ -800,15 +833,21 @@ class Ingest:
         if future is not None:
             self._take(future.result())
 
-    def _abandon(self) -> None:
-        """Wait for the flush in flight and drop its outcome: positions are about to
-        be read again from the store, which knows what landed."""
+    def _drop_flush(self) -> bool:
+        """Wait for the flush in flight and record what of it landed; False when some
+        of it did not (refused, or failed: then the store's positions decide)."""
         future, self._flushing = self._flushing, None
-        if future is not None:
-            try:
-                future.result()
-            except Exception:  # already failing; the store's positions decide
-                log.debug("the flush in flight failed while its partitions were dropped")
+        if future is None:
+            return True
+        try:
+            done = future.result()
+        except Exception:  # already failing; the store's positions decide
+            log.debug("the flush in flight failed while partitions were given up")
+            return False
+        for w, ok in done:
+            if ok:
+                self._record(w)
+        return all(ok for _, ok in done)
 
 
 def _before(stored: int | None, covered: int) -> bool:

@@ -312,13 +312,25 @@ class Worker:
         self._commit()
 
     def hand_over(self, partitions: list[int]) -> None:
-        """Partitions revoked: finish the batch in flight and write what is held back."""
+        """Partitions revoked: finish the batch in flight and write what is held back.
+
+        A batch in flight that had to rewind was not applied, but what the polls
+        before it hold back is still written. Partitions kept whose state could
+        not be written are read again from the store's offsets."""
+        kept: set[int] = set()
         try:
-            self.drain(commit=False)
+            try:
+                self.drain(commit=False)
+            except Rewind as rewind:
+                kept = set(rewind.offsets) - set(partitions)
+                log.warning("the batch in flight at a hand-over rewinds: %s", rewind)
             self._retry(self.ingest.flush, "Redis")
         except Rewind as rewind:
             log.warning("partitions handed over with their last writes refused: %s", rewind)
-        self.ingest.forget(partitions)
+            kept |= set(rewind.offsets) - set(partitions)
+        kept |= self.ingest.forget(partitions)
+        if kept and self._consumer is not None:
+            self.seek_to_stored([TopicPartition(self.topic, p) for p in sorted(kept)])
 
     def _drain_or_rewind(self) -> None:
         try:

@@ -963,3 +963,106 @@ def test_a_background_flush_refused_makes_the_next_call_rewind(make: Factory) ->
     # never reached) hold nothing of the partition, so it is read from the start.
     assert caught.value.offsets == {0: -1}
     assert b.writer.dump()["pop"] == {}
+
+
+def _two_partitions(n: int, seed: int) -> list[PartitionBatch]:
+    """Two partitions' streams (disjoint users, as Kafka's key gives), polls interleaved."""
+    polls = []
+    for p in (0, 1):
+        for poll in _stream(n, seed=seed + p):
+            events = [(o, ClickEvent(f"p{p}{e.user_id}", e.item_id, e.ts)) for o, e in poll.events]
+            polls.append(PartitionBatch(p, poll.first_offset, poll.next_offset, events))
+    return sorted(polls, key=lambda poll: (poll.first_offset, poll.partition))
+
+
+def _replay(ingest: Ingest, polls: list[PartitionBatch], resume: dict[int, int | None]) -> None:
+    """Apply ``polls`` from where ``resume`` says (None or -1: from the beginning)."""
+    for poll in polls:
+        start = resume.get(poll.partition)
+        if start is None or start < 0:
+            start = 0
+        if poll.next_offset > start:
+            ingest.apply([poll.since(start)])
+
+
+@pytest.mark.parametrize("background", [False, True])
+@pytest.mark.parametrize("given_up", [[0], [0, 1]])
+def test_partitions_given_up_with_item_state_held_back_are_read_again(
+    make: Factory, given_up: list[int], background: bool
+) -> None:
+    """Found by review: a hand-over whose flush was skipped (the poll in flight had to
+    rewind) forgot the partitions but kept the item state held back for them; the
+    replay from the store's offsets then counted those events twice. What is held
+    cannot be told apart by partition, so every partition it covers is given up
+    with it, and forget names the ones the caller did not (to read them again)."""
+    config = Config(rules=SessionRules(pair_window=3, history_len=4))
+    polls = _two_partitions(200, seed=4)
+    clean = make(config)
+    for poll in polls:
+        clean.writer.apply(TOPIC, [poll])
+    b = make(config)
+    clock = FakeClock()
+    ingest = Ingest(b.writer, TOPIC, delay_s=1.0, clock=clock, background=background)
+    cut = len(polls) // 2
+    for k, poll in enumerate(polls[:cut]):
+        clock.now = k * 0.3
+        ingest.apply([poll])
+    ahead = [p for p in polls[cut:] if p.partition == 0][1]  # one poll of 0 skipped
+    with pytest.raises(Rewind):  # a gap: the poll in flight is not applied
+        ingest.apply([ahead])
+    ingest.settle()
+    assert not ingest.pending.empty()  # what the hand-over did not write
+    also = ingest.forget(given_up)
+    assert also == {0, 1} - set(given_up)
+    resume = ingest.resume_offsets([0, 1])
+    _replay(ingest, [p for p in polls if p.next_offset > 0], resume)
+    clock.now += 100
+    ingest.flush()
+    ingest.close()
+    _same_as_clean(b, clean)
+
+
+def _recut(polls: list[PartitionBatch], seed: int) -> list[PartitionBatch]:
+    """The same events of one partition cut into polls of other sizes."""
+    rnd = random.Random(seed)
+    events = [pair for poll in polls for pair in poll.events]
+    out, k = [], 0
+    while k < len(events):
+        chunk = events[k : k + rnd.randint(1, 13)]
+        out.append(PartitionBatch(0, chunk[0][0], chunk[-1][0] + 1, chunk))
+        k += len(chunk)
+    return out
+
+
+@pytest.mark.parametrize("background", [False, True])
+@pytest.mark.parametrize("crash_after", [6, 17])
+def test_a_replay_cut_into_other_polls_pairs_as_the_clean_pass(
+    make: Factory, crash_after: int, background: bool
+) -> None:
+    """Found by review: an original poll holding more than history_len events of one
+    user pushes only the newest history_len of them, so a replay whose polls are cut
+    elsewhere found none of that user's earlier events in the store to pair with.
+    The replay carries its own folded histories until it has passed every group."""
+    config = Config(rules=SessionRules(pair_window=3, history_len=4))
+    polls = _stream(400, seed=12)
+    clean = make(config)
+    for poll in polls:
+        clean.writer.apply(TOPIC, [poll])
+    crashed = make(config)
+    clock = FakeClock()
+    first = Ingest(crashed.writer, TOPIC, delay_s=1.0, clock=clock, background=background)
+    for k, poll in enumerate(polls[:crash_after]):
+        clock.now = k * 0.3
+        first.apply([poll])
+    first.close()  # killed with item state held back
+    second = Ingest(crashed.writer, TOPIC, delay_s=1.0, clock=clock, background=background)
+    resume = second.resume_offsets([0])[0]
+    assert resume is not None
+    start = max(resume, 0)
+    for k, poll in enumerate(_recut([p.since(start) for p in polls if p.next_offset > start], 7)):
+        clock.now = 100 + k * 0.3
+        second.apply([poll])
+    clock.now += 10
+    second.flush()
+    second.close()
+    _same_as_clean(crashed, clean)
