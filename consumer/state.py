@@ -386,8 +386,9 @@ class Ingest:
         return out
 
     def durable_offsets(self) -> Offsets:
-        """Per owned partition, what every group has stored (what Kafka may commit)."""
-        return durable(self.stored, self.covered)
+        """Per owned partition, what every group has stored (what Kafka may commit).
+        Safe to call while another thread applies: it iterates copies."""
+        return durable({tag: dict(group) for tag, group in self.stored.items()}, list(self.covered))
 
     def forget(self, partitions: Iterable[int]) -> set[int]:
         """Partitions given up (after a flush): their positions are read again if they

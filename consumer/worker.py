@@ -445,10 +445,11 @@ class Worker:
 
     def _report_positions(self) -> None:
         """Per owned partition: lag (high watermark minus the next offset to apply)
-        and what every group has stored, for the metrics; no broker round trip."""
+        and what every group has stored, for the metrics; no broker round trip. The
+        applier may be writing meanwhile: the ingest's positions are read as copies."""
         assert self._consumer is not None
         owned = {tp.partition: tp for tp in self._consumer.assignment() if tp.topic == self.topic}
-        covered = self.ingest.covered
+        covered = dict(self.ingest.covered)
         lag = {}
         for p, tp in owned.items():
             high = self._consumer.highwater(tp)
