@@ -36,7 +36,15 @@ from offline.index import ItemIndex
 from offline.job import OfflineSettings
 from producer.frame import to_events
 from serving.blend import BlendConfig, Candidates
-from serving.ranker import FEATURES, Moment, PoolConfig, Ranker, candidate_pool, features
+from serving.ranker import (
+    FEATURES,
+    Moment,
+    PoolConfig,
+    Ranker,
+    candidate_pool,
+    features,
+    ranker_of,
+)
 from serving.settings import ServingSettings
 
 log = logging.getLogger("streamrec.ranker")
@@ -257,7 +265,7 @@ def build_index(
         report = {k: v for k, v in trained[1].as_dict().items() if k != "seconds"}
         log.info("ranker trained in %.1f s", trained[1].seconds)
         shipped = (trained[0].to_text(), report)
-    return job.build_index(
+    index = job.build_index(
         df,
         artifacts_dir,
         cfg,
@@ -266,3 +274,7 @@ def build_index(
         source=source,
         ranker=shipped,
     )
+    # The trees compiled once here, kept in the version's directory: each API
+    # worker that loads the version then reads them instead of compiling.
+    ranker_of(index)
+    return index

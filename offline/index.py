@@ -111,6 +111,9 @@ class ItemIndex:
         )
         # The learned ranker's model as text (serving.ranker reads it), or None.
         self.ranker_model = ranker_model
+        # The version's directory when loaded from one (serving.ranker keeps the
+        # trees it compiles from the model there), else None.
+        self.directory: Path | None = None
         # The session linear model's rows (offline.linear), or None.
         self.linear = linear
         self._ids = item_ids
@@ -385,7 +388,9 @@ class ItemIndex:
                 f"index in {directory} is unreadable: {exc}", hint=BUILD_HINT
             ) from exc
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        return cls(ids, vectors, index, catalogue, manifest, ranker_model, linear, first_ms)
+        loaded = cls(ids, vectors, index, catalogue, manifest, ranker_model, linear, first_ms)
+        loaded.directory = directory
+        return loaded
 
 
 def _check_consistent(manifest: Manifest, ids: list[str], index: faiss.Index) -> None:

@@ -145,6 +145,7 @@ def build_index(
         before_ts=before_ts,
     )
     version_dir = publish(index, artifacts_dir, keep=cfg.keep_versions)
+    index.directory = version_dir
     log.info(
         "published index %s: %d items, dim %d, %d catalogued, ranker %s, %.2f s, at %s",
         index.version,

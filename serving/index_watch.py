@@ -25,23 +25,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _load_or_none(artifacts_dir: Path, hot: list[str], k: int) -> ItemIndex | None:
+def _load_or_none(artifacts_dir: Path, hot: list[str], k: int, ranked: bool) -> ItemIndex | None:
     try:
         index = load_current(artifacts_dir)
     except IndexNotFound as exc:
         log.warning("%s", exc)  # says which: nothing published, or unreadable
         return None
-    _warm(index, hot, k)
+    _warm(index, hot, k, ranked)
     return index
 
 
-def _load_warm(artifacts_dir: Path, hot: list[str], k: int) -> ItemIndex:
+def _load_warm(artifacts_dir: Path, hot: list[str], k: int, ranked: bool) -> ItemIndex:
     index = load_current(artifacts_dir)
-    _warm(index, hot, k)
+    _warm(index, hot, k, ranked)
     return index
 
 
-def _warm(index: ItemIndex, hot: list[str], k: int) -> None:
+def _warm(index: ItemIndex, hot: list[str], k: int, ranked: bool) -> None:
     """Fill the index's neighbour cache for the hot items, before any request sees it.
 
     Runs in the loader thread: one batched FAISS search here instead of a cold
@@ -52,9 +52,10 @@ def _warm(index: ItemIndex, hot: list[str], k: int) -> None:
         # the list outgrows it the hottest items are the ones that stay.
         index.similar_many(hot[::-1], k)
     index.content  # noqa: B018 - builds the content neighbours here, not in a request
-    # The learned ranker's trees, parsed and compiled here; a version whose model
-    # does not parse fails to load (ValueError) and the current one stays.
-    ranker_of(index)
+    # The learned ranker's trees, parsed and (where the API ranks with them)
+    # compiled here; a version whose model does not parse fails to load
+    # (ValueError) and the current one stays.
+    ranker_of(index, compile=ranked)
 
 
 async def _hot_items(state: AppState) -> list[str]:
@@ -74,7 +75,11 @@ async def load_initial(state: AppState) -> None:
     hot = await _hot_items(state)
     try:
         index = await asyncio.to_thread(
-            _load_or_none, artifacts, hot, state.settings.blend.candidates_per_item
+            _load_or_none,
+            artifacts,
+            hot,
+            state.settings.blend.candidates_per_item,
+            state.settings.ranker,
         )
     except Exception:
         # A corrupt artifact must not keep the API down: co-occurrence and
@@ -106,7 +111,11 @@ async def poll_once(state: AppState) -> bool:
     hot = await _hot_items(state)
     try:
         new = await asyncio.to_thread(
-            _load_warm, artifacts, hot, state.settings.blend.candidates_per_item
+            _load_warm,
+            artifacts,
+            hot,
+            state.settings.blend.candidates_per_item,
+            state.settings.ranker,
         )
     except IndexNotFound:
         if await asyncio.to_thread(current_version, artifacts) != version:

@@ -43,16 +43,22 @@ value: tests/test_ranker_fast.py), then ``Ranker.order``, as ``rank`` does.
 
 The trees are scored by native code compiled from the model (lleaves, LLVM)
 once per loaded model, ~4x LightGBM's own predict on a request's ~130 rows
-(benchmarks/ranker_cost.py);
-where compiling fails, LightGBM predicts. The two agree within 1e-12
+(benchmarks/ranker_cost.py). Compiling costs seconds of CPU, so the object
+code is kept in the index version's directory, named by what it was compiled
+from and for (the model, lleaves and llvmlite, the host CPU) and by its own
+digest, which is checked before it loads (~10 ms): ``build-index`` compiles
+once, and each API worker that loads the version, at start or at a swap,
+reads it; where compiling fails, LightGBM predicts. The two agree within 1e-12
 (tests/test_ranker.py, property test), so the ranked lists are the same.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import tempfile
 import threading
 import weakref
@@ -356,10 +362,68 @@ _BY_INDEX: weakref.WeakKeyDictionary[ItemIndex, Ranker | None] = weakref.WeakKey
 _BY_INDEX_LOCK = threading.Lock()
 
 
-def ranker_of(index: ItemIndex) -> Ranker | None:
+_TREES_PREFIX = "ranker-trees-"
+
+
+def _trees_key(model_text: str) -> str:
+    """What compiled object code depends on: the model, the compiler, the CPU."""
+    import lleaves
+    import llvmlite
+    import llvmlite.binding as llvm
+
+    h = hashlib.sha256(model_text.encode())
+    for part in (
+        getattr(lleaves, "__version__", "?"),
+        llvmlite.__version__,
+        llvm.get_host_cpu_name(),
+        llvm.get_host_cpu_features().flatten(),
+    ):
+        h.update(b"\0" + str(part).encode())
+    return h.hexdigest()[:24]
+
+
+def _cached_trees(cache_dir: Path, model_text: str) -> Path | None:
+    """The object code compiled earlier from this model for this machine, if a file
+    holds it whole: its name ends in its own digest, checked here, since lleaves
+    loads it without any check (a truncated or foreign file would crash)."""
+    key = _trees_key(model_text)
+    for path in sorted(cache_dir.glob(f"{_TREES_PREFIX}{key}-*.o")):
+        digest = path.stem.rsplit("-", 1)[-1]
+        try:
+            if hashlib.sha256(path.read_bytes()).hexdigest()[:24] == digest:
+                return path
+        except OSError:
+            continue
+        log.warning("removing %s: its content does not match its name", path)
+        path.unlink(missing_ok=True)
+    return None
+
+
+def _keep_trees(cache_dir: Path, model_text: str, compiled: Path) -> None:
+    """Keep freshly compiled object code in ``cache_dir`` (written whole, then
+    renamed), for the next process that loads this version; a directory it may
+    not write (a read-only volume) only costs that process a compile."""
+    try:
+        data = compiled.read_bytes()
+        name = f"{_TREES_PREFIX}{_trees_key(model_text)}-{hashlib.sha256(data).hexdigest()[:24]}.o"
+        fd, tmp = tempfile.mkstemp(prefix=".trees-", dir=cache_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, cache_dir / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        log.info("compiled ranker trees not kept in %s: %s", cache_dir, exc)
+
+
+def ranker_of(index: ItemIndex, *, compile: bool = True) -> Ranker | None:
     """The learned ranker an index version carries (None: the blend ranks
-    alone), parsed and compiled once per index (the API's loader thread does it
-    first). A model that does not parse raises ValueError; one another release
+    alone), parsed once per index and (unless ``compile`` is false: an API
+    with the ranker off) compiled, from the version directory's object code
+    where an earlier process left it (the API's loader thread does it first).
+    A model that does not parse raises ValueError; one another release
     trained (other features) is set aside, logged: the blend ranks until the
     next build ships a model of this release."""
     with _BY_INDEX_LOCK:
@@ -372,7 +436,9 @@ def ranker_of(index: ItemIndex) -> Ranker | None:
         except StaleRanker as exc:
             log.warning("index %s: ranker not used, %s; the blend ranks", index.version, exc)
     if ranker is not None:
-        ranker.compile()
+        ranker.cache_dir = index.directory
+        if compile:
+            ranker.compile()
     with _BY_INDEX_LOCK:
         _BY_INDEX[index] = ranker
     return ranker
@@ -390,27 +456,43 @@ class Ranker:
         self._native: Any = None  # the compiled trees (lleaves.Model), once compiled
         self._tried = False
         self._compiling = threading.Lock()
+        # Where compiled trees are kept and looked for (ranker_of: the version's directory).
+        self.cache_dir: Path | None = None
+        # Where the native trees came from: "compiled" here, "cache" (an earlier
+        # compile's object code), or "" (not compiled).
+        self.compiled_from = ""
 
     def compile(self) -> bool:
         """Compile the trees to native code for :meth:`scores`: seconds, once per
         model (the API's loader thread does it before a version serves; anything
-        else on first use). False, logged, where it cannot: LightGBM then
-        predicts, to the same lists."""
+        else on first use), or ~10 ms from the object code an earlier compile
+        left in ``cache_dir`` (the index version's directory). False, logged,
+        where it cannot: LightGBM then predicts, to the same lists."""
         with self._compiling:
             if not self._tried:
-                self._native = self._compiled_trees()
+                self._native = self._compiled_trees(self.cache_dir)
                 self._tried = True
         return self._native is not None
 
-    def _compiled_trees(self) -> Any:
+    def _compiled_trees(self, cache_dir: Path | None) -> Any:
         try:
             import lleaves
 
+            text = self.booster.model_to_string()
             with tempfile.TemporaryDirectory(prefix="streamrec-ranker-") as tmp:
                 path = Path(tmp) / "model.txt"
-                path.write_text(self.booster.model_to_string())
+                path.write_text(text)
                 native = lleaves.Model(model_file=str(path))
-                native.compile()
+                cached = _cached_trees(cache_dir, text) if cache_dir is not None else None
+                if cached is not None:
+                    native.compile(cache=str(cached))
+                    self.compiled_from = "cache"
+                    return native
+                fresh = Path(tmp) / "trees.o"
+                native.compile(cache=str(fresh) if cache_dir is not None else None)
+                self.compiled_from = "compiled"
+                if cache_dir is not None:
+                    _keep_trees(cache_dir, text, fresh)
         except Exception as exc:  # an accelerator: any failure means LightGBM predicts
             log.warning(
                 "ranker trees not compiled (%s: %s); LightGBM predicts", type(exc).__name__, exc

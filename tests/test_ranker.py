@@ -4,6 +4,7 @@ as the evaluation does, on a real Redis."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -280,6 +281,66 @@ def test_without_lleaves_lightgbm_scores(monkeypatch: pytest.MonkeyPatch) -> Non
     assert np.array_equal(ranker.scores(x), ranker.reference_scores(x))
 
 
+def test_compiled_trees_are_kept_in_the_version_and_read_back(tmp_path: Path) -> None:
+    """Compiling costs seconds of CPU per process: the object code is kept in the
+    version's directory and the next process reads it, scoring the same. A file
+    whose content does not match its name (truncated, overwritten) is compiled
+    again, never loaded: lleaves would load it without a check."""
+    trained, _ = train(synthetic_rows(9), params={"min_data_in_leaf": 20})
+    text = trained.to_text()
+    x = synthetic_rows(10, queries=1).blocks[0]
+    want = trained.reference_scores(x)
+
+    def fresh() -> Ranker:
+        ranker = Ranker.from_text(text)
+        ranker.cache_dir = tmp_path
+        return ranker
+
+    first = fresh()
+    assert first.compile() and first.compiled_from == "compiled"
+    kept = sorted(tmp_path.glob("ranker-trees-*.o"))
+    assert len(kept) == 1 and not list(tmp_path.glob(".trees-*"))
+    second = fresh()
+    assert second.compile() and second.compiled_from == "cache"
+    assert np.allclose(second.scores(x), want, rtol=1e-12, atol=1e-15)
+    assert np.array_equal(second.scores(x), first.scores(x))
+    # Another model (other trees) does not take this one's object code.
+    other, _ = train(synthetic_rows(11), params={"min_data_in_leaf": 20})
+    other.cache_dir = tmp_path
+    assert other.compile() and other.compiled_from == "compiled"
+    assert len(list(tmp_path.glob("ranker-trees-*.o"))) == 2
+    # Damaged: compiled again and kept whole beside it; still the same scores.
+    kept[0].write_bytes(kept[0].read_bytes()[:1000])
+    third = fresh()
+    assert third.compile() and third.compiled_from == "compiled"
+    assert np.allclose(third.scores(x), want, rtol=1e-12, atol=1e-15)
+    for path in tmp_path.glob("ranker-trees-*.o"):  # the damaged file replaced by a whole one
+        assert hashlib.sha256(path.read_bytes()).hexdigest()[:24] == path.stem.rsplit("-", 1)[1]
+    again = fresh()
+    assert again.compile() and again.compiled_from == "cache"
+
+
+def test_trees_compile_where_the_version_cannot_keep_them(tmp_path: Path) -> None:
+    trained, _ = train(synthetic_rows(12), params={"min_data_in_leaf": 20})
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    trained.cache_dir = not_a_dir
+    assert trained.compile() and trained.compiled_from == "compiled"
+    x = synthetic_rows(13, queries=1).blocks[0]
+    assert np.allclose(trained.scores(x), trained.reference_scores(x), rtol=1e-12, atol=1e-15)
+
+
+def test_an_api_with_the_ranker_off_does_not_compile_it(tmp_path: Path) -> None:
+    trained, _ = train(synthetic_rows(14), params={"min_data_in_leaf": 20})
+    index = ItemIndex.from_vectors(IDS, VECTORS, titles=TITLES, ranker_model=trained.to_text())
+    index.directory = tmp_path
+    ranker = ranker_of(index, compile=False)
+    assert ranker is not None and not ranker.compiled and ranker.cache_dir == tmp_path
+    x = synthetic_rows(15, queries=1).blocks[0]
+    ranker.scores(x)  # first use compiles, keeping the trees with the version
+    assert ranker.compiled and list(tmp_path.glob("ranker-trees-*.o"))
+
+
 def test_lambdarank_trains_too_and_reports_its_metric() -> None:
     params = {"objective": "lambdarank", "metric": "ndcg", "eval_at": [10], "min_data_in_leaf": 20}
     _, report = train(synthetic_rows(5), params=params)
@@ -313,6 +374,9 @@ def test_build_index_ships_a_ranker_in_the_version(
     assert loaded.version == index.version
     ranker = ranker_of(loaded)
     assert ranker is not None and ranker.describe()["trees"] == described["trees"]
+    # Compiled once by the build and kept in the version: a loading API reads them.
+    assert ranker.compiled_from == "cache"
+    assert list((tmp_path / "index" / loaded.version).glob("ranker-trees-*.o"))
     off = build_index(df, tmp_path / "off", settings.model_copy(update={"ranker": False}))  # type: ignore[arg-type]
     assert "ranker" not in off.manifest.params and ranker_of(load_current(tmp_path / "off")) is None
     # The same data builds the same version: nothing timed goes into its content hash.
