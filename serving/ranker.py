@@ -408,6 +408,7 @@ def _keep_trees(cache_dir: Path, model_text: str, compiled: Path) -> None:
         name = f"{_TREES_PREFIX}{_trees_key(model_text)}-{hashlib.sha256(data).hexdigest()[:24]}.o"
         fd, tmp = tempfile.mkstemp(prefix=".trees-", dir=cache_dir)
         try:
+            os.fchmod(fd, 0o644)  # as the version's other files: any API user reads it
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, cache_dir / name)

@@ -300,6 +300,7 @@ def test_compiled_trees_are_kept_in_the_version_and_read_back(tmp_path: Path) ->
     assert first.compile() and first.compiled_from == "compiled"
     kept = sorted(tmp_path.glob("ranker-trees-*.o"))
     assert len(kept) == 1 and not list(tmp_path.glob(".trees-*"))
+    assert kept[0].stat().st_mode & 0o777 == 0o644  # readable by an API of another user
     second = fresh()
     assert second.compile() and second.compiled_from == "cache"
     assert np.allclose(second.scores(x), want, rtol=1e-12, atol=1e-15)
