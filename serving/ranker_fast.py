@@ -59,14 +59,15 @@ def fast_features(
     n = len(pool)
     if not n:
         return np.zeros((0, _N), dtype=np.float64)
-    names = vocab.names
-    head = [names[c] for c in cands.trending.row.codes.tolist()]
+    head = [item for item, _ in cands.trending.pairs]
     user = user_features(moment, len(cands.sources), head)
     x = np.empty((n, _N), dtype=np.float64)
-    x[:, :4] = [
-        [s.score, float(i), float(s.personalised), REASON_CODE[s.reason.kind]]
-        for i, s in enumerate(pool)
-    ]
+    # Column by column: numpy fills a column from a flat list many times faster
+    # than the matrix from a list of rows.
+    x[:, 0] = [s.score for s in pool]
+    x[:, 1] = np.arange(n, dtype=np.float64)
+    x[:, 2] = [s.personalised for s in pool]
+    x[:, 3] = [REASON_CODE[s.reason.kind] for s in pool]
     x[:, 22:] = user
     codes = vocab.codes([s.item_id for s in pool])
     slot = vocab.scratch().slot
@@ -85,14 +86,15 @@ def fast_features(
     log1p = math.log1p
     x[:, _C["log_pop"]] = NAN
     held = members.tolist()
-    known = [popularity(pool[i].item_id) for i in held]
-    x[held, _C["log_pop"]] = [NAN if c is None else log1p(max(c, 0.0)) for c in known]
+    x[held, _C["log_pop"]] = [
+        NAN if (c := popularity(pool[i].item_id)) is None else log1p(max(c, 0.0)) for i in held
+    ]
     x[:, _C["log_age_s"]] = NAN
     if first_seen:
         now, get = moment.now_ms, first_seen.get
-        firsts = [get(s.item_id) for s in pool]
         x[:, _C["log_age_s"]] = [
-            NAN if f is None else log1p(max(now - f, 0) / 1000.0) for f in firsts
+            NAN if (f := get(s.item_id)) is None else log1p(max(now - f, 0) / 1000.0)
+            for s in pool
         ]
     return x
 
@@ -162,7 +164,7 @@ def _co_columns(
     x[:, c["co_source"]] = first
     x[:, c["co_rank"]] = top
     held = np.flatnonzero(hits)
-    x[held, c["co_log_count"]] = [math.log1p(v) for v in most[held].tolist()]
+    x[held, c["co_log_count"]] = list(map(math.log1p, most[held].tolist()))
     return members
 
 
@@ -207,9 +209,8 @@ def _trend_columns(x: np.ndarray, row: Row, slot: np.ndarray) -> None:
     if not len(listed):
         return
     top = float(row.values.max())
-    if top > 0:
-        norm = [max(v, 0.0) / top for v in row.values[listed].tolist()]
-        x[at[listed], c["trend"]] = norm
+    if top > 0:  # max(v, 0.0) / top, as the reference, in one step
+        x[at[listed], c["trend"]] = np.maximum(row.values[listed], 0.0) / top
     x[at[listed], c["trend_rank"]] = listed.astype(np.float64)
 
 
