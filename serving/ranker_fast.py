@@ -93,8 +93,7 @@ def fast_features(
     if first_seen:
         now, get = moment.now_ms, first_seen.get
         x[:, _C["log_age_s"]] = [
-            NAN if (f := get(s.item_id)) is None else log1p(max(now - f, 0) / 1000.0)
-            for s in pool
+            NAN if (f := get(s.item_id)) is None else log1p(max(now - f, 0) / 1000.0) for s in pool
         ]
     return x
 
