@@ -1,7 +1,7 @@
 """What the learned ranker costs per request in the API's scoring path.
 
     STREAMREC_DATA_DIR=../shared/datasets .venv/bin/python -m benchmarks.ranker_cost \
-        [--users 1000] [--out docs/bench/ranker_cost.json]
+        [--users 1000] [--pool 50:15] [--out docs/bench/ranker_cost.json]
 
 ml-latest-small's first 80 % is applied to the in-memory state and the ranker
 is trained on it as ``streamrec build-index`` would (evaluation/ranker.py,
@@ -52,6 +52,12 @@ STAGES = ("pool", "linear", "extras", "features", "trees", "order")
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--users", type=int, default=1000)
+    p.add_argument(
+        "--pool",
+        default=None,
+        help="pool:trend_extra to time instead of the trained model's (the trees' cost "
+        "per row does not depend on the pool they were trained on)",
+    )
     p.add_argument("--out", type=Path, default=Path("docs/bench/ranker_cost.json"))
     args = p.parse_args()
     serving = ServingSettings()
@@ -82,6 +88,9 @@ def main() -> None:
     lightgbm: list[float] = []
     reference: list[float] = []
     size = ranker.size
+    if args.pool:
+        pool, extra = (int(v) for v in args.pool.split(":"))
+        size = replace(size, pool=pool, trend_extra=extra)
     per_item = cfg.candidates_per_item
     first_seen = index.first_seen
     # At least 1,500 calls each, however few users return.
