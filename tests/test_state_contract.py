@@ -665,13 +665,31 @@ def _same_as_clean(got_backend: Backend, clean: Backend, *, all_rows: bool = Tru
         assert got["co"][item] == pytest.approx(row)
 
 
+def _recut(polls: list[PartitionBatch], seed: int) -> list[PartitionBatch]:
+    """The same events of one partition cut into polls of other sizes."""
+    rnd = random.Random(seed)
+    events = [pair for poll in polls for pair in poll.events]
+    out, k = [], 0
+    while k < len(events):
+        chunk = events[k : k + rnd.randint(1, 13)]
+        out.append(PartitionBatch(0, chunk[0][0], chunk[-1][0] + 1, chunk))
+        k += len(chunk)
+    return out
+
+
 @pytest.mark.parametrize("background", [False, True])
-@pytest.mark.parametrize("crash_after", [3, 11, 17])
+@pytest.mark.parametrize("crash_after", [3, 6, 11, 17])
+@pytest.mark.parametrize("recut", [False, True])
 def test_a_crash_loses_held_back_state_and_the_restart_rebuilds_it(
-    make: Factory, crash_after: int, background: bool
+    make: Factory, crash_after: int, background: bool, recut: bool
 ) -> None:
+    """``recut``: the replay's polls are cut elsewhere than the original's. Found by
+    review: an original poll holding more than history_len events of one user
+    pushes only the newest of them, so such a replay found none of that user's
+    earlier events in the store to pair with; it now carries its own folded
+    histories until it has passed every group."""
     config = Config(rules=SessionRules(pair_window=3, history_len=4))
-    polls = _stream(400)
+    polls = _stream(400, seed=12)
     clean = make(config)
     for poll in polls:
         clean.writer.apply(TOPIC, [poll])
@@ -688,6 +706,8 @@ def test_a_crash_loses_held_back_state_and_the_restart_rebuilds_it(
     resume = second.resume_offsets([0])[0]
     assert resume is not None and resume < polls[crash_after - 1].next_offset
     replay = [p.since(resume) for p in polls if p.next_offset > resume]
+    if recut:
+        replay = _recut(replay, seed=7)
     for k, poll in enumerate(replay):
         clock.now = 100 + k * 0.3
         second.apply([poll])
@@ -1020,49 +1040,3 @@ def test_partitions_given_up_with_item_state_held_back_are_read_again(
     ingest.flush()
     ingest.close()
     _same_as_clean(b, clean)
-
-
-def _recut(polls: list[PartitionBatch], seed: int) -> list[PartitionBatch]:
-    """The same events of one partition cut into polls of other sizes."""
-    rnd = random.Random(seed)
-    events = [pair for poll in polls for pair in poll.events]
-    out, k = [], 0
-    while k < len(events):
-        chunk = events[k : k + rnd.randint(1, 13)]
-        out.append(PartitionBatch(0, chunk[0][0], chunk[-1][0] + 1, chunk))
-        k += len(chunk)
-    return out
-
-
-@pytest.mark.parametrize("background", [False, True])
-@pytest.mark.parametrize("crash_after", [6, 17])
-def test_a_replay_cut_into_other_polls_pairs_as_the_clean_pass(
-    make: Factory, crash_after: int, background: bool
-) -> None:
-    """Found by review: an original poll holding more than history_len events of one
-    user pushes only the newest history_len of them, so a replay whose polls are cut
-    elsewhere found none of that user's earlier events in the store to pair with.
-    The replay carries its own folded histories until it has passed every group."""
-    config = Config(rules=SessionRules(pair_window=3, history_len=4))
-    polls = _stream(400, seed=12)
-    clean = make(config)
-    for poll in polls:
-        clean.writer.apply(TOPIC, [poll])
-    crashed = make(config)
-    clock = FakeClock()
-    first = Ingest(crashed.writer, TOPIC, delay_s=1.0, clock=clock, background=background)
-    for k, poll in enumerate(polls[:crash_after]):
-        clock.now = k * 0.3
-        first.apply([poll])
-    first.close()  # killed with item state held back
-    second = Ingest(crashed.writer, TOPIC, delay_s=1.0, clock=clock, background=background)
-    resume = second.resume_offsets([0])[0]
-    assert resume is not None
-    start = max(resume, 0)
-    for k, poll in enumerate(_recut([p.since(start) for p in polls if p.next_offset > start], 7)):
-        clock.now = 100 + k * 0.3
-        second.apply([poll])
-    clock.now += 10
-    second.flush()
-    second.close()
-    _same_as_clean(crashed, clean)
