@@ -653,6 +653,14 @@ def test_item_state_waits_for_the_delay_histories_do_not(make: Factory) -> None:
     assert b.writer.dump()["pop"]["c"] == 1.0
 
 
+def _clean_pass(make: Factory, config: StoreConfig, polls: list[PartitionBatch]) -> Backend:
+    """A backend that applied ``polls`` once each, in order, straight to its writer."""
+    clean = make(config)
+    for poll in polls:
+        clean.writer.apply(TOPIC, [poll])
+    return clean
+
+
 def _same_as_clean(got_backend: Backend, clean: Backend, *, all_rows: bool = True) -> None:
     """The state equals one clean pass: histories, popularity, stats and offsets
     exactly, co counts up to float rounding (and the same rows, unless not asked)."""
@@ -690,9 +698,7 @@ def test_a_crash_loses_held_back_state_and_the_restart_rebuilds_it(
     histories until it has passed every group."""
     config = Config(rules=SessionRules(pair_window=3, history_len=4))
     polls = _stream(400, seed=12)
-    clean = make(config)
-    for poll in polls:
-        clean.writer.apply(TOPIC, [poll])
+    clean = _clean_pass(make, config, polls)
     crashed = make(config)
     clock = FakeClock()
     first = Ingest(crashed.writer, TOPIC, delay_s=1.0, clock=clock, background=background)
@@ -778,9 +784,7 @@ def test_a_first_flush_that_fails_reads_the_partition_again_from_its_start(
     gives the item state its first events too (found by review: they were lost)."""
     config = Config(rules=SessionRules(pair_window=3, history_len=50))
     polls = _stream(150, seed=4)
-    clean = make(config)
-    for poll in polls:
-        clean.writer.apply(TOPIC, [poll])
+    clean = _clean_pass(make, config, polls)
     b = make(config)
     clock = FakeClock()
     ingest = Ingest(
@@ -812,9 +816,7 @@ def test_a_flush_before_the_replay_passes_a_group_leaves_its_offsets(
     by review)."""
     config = Config(rules=SessionRules(pair_window=3, history_len=50))
     polls = _stream(200, seed=8)
-    clean = make(config)
-    for poll in polls:
-        clean.writer.apply(TOPIC, [poll])
+    clean = _clean_pass(make, config, polls)
     b = make(config)
     clock = FakeClock()
     first = Ingest(b.writer, TOPIC, delay_s=1.0, clock=clock, background=background)
@@ -881,9 +883,7 @@ def test_a_flush_cut_short_resumes_each_group_where_it_stopped(
 ) -> None:
     config = Config(rules=SessionRules(pair_window=3, history_len=4))
     polls = _stream(300, seed=9)
-    clean = make(config)
-    for poll in polls:
-        clean.writer.apply(TOPIC, [poll])
+    clean = _clean_pass(make, config, polls)
     b = make(config)
     failing = FailingAfter(b.writer)
     clock = FakeClock()
@@ -953,9 +953,7 @@ def _held_flush(make: Factory) -> tuple[Backend, HoldingItemWrites, Ingest, list
 
 def test_a_background_flush_lets_the_next_polls_through(make: Factory) -> None:
     config = Config(rules=SessionRules(pair_window=3, history_len=4))
-    clean = make(config)
-    for poll in _stream(200, seed=3):
-        clean.writer.apply(TOPIC, [poll])
+    clean = _clean_pass(make, config, _stream(200, seed=3))
     b, holding, ingest, rest = _held_flush(make)
     for poll in rest:  # each written while the flush waits (they would block behind it)
         ingest.apply([poll])
@@ -1017,9 +1015,7 @@ def test_partitions_given_up_with_item_state_held_back_are_read_again(
     with it, and forget names the ones the caller did not (to read them again)."""
     config = Config(rules=SessionRules(pair_window=3, history_len=4))
     polls = _two_partitions(200, seed=4)
-    clean = make(config)
-    for poll in polls:
-        clean.writer.apply(TOPIC, [poll])
+    clean = _clean_pass(make, config, polls)
     b = make(config)
     clock = FakeClock()
     ingest = Ingest(b.writer, TOPIC, delay_s=1.0, clock=clock, background=background)
