@@ -387,8 +387,9 @@ class Ingest:
 
     def durable_offsets(self) -> Offsets:
         """Per owned partition, what every group has stored (what Kafka may commit).
-        Safe to call while another thread applies: it iterates copies."""
-        return durable({tag: dict(group) for tag, group in self.stored.items()}, list(self.covered))
+        Safe to call while another thread applies: it iterates a copy of the owned
+        partitions (the groups are fixed and only looked up)."""
+        return durable(self.stored, list(self.covered))
 
     def forget(self, partitions: Iterable[int]) -> set[int]:
         """Partitions given up (after a flush): their positions are read again if they
@@ -538,8 +539,9 @@ class Ingest:
         if replay:
             firsts = {b.partition: b.first_offset for b in batches if b.partition in replay}
             base = {u: _strip(h, firsts) for u, h in base.items()}
+            polled = set(users)
             for carried in carry.values():
-                base.update((u, carried[u]) for u in base.keys() & carried.keys())
+                base.update((u, carried[u]) for u in polled & carried.keys())
         co_decay = (
             (pend.co_ref, cfg.co_half_life_ms)
             if cfg.co_half_life_ms is not None and pend.co_ref is not None
