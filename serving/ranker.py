@@ -382,15 +382,18 @@ def _trees_key(model_text: str) -> str:
     return h.hexdigest()[:24]
 
 
-def _cached_trees(cache_dir: Path, model_text: str) -> Path | None:
-    """The object code compiled earlier from this model for this machine, if a file
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:24]
+
+
+def _cached_trees(cache_dir: Path, key: str) -> Path | None:
+    """The object code compiled earlier under ``key`` (:func:`_trees_key`), if a file
     holds it whole: its name ends in its own digest, checked here, since lleaves
     loads it without any check (a truncated or foreign file would crash)."""
-    key = _trees_key(model_text)
     for path in sorted(cache_dir.glob(f"{_TREES_PREFIX}{key}-*.o")):
         digest = path.stem.rsplit("-", 1)[-1]
         try:
-            if hashlib.sha256(path.read_bytes()).hexdigest()[:24] == digest:
+            if _digest(path.read_bytes()) == digest:
                 return path
         except OSError:
             continue
@@ -399,13 +402,13 @@ def _cached_trees(cache_dir: Path, model_text: str) -> Path | None:
     return None
 
 
-def _keep_trees(cache_dir: Path, model_text: str, compiled: Path) -> None:
+def _keep_trees(cache_dir: Path, key: str, compiled: Path) -> None:
     """Keep freshly compiled object code in ``cache_dir`` (written whole, then
     renamed), for the next process that loads this version; a directory it may
     not write (a read-only volume) only costs that process a compile."""
     try:
         data = compiled.read_bytes()
-        name = f"{_TREES_PREFIX}{_trees_key(model_text)}-{hashlib.sha256(data).hexdigest()[:24]}.o"
+        name = f"{_TREES_PREFIX}{key}-{_digest(data)}.o"
         fd, tmp = tempfile.mkstemp(prefix=".trees-", dir=cache_dir)
         try:
             os.fchmod(fd, 0o644)  # as the version's other files: any API user reads it
@@ -471,11 +474,12 @@ class Ranker:
         where it cannot: LightGBM then predicts, to the same lists."""
         with self._compiling:
             if not self._tried:
-                self._native = self._compiled_trees(self.cache_dir)
+                self._native = self._compiled_trees()
                 self._tried = True
         return self._native is not None
 
-    def _compiled_trees(self, cache_dir: Path | None) -> Any:
+    def _compiled_trees(self) -> Any:
+        cache_dir = self.cache_dir
         try:
             import lleaves
 
@@ -484,16 +488,20 @@ class Ranker:
                 path = Path(tmp) / "model.txt"
                 path.write_text(text)
                 native = lleaves.Model(model_file=str(path))
-                cached = _cached_trees(cache_dir, text) if cache_dir is not None else None
+                if cache_dir is None:
+                    native.compile()
+                    self.compiled_from = "compiled"
+                    return native
+                key = _trees_key(text)
+                cached = _cached_trees(cache_dir, key)
                 if cached is not None:
                     native.compile(cache=str(cached))
                     self.compiled_from = "cache"
                     return native
                 fresh = Path(tmp) / "trees.o"
-                native.compile(cache=str(fresh) if cache_dir is not None else None)
+                native.compile(cache=str(fresh))
                 self.compiled_from = "compiled"
-                if cache_dir is not None:
-                    _keep_trees(cache_dir, text, fresh)
+                _keep_trees(cache_dir, key, fresh)
         except Exception as exc:  # an accelerator: any failure means LightGBM predicts
             log.warning(
                 "ranker trees not compiled (%s: %s); LightGBM predicts", type(exc).__name__, exc
